@@ -1,0 +1,11 @@
+//! fleetmig: Alembic-style schema revisions for fleets of PostgreSQL databases.
+//!
+//! Module map (dependencies point downwards):
+//! - [`cli`]: command-line front end (local commands on one `DATABASE_URL`).
+//! - [`engine`]: one database: version and history tables, apply, stamp, offline SQL.
+//! - [`revision`]: revision files, placeholders, SQL splitting, the graph, pure planning.
+//! - [`config`]: typed, layered configuration.
+//! - [`model`]: newtypes and enums shared by all layers.
+
+pub mod model;
+pub mod revision;

@@ -1,0 +1,150 @@
+//! Revision files and the graph they form: parsing, placeholders, statement splitting,
+//! rendering, graph checks and pure planning. No database access here.
+
+pub mod file;
+pub mod graph;
+pub mod placeholder;
+pub mod plan;
+pub mod render;
+pub mod sql;
+
+#[cfg(test)]
+mod plan_tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use file::Revision;
+pub use graph::{Graph, GraphError, Node};
+pub use placeholder::{Declarations, Resolved};
+pub use plan::Target;
+
+/// The file in each app directory that declares its placeholders.
+pub const MANIFEST: &str = "fleetmig.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Manifest { path: PathBuf, message: String },
+    #[error(transparent)]
+    Parse(#[from] file::ParseError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error("no app named '{name}' under {} (apps there: {})", dir.display(), if available.is_empty() { "none".to_string() } else { available.join(", ") })]
+    NoSuchApp {
+        name: String,
+        dir: PathBuf,
+        available: Vec<String>,
+    },
+    #[error("invalid app name '{0}': use a-z A-Z 0-9 _ -")]
+    BadName(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    #[serde(default)]
+    placeholders: BTreeMap<String, placeholder::Declaration>,
+}
+
+/// One migration graph: `migrations/<name>/`.
+#[derive(Debug)]
+pub struct App {
+    pub name: String,
+    pub dir: PathBuf,
+    pub graph: Graph,
+    pub declarations: Declarations,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn is_valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl App {
+    /// The app directories under `migrations_dir`, sorted.
+    pub fn list(migrations_dir: &Path) -> Vec<String> {
+        let mut apps: Vec<String> = std::fs::read_dir(migrations_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| is_valid_app_name(n))
+            .collect();
+        apps.sort();
+        apps
+    }
+
+    pub fn load(migrations_dir: &Path, name: &str) -> Result<App, LoadError> {
+        if !is_valid_app_name(name) {
+            return Err(LoadError::BadName(name.to_string()));
+        }
+        let dir = migrations_dir.join(name);
+        if !dir.is_dir() {
+            return Err(LoadError::NoSuchApp {
+                name: name.to_string(),
+                dir: migrations_dir.to_path_buf(),
+                available: App::list(migrations_dir),
+            });
+        }
+        let manifest_path = dir.join(MANIFEST);
+        let manifest: Manifest = if manifest_path.exists() {
+            let text = std::fs::read_to_string(&manifest_path).map_err(io_err(&manifest_path))?;
+            toml::from_str(&text).map_err(|e| LoadError::Manifest {
+                path: manifest_path.clone(),
+                message: e.to_string(),
+            })?
+        } else {
+            Manifest::default()
+        };
+        if let Some(bad) = manifest
+            .placeholders
+            .keys()
+            .find(|k| !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(LoadError::Manifest {
+                path: manifest_path,
+                message: format!("invalid placeholder name {bad:?}"),
+            });
+        }
+        let mut revisions = Vec::new();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&dir))?;
+        entries.sort();
+        for path in entries
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        {
+            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            revisions.push(Revision::parse(&path, &text)?);
+        }
+        let graph = Graph::new(revisions)?;
+        Ok(App {
+            name: name.to_string(),
+            dir,
+            graph,
+            declarations: Declarations(manifest.placeholders),
+        })
+    }
+}

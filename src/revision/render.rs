@@ -1,0 +1,151 @@
+//! Turns a revision section into executable statements: split by the lexer, placeholders
+//! rendered, each statement tagged with its file line and whether it needs autocommit.
+
+use crate::model::{Direction, TransactionMode};
+use crate::revision::file::Revision;
+use crate::revision::placeholder::{PlaceholderError, Resolved};
+use crate::revision::sql::{self, ConcurrentIndexBuild, SplitError};
+
+/// One statement ready to run.
+#[derive(Debug, Clone)]
+pub struct RenderedStatement {
+    pub sql: String,
+    /// 1-based line in the revision file.
+    pub line: usize,
+    /// Set for `CREATE INDEX CONCURRENTLY name ON table`: checked for INVALID leftovers.
+    pub index_build: Option<ConcurrentIndexBuild>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{location}: {source}")]
+    Split {
+        location: String,
+        source: SplitError,
+    },
+    #[error("{location}: {source}")]
+    Placeholder {
+        location: String,
+        source: PlaceholderError,
+    },
+    #[error(
+        "{location}: {what} cannot run inside a transaction; set `-- transaction: none` in this revision's header"
+    )]
+    NeedsAutocommit {
+        location: String,
+        what: &'static str,
+    },
+    #[error(
+        "{location}: transaction control ({stmt}) in a revision; fleetmig manages transactions itself (use `-- transaction: none` for statements that must run outside one)"
+    )]
+    TransactionControl { location: String, stmt: String },
+    #[error("{location}: revision {id} has no downgrade (irreversible)")]
+    NoDowngrade { location: String, id: String },
+}
+
+/// What a revision does for one direction: its statements, or nothing when its condition is false.
+#[derive(Debug, Clone)]
+pub struct RenderedRevision {
+    pub statements: Vec<RenderedStatement>,
+    /// `Some(name)` when the revision's condition placeholder is false: nothing runs.
+    pub skipped_by: Option<String>,
+    /// `ANALYZE` statements to run after an upgrade.
+    pub analyze: Vec<String>,
+}
+
+/// Render `rev` for `direction` with `values`. Conditions are evaluated here, so the caller
+/// decides whether a downgrade follows the recorded upgrade (see `engine`).
+pub fn render(
+    rev: &Revision,
+    direction: Direction,
+    values: &Resolved,
+) -> Result<RenderedRevision, RenderError> {
+    let loc = |line: usize| rev.location(line);
+    if let Some(cond) = &rev.condition {
+        let on = values
+            .bool(cond)
+            .map_err(|source| RenderError::Placeholder {
+                location: loc(1),
+                source,
+            })?;
+        if !on {
+            return Ok(RenderedRevision {
+                statements: vec![],
+                skipped_by: Some(cond.clone()),
+                analyze: vec![],
+            });
+        }
+    }
+    let section = match direction {
+        Direction::Upgrade => &rev.upgrade,
+        Direction::Downgrade => match &rev.downgrade {
+            Some(d) => d,
+            None => {
+                return Err(RenderError::NoDowngrade {
+                    location: loc(1),
+                    id: rev.id.to_string(),
+                });
+            }
+        },
+    };
+    let split = sql::split(&section.text).map_err(|source| RenderError::Split {
+        location: loc(section.first_line + source.line),
+        source,
+    })?;
+    let mut statements = Vec::with_capacity(split.len());
+    for s in split {
+        let line = section.first_line + s.line;
+        let text = values
+            .render(&s.text)
+            .map_err(|(offset, source)| RenderError::Placeholder {
+                location: loc(line + offset),
+                source,
+            })?;
+        if sql::is_transaction_control(&text) {
+            let stmt = text
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return Err(RenderError::TransactionControl {
+                location: loc(line),
+                stmt,
+            });
+        }
+        if rev.transaction == TransactionMode::Revision
+            && let Some(what) = sql::needs_autocommit(&text)
+        {
+            return Err(RenderError::NeedsAutocommit {
+                location: loc(line),
+                what,
+            });
+        }
+        let index_build = sql::concurrent_index_build(&text);
+        statements.push(RenderedStatement {
+            sql: text,
+            line,
+            index_build,
+        });
+    }
+    let analyze = match direction {
+        Direction::Upgrade => rev
+            .analyze
+            .iter()
+            .map(|t| {
+                format!(
+                    "ANALYZE {}",
+                    t.split('.')
+                        .map(crate::revision::placeholder::quote_ident)
+                        .collect::<Vec<_>>()
+                        .join(".")
+                )
+            })
+            .collect(),
+        Direction::Downgrade => vec![],
+    };
+    Ok(RenderedRevision {
+        statements,
+        skipped_by: None,
+        analyze,
+    })
+}
