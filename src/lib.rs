@@ -7,5 +7,8 @@
 //! - [`config`]: typed, layered configuration.
 //! - [`model`]: newtypes and enums shared by all layers.
 
+pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod model;
 pub mod revision;

@@ -53,21 +53,28 @@ pub struct RenderedRevision {
     pub analyze: Vec<String>,
 }
 
-/// Render `rev` for `direction` with `values`. Conditions are evaluated here, so the caller
-/// decides whether a downgrade follows the recorded upgrade (see `engine`).
+/// Render `rev` for `direction` with `values`.
+///
+/// A conditional revision runs when its condition is true. For a downgrade, `recorded_skip`
+/// (from the history of the upgrade) wins over the current value: a revision whose upgrade
+/// ran is undone even if the flag has since been turned off, and vice versa.
 pub fn render(
     rev: &Revision,
     direction: Direction,
     values: &Resolved,
+    recorded_skip: Option<bool>,
 ) -> Result<RenderedRevision, RenderError> {
     let loc = |line: usize| rev.location(line);
     if let Some(cond) = &rev.condition {
-        let on = values
-            .bool(cond)
-            .map_err(|source| RenderError::Placeholder {
-                location: loc(1),
-                source,
-            })?;
+        let on = match (direction, recorded_skip) {
+            (Direction::Downgrade, Some(skipped)) => !skipped,
+            _ => values
+                .bool(cond)
+                .map_err(|source| RenderError::Placeholder {
+                    location: loc(1),
+                    source,
+                })?,
+        };
         if !on {
             return Ok(RenderedRevision {
                 statements: vec![],

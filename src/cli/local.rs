@@ -1,0 +1,317 @@
+//! Local commands on one database: upgrade, downgrade, stamp, current, fingerprint, and the
+//! applied history. The database comes from `DATABASE_URL` (environment or `.env`).
+
+use std::time::Instant;
+
+use clap::Args;
+use tokio_postgres::Client;
+
+use super::{Context, Failure, applied_by};
+use crate::engine::{self, Engine, Event, RunOptions};
+use crate::model::Direction;
+use crate::revision::App;
+use crate::revision::plan::Target;
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Target (upgrade: head, heads, REV, label@head, +N; downgrade: -N, REV, base). With
+    /// --sql, `FROM:TO` gives the starting point (default base for upgrades).
+    #[arg(allow_negative_numbers = true, allow_hyphen_values = true)]
+    pub target: Option<String>,
+    /// Print the SQL instead of running it (offline mode; no database is touched).
+    #[arg(long)]
+    pub sql: bool,
+    /// Proceed even if applied revision files changed since they were applied.
+    #[arg(long)]
+    pub allow_changed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StampArgs {
+    /// The revision to stamp: REV, head, heads, label@head or base.
+    pub revision: String,
+    /// Empty the version table first, even if it names revisions this app does not know.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CurrentArgs {
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// `DATABASE_URL`, with a message that says what to do when it is missing.
+pub fn database_url() -> Result<String, Failure> {
+    std::env::var("DATABASE_URL").map_err(|_| {
+        Failure::input("DATABASE_URL is not set: export it or put DATABASE_URL=postgres://user@host:5432/db in .env")
+    })
+}
+
+/// `host:port/db` for messages: never the password.
+pub fn describe_url(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            format!("{host}:{port}/{}", c.get_dbname().unwrap_or("(default)"))
+        }
+        Err(_) => "(unparseable DATABASE_URL)".into(),
+    }
+}
+
+async fn connect() -> Result<(Client, String), Failure> {
+    let url = database_url()?;
+    let what = describe_url(&url);
+    let client = engine::connect(&url).await.map_err(|e| Failure {
+        code: 1,
+        message: format!("{what}: {e}"),
+    })?;
+    Ok((client, what))
+}
+
+fn print_event(app: &App, event: Event) {
+    match event {
+        Event::RevisionStarted {
+            revision,
+            direction,
+        } => {
+            let g = &app.graph;
+            let node = g.node(revision.as_str()).expect("planned revisions exist");
+            let parents = g
+                .parents(node)
+                .iter()
+                .map(|&p| g.revision(p).id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (a, b) = match direction {
+                Direction::Upgrade => (parents, revision.to_string()),
+                Direction::Downgrade => (revision.to_string(), parents),
+            };
+            eprintln!(
+                "Running {direction} {a} -> {b}, {}",
+                g.revision(node).message
+            );
+        }
+        Event::LockRetry {
+            revision,
+            attempt,
+            delay,
+            message,
+        } => {
+            eprintln!(
+                "  {revision}: lock timeout ({message}); attempt {attempt} failed, retrying in {delay:.1?}"
+            );
+        }
+        Event::InvalidIndexDropped { revision, index } => {
+            eprintln!(
+                "  {revision}: dropped INVALID index {index} left by an earlier failed build; rebuilding"
+            );
+        }
+        Event::RevisionDone(a) => match a.skipped_by {
+            Some(cond) => eprintln!("  skipped: condition {cond} is false (recorded as applied)"),
+            None => eprintln!("  done in {} ms", a.duration.as_millis()),
+        },
+    }
+}
+
+pub async fn migrate(
+    ctx: &Context,
+    direction: Direction,
+    args: MigrateArgs,
+) -> Result<(), Failure> {
+    let app = ctx.app()?;
+    let values = ctx.values(&app)?;
+    let settings = ctx.config.engine.settings();
+    let raw = match (&args.target, direction) {
+        (Some(t), _) => t.clone(),
+        (None, Direction::Upgrade) => "head".to_string(),
+        (None, Direction::Downgrade) => {
+            return Err(Failure::input(
+                "downgrade needs a target: -1, a revision, or base",
+            ));
+        }
+    };
+    if args.sql {
+        let (from, to) = match raw.split_once(':') {
+            Some((f, t)) => (f.to_string(), t.to_string()),
+            None if direction == Direction::Upgrade => ("base".to_string(), raw.clone()),
+            None => {
+                return Err(Failure::input(format!(
+                    "offline downgrade needs a starting point: fleetmig downgrade --sql head:{raw}"
+                )));
+            }
+        };
+        let target: Target = to.parse().expect("infallible");
+        let sql = engine::offline::render(&app, &values, &settings, direction, &from, &target)?;
+        print!("{sql}");
+        return Ok(());
+    }
+    let target: Target = raw.parse().expect("infallible");
+    let (mut client, what) = connect().await?;
+    let who = applied_by();
+    let events = |e: Event| print_event(&app, e);
+    let opts = RunOptions {
+        fence: None,
+        allow_changed: args.allow_changed,
+        applied_by: &who,
+        events: &events,
+    };
+    eprintln!("Database {what}, app {}", app.name);
+    let started = Instant::now();
+    let engine = Engine::new(&app, &values, &settings);
+    let done = engine
+        .migrate(&mut client, direction, &target, &opts)
+        .await?;
+    let state = engine.state(&client).await?;
+    let now = if state.rows.is_empty() {
+        "base".to_string()
+    } else {
+        state
+            .rows
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if done.is_empty() {
+        eprintln!("Nothing to do: the database is at {now}");
+    } else {
+        eprintln!(
+            "{} {} revision(s) in {} ms; the database is at {now}",
+            if direction == Direction::Upgrade {
+                "Upgraded"
+            } else {
+                "Downgraded"
+            },
+            done.len(),
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(())
+}
+
+pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
+    let app = ctx.app()?;
+    let values = ctx.values(&app)?;
+    let settings = ctx.config.engine.settings();
+    let (mut client, what) = connect().await?;
+    let who = applied_by();
+    let events = |_: Event| {};
+    let opts = RunOptions {
+        fence: None,
+        allow_changed: false,
+        applied_by: &who,
+        events: &events,
+    };
+    let rows = Engine::new(&app, &values, &settings)
+        .stamp(&mut client, &args.revision, args.purge, &opts)
+        .await?;
+    let now = if rows.is_empty() {
+        "base".to_string()
+    } else {
+        rows.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!("Stamped {what} at {now} (no migration ran)");
+    Ok(())
+}
+
+pub async fn current(ctx: &Context, args: CurrentArgs) -> Result<(), Failure> {
+    let app = ctx.app()?;
+    let values = ctx.values(&app)?;
+    let settings = ctx.config.engine.settings();
+    let (client, what) = connect().await?;
+    let engine = Engine::new(&app, &values, &settings);
+    let state = engine.state(&client).await?;
+    if args.verbose {
+        eprintln!(
+            "Database {what}, app {}, version table {}",
+            app.name,
+            settings.tables.version.sql()
+        );
+    }
+    if state.rows.is_empty() {
+        eprintln!("(no revision applied: the database is at base)");
+    }
+    let heads = app.graph.heads();
+    let applied = crate::revision::plan::applied_from_rows(&app.graph, &state.rows).ok();
+    for row in &state.rows {
+        let Some(node) = app.graph.node(row.as_str()) else {
+            println!(
+                "{row} (unknown to app {}: Can't locate revision identified by '{row}')",
+                app.name
+            );
+            continue;
+        };
+        let head = if heads.contains(&node) { " (head)" } else { "" };
+        println!("{row}{head}");
+        if args.verbose {
+            let rev = app.graph.revision(node);
+            println!("    {}\n    {}", rev.message, rev.path.display());
+        }
+    }
+    if let (true, Some(applied)) = (args.verbose, applied) {
+        for c in engine.changed_revisions(&client, &applied).await? {
+            println!(
+                "WARNING: {} changed since it was applied ({})",
+                c.revision, c.path
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn fingerprint(ctx: &Context) -> Result<(), Failure> {
+    let settings = ctx.config.engine.settings();
+    let (client, _) = connect().await?;
+    let fp = engine::fingerprint::fingerprint(&client, &settings.tables).await?;
+    for line in &fp.lines {
+        println!("{line}");
+    }
+    eprintln!("fingerprint {}", fp.hash());
+    Ok(())
+}
+
+/// The database's own history table, newest last.
+pub async fn applied_history(ctx: &Context) -> Result<(), Failure> {
+    let settings = ctx.config.engine.settings();
+    let (client, _) = connect().await?;
+    let sql = format!(
+        "SELECT id, to_char(applied_at, 'YYYY-MM-DD HH24:MI:SS TZ'), direction, revision, duration_ms, skipped, applied_by, fence_token, left(coalesce(checksum, ''), 12) FROM {} ORDER BY id",
+        settings.tables.history.sql()
+    );
+    let rows = client.query(&sql, &[]).await.map_err(|e| Failure {
+        code: 1,
+        message: format!("reading the history table: {e}"),
+    })?;
+    for r in rows {
+        let fence: Option<i64> = r.get(7);
+        println!(
+            "#{} {} {:9} {:32} {:>6} ms{} by {}{} checksum {}",
+            r.get::<_, i64>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(3),
+            r.get::<_, i64>(4),
+            if r.get::<_, bool>(5) {
+                " (skipped)"
+            } else {
+                ""
+            },
+            r.get::<_, String>(6),
+            fence.map(|t| format!(" fence {t}")).unwrap_or_default(),
+            r.get::<_, String>(8),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The command line: argument parsing, configuration loading, exit codes. Local commands
+//! work on one database (`DATABASE_URL` from the environment or `.env`), like Alembic.
+//!
+//! Exit codes: 0 success; 1 a revision or the database failed; 2 bad input (arguments,
+//! configuration, revision files, placeholders); 3 refused for safety (changed files,
+//! several heads, another migration running, unknown revision in the database).
+
+mod authoring;
+mod local;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::EngineError;
+use crate::revision::placeholder::PlaceholderError;
+use crate::revision::plan::PlanError;
+use crate::revision::{App, LoadError, Resolved};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetmig",
+    version,
+    about = "Alembic-style schema revisions for fleets of PostgreSQL databases"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (default: ./fleetmig.toml if present).
+    #[arg(long, global = true, env = "FLEETMIG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The app (migration graph) under the migrations directory.
+    #[arg(long, short = 'a', global = true)]
+    pub app: Option<String>,
+    /// Directory with one sub-directory per app.
+    #[arg(long, global = true)]
+    pub migrations_dir: Option<PathBuf>,
+    /// Placeholder value, NAME=VALUE (repeatable); wins over the environment and defaults.
+    #[arg(short = 'x', long = "set", global = true, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Logs as JSON lines (to stderr).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new revision file from the template, parented on the current head.
+    Revision(authoring::RevisionArgs),
+    /// Create a merge revision joining several heads.
+    Merge(authoring::MergeArgs),
+    /// Upgrade to a target: head (default), heads, a revision, label@head or +N.
+    Upgrade(local::MigrateArgs),
+    /// Downgrade to a target: -N, a revision or base.
+    Downgrade(local::MigrateArgs),
+    /// Set the version table to a revision without running any migration.
+    Stamp(local::StampArgs),
+    /// Show the revision(s) the database is at.
+    Current(local::CurrentArgs),
+    /// Show the revision graph (or, with --applied, what the database's history records).
+    History(authoring::HistoryArgs),
+    /// Show the current head revision(s) of the graph.
+    Heads(authoring::HeadsArgs),
+    /// Check the graph, every revision's SQL with the resolved placeholders, and (with a
+    /// database) that applied revisions' files are unchanged.
+    Check,
+    /// Print the database's schema fingerprint (from pg_catalog).
+    Fingerprint,
+}
+
+/// Values given as flags, layered over file and environment.
+#[derive(Serialize)]
+struct FlagLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    migrations_dir: Option<PathBuf>,
+}
+
+/// A failure with its exit code; the message is printed as is.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn input(message: impl ToString) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::input(e)
+    }
+}
+
+impl From<LoadError> for Failure {
+    fn from(e: LoadError) -> Self {
+        Failure::input(e)
+    }
+}
+
+impl From<PlaceholderError> for Failure {
+    fn from(e: PlaceholderError) -> Self {
+        Failure::input(e)
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::Plan(PlanError::Resolve(
+                crate::revision::graph::ResolveError::MultipleHeads { .. },
+            ))
+            | EngineError::Plan(PlanError::UnknownInDatabase(_))
+            | EngineError::Plan(PlanError::Irreversible { .. })
+            | EngineError::ChecksumMismatch(_)
+            | EngineError::LockHeld
+            | EngineError::StaleFence { .. } => 3,
+            EngineError::Plan(_) | EngineError::Render(_) | EngineError::Setting { .. } => 2,
+            EngineError::Connect(_)
+            | EngineError::Database { .. }
+            | EngineError::StepFailed { .. }
+            | EngineError::StateChanged(_)
+            | EngineError::IndexInvalid { .. } => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Everything a command needs: config, app, placeholder values.
+pub struct Context {
+    pub config: Config,
+    pub explicit: BTreeMap<String, String>,
+}
+
+impl Context {
+    fn new(global: &Global) -> Result<Context, Failure> {
+        let config = Config::load(
+            global.config.as_deref(),
+            Config::env(),
+            FlagLayer {
+                app: global.app.clone(),
+                migrations_dir: global.migrations_dir.clone(),
+            },
+        )?;
+        let mut explicit = BTreeMap::new();
+        for kv in &global.set {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(Failure::input(format!("-x {kv:?}: expected NAME=VALUE")));
+            };
+            explicit.insert(k.trim().to_string(), v.to_string());
+        }
+        Ok(Context { config, explicit })
+    }
+
+    /// The app named by --app / config, or the only app there is.
+    pub fn app_name(&self) -> Result<String, Failure> {
+        if let Some(app) = &self.config.app {
+            return Ok(app.clone());
+        }
+        let apps = App::list(&self.config.migrations_dir);
+        match apps.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Failure::input(format!(
+                "no apps under {}: create migrations/<app>/ or pass --migrations-dir",
+                self.config.migrations_dir.display()
+            ))),
+            many => Err(Failure::input(format!(
+                "several apps under {} ({}): pick one with --app",
+                self.config.migrations_dir.display(),
+                many.join(", ")
+            ))),
+        }
+    }
+
+    pub fn app(&self) -> Result<App, Failure> {
+        Ok(App::load(&self.config.migrations_dir, &self.app_name()?)?)
+    }
+
+    /// Placeholder values: defaults < environment (and .env) < -x.
+    pub fn values(&self, app: &App) -> Result<Resolved, Failure> {
+        Ok(app
+            .declarations
+            .resolve(&|name| std::env::var(name).ok(), &self.explicit)?)
+    }
+}
+
+/// Who applies, as recorded in history: user@host pid.
+pub fn applied_by() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!(
+        "{user}@{} pid {} (fleetmig {})",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id(),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = dispatch(cli).await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("FAILED: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    // .env fills the environment (never overriding what is set) before anything reads it.
+    let _ = dotenvy::dotenv();
+    let ctx = Context::new(&cli.global)?;
+    match cli.command {
+        Command::Revision(args) => authoring::revision(&ctx, args),
+        Command::Merge(args) => authoring::merge(&ctx, args),
+        Command::History(args) => authoring::history(&ctx, args).await,
+        Command::Heads(args) => authoring::heads(&ctx, args),
+        Command::Check => authoring::check(&ctx).await,
+        Command::Upgrade(args) => {
+            local::migrate(&ctx, crate::model::Direction::Upgrade, args).await
+        }
+        Command::Downgrade(args) => {
+            local::migrate(&ctx, crate::model::Direction::Downgrade, args).await
+        }
+        Command::Stamp(args) => local::stamp(&ctx, args).await,
+        Command::Current(args) => local::current(&ctx, args).await,
+        Command::Fingerprint => local::fingerprint(&ctx).await,
+    }
+}

@@ -1,0 +1,550 @@
+//! The engine for ONE database: reads its version state, plans against the revision graph,
+//! applies revisions (one transaction each, or statement by statement for non-transactional
+//! ones), records history, stamps, and renders offline SQL. Knows nothing of etcd or gRPC:
+//! callers that hold a distributed lock pass its fencing token.
+
+pub mod error;
+pub mod fingerprint;
+pub mod offline;
+mod record;
+mod step;
+pub mod tables;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+pub use error::{ChangedRevision, EngineError, StepFailure};
+pub use tables::{TableName, Tables};
+
+use crate::model::{Direction, FenceToken, RevisionId};
+use crate::revision::placeholder::{quote_ident, quote_literal};
+use crate::revision::plan::{self, Target};
+use crate::revision::{App, Node, Resolved};
+
+/// How the engine behaves on every database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub tables: Tables,
+    /// `lock_timeout` for each revision's statements: short, so a migration waiting on a busy
+    /// table does not queue every query behind it; retried with backoff.
+    pub lock_timeout: Duration,
+    /// `statement_timeout` per statement; zero means none.
+    pub statement_timeout: Duration,
+    pub idle_in_transaction_timeout: Duration,
+    /// Extra attempts after a lock timeout (SQLSTATE 55P03).
+    pub lock_retries: u32,
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// The pinned `search_path` of migration sessions.
+    pub search_path: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tables: Tables::default(),
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            lock_retries: 5,
+            retry_min_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(10),
+            search_path: vec!["public".to_string()],
+        }
+    }
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if let Some(bad) = self
+            .search_path
+            .iter()
+            .find(|s| !crate::revision::placeholder::is_safe_identifier(s))
+        {
+            return Err(EngineError::Setting {
+                key: "search_path",
+                message: format!("{bad:?} is not a schema name"),
+            });
+        }
+        if self.search_path.is_empty() {
+            return Err(EngineError::Setting {
+                key: "search_path",
+                message: "name at least one schema".into(),
+            });
+        }
+        if self.lock_timeout.is_zero() {
+            return Err(EngineError::Setting {
+                key: "lock_timeout",
+                message:
+                    "must be above zero: without it a migration can queue every query on its table"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.retry_min_delay)
+            .with_max_delay(self.retry_max_delay)
+            .with_max_times(self.lock_retries as usize)
+            .with_jitter()
+            .build()
+    }
+}
+
+/// Progress of a run, for display (CLI) or streaming (daemon).
+#[derive(Debug, Clone)]
+pub enum Event {
+    RevisionStarted {
+        revision: RevisionId,
+        direction: Direction,
+    },
+    LockRetry {
+        revision: RevisionId,
+        attempt: u32,
+        delay: Duration,
+        message: String,
+    },
+    InvalidIndexDropped {
+        revision: RevisionId,
+        index: String,
+    },
+    RevisionDone(Applied),
+}
+
+/// One revision applied (or skipped by its condition) in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub revision: RevisionId,
+    pub direction: Direction,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// The condition placeholder that was false, if the SQL was skipped.
+    pub skipped_by: Option<String>,
+    pub attempts: u32,
+}
+
+/// Per-run options.
+pub struct RunOptions<'a> {
+    pub fence: Option<FenceToken>,
+    pub allow_changed: bool,
+    /// Who applies: recorded in history.
+    pub applied_by: &'a str,
+    pub events: &'a (dyn Fn(Event) + Send + Sync),
+}
+
+/// What the version table says.
+#[derive(Debug, Clone, Default)]
+pub struct DbState {
+    pub version_table_exists: bool,
+    pub rows: Vec<RevisionId>,
+}
+
+/// The latest upgrade record of a revision in the history table.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub checksum: Option<String>,
+    pub skipped: bool,
+}
+
+/// Connect with the plain protocol (TLS to tenant databases: see README, not yet supported).
+pub async fn connect(url: &str) -> Result<Client, EngineError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(EngineError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+pub(crate) fn rows_of(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The engine bound to one app, one set of placeholder values and settings.
+pub struct Engine<'a> {
+    pub app: &'a App,
+    pub values: &'a Resolved,
+    pub settings: &'a Settings,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(app: &'a App, values: &'a Resolved, settings: &'a Settings) -> Self {
+        Engine {
+            app,
+            values,
+            settings,
+        }
+    }
+
+    fn lock_key(&self) -> i64 {
+        let digest =
+            Sha256::digest(format!("fleetmig:{}", self.settings.tables.version.sql()).as_bytes());
+        i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Session settings for a migration connection.
+    async fn prepare_session(&self, client: &Client) -> Result<(), EngineError> {
+        let path = self
+            .settings
+            .search_path
+            .iter()
+            .map(|s| quote_ident(s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        client
+            .batch_execute(&format!(
+                "SET application_name = 'fleetmig'; SET standard_conforming_strings = on; SET search_path = {path}; SET idle_in_transaction_session_timeout = '{}ms'",
+                self.settings.idle_in_transaction_timeout.as_millis()
+            ))
+            .await
+            .map_err(EngineError::db("preparing the session"))
+    }
+
+    /// Non-blocking, session-level: a second fleetmig on the same database fails fast instead of
+    /// queueing (a blocking advisory lock can deadlock with CREATE INDEX CONCURRENTLY).
+    async fn try_lock(&self, client: &Client) -> Result<(), EngineError> {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.lock_key()])
+            .await
+            .map_err(EngineError::db("taking the migration lock"))?;
+        if row.get::<_, bool>(0) {
+            Ok(())
+        } else {
+            Err(EngineError::LockHeld)
+        }
+    }
+
+    async fn unlock(&self, client: &Client) {
+        if let Err(e) = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&self.lock_key()])
+            .await
+        {
+            tracing::debug!(error = %e, "advisory unlock failed (the session end releases it)");
+        }
+    }
+
+    /// The version table's rows (empty when it does not exist).
+    pub async fn state(&self, client: &Client) -> Result<DbState, EngineError> {
+        let exists = client
+            .simple_query(&self.settings.tables.exists_sql())
+            .await
+            .map_err(EngineError::db("looking for the version table"))?;
+        let version_table_exists =
+            rows_of(&exists).first().and_then(|r| r[0].as_deref()) == Some("t");
+        if !version_table_exists {
+            return Ok(DbState::default());
+        }
+        let rows = client
+            .simple_query(&self.settings.tables.select_versions_sql())
+            .await
+            .map_err(EngineError::db("reading the version table"))?;
+        Ok(DbState {
+            version_table_exists,
+            rows: parse_rows(&rows)?,
+        })
+    }
+
+    async fn ensure_tables(&self, client: &Client) -> Result<(), EngineError> {
+        let exists = client
+            .simple_query(&self.settings.tables.exists_sql())
+            .await
+            .map_err(EngineError::db("looking for fleetmig's tables"))?;
+        if rows_of(&exists)
+            .first()
+            .is_some_and(|r| r.iter().all(|c| c.as_deref() == Some("t")))
+        {
+            return Ok(());
+        }
+        client
+            .batch_execute(&format!(
+                "BEGIN;\n{}COMMIT;",
+                self.settings.tables.create_sql()
+            ))
+            .await
+            .map_err(EngineError::db("creating the version and history tables"))
+    }
+
+    pub(crate) async fn recorded(
+        &self,
+        client: &Client,
+    ) -> Result<HashMap<String, Recorded>, EngineError> {
+        let exists = client
+            .simple_query(&self.settings.tables.exists_sql())
+            .await
+            .map_err(EngineError::db("looking for the history table"))?;
+        if rows_of(&exists).first().and_then(|r| r[1].as_deref()) != Some("t") {
+            return Ok(HashMap::new());
+        }
+        let rows = client
+            .simple_query(&self.settings.tables.applied_checksums_sql())
+            .await
+            .map_err(EngineError::db("reading the history table"))?;
+        Ok(rows_of(&rows)
+            .into_iter()
+            .filter_map(|r| {
+                let rev = r[0].clone()?;
+                Some((
+                    rev,
+                    Recorded {
+                        checksum: r[1].clone(),
+                        skipped: r[2].as_deref() == Some("t"),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Applied revisions whose files changed since.
+    pub async fn changed_revisions(
+        &self,
+        client: &Client,
+        applied: &BTreeSet<Node>,
+    ) -> Result<Vec<ChangedRevision>, EngineError> {
+        let recorded = self.recorded(client).await?;
+        Ok(self.changed_in(&recorded, applied))
+    }
+
+    fn changed_in(
+        &self,
+        recorded: &HashMap<String, Recorded>,
+        applied: &BTreeSet<Node>,
+    ) -> Vec<ChangedRevision> {
+        applied
+            .iter()
+            .filter_map(|&n| {
+                let rev = self.app.graph.revision(n);
+                let applied_checksum = recorded.get(rev.id.as_str())?.checksum.clone()?;
+                (applied_checksum != rev.checksum).then(|| ChangedRevision {
+                    revision: rev.id.clone(),
+                    path: rev.path.display().to_string(),
+                    applied_checksum,
+                    file_checksum: rev.checksum.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The plan from the database's current state, without applying anything.
+    pub async fn plan(
+        &self,
+        client: &Client,
+        direction: Direction,
+        target: &Target,
+    ) -> Result<(DbState, Vec<Node>), EngineError> {
+        let state = self.state(client).await?;
+        let applied = plan::applied_from_rows(&self.app.graph, &state.rows)?;
+        let steps = match direction {
+            Direction::Upgrade => plan::upgrade(&self.app.graph, &applied, target)?,
+            Direction::Downgrade => plan::downgrade(&self.app.graph, &applied, target)?,
+        };
+        Ok((state, steps))
+    }
+
+    /// Upgrade or downgrade to `target`. Stops at the first failure, leaving the database at
+    /// the last fully applied revision; the error lists what this run applied before it.
+    pub async fn migrate(
+        &self,
+        client: &mut Client,
+        direction: Direction,
+        target: &Target,
+        opts: &RunOptions<'_>,
+    ) -> Result<Vec<Applied>, EngineError> {
+        self.prepare_session(client).await?;
+        self.try_lock(client).await?;
+        let result = self.migrate_locked(client, direction, target, opts).await;
+        self.unlock(client).await;
+        result
+    }
+
+    async fn migrate_locked(
+        &self,
+        client: &mut Client,
+        direction: Direction,
+        target: &Target,
+        opts: &RunOptions<'_>,
+    ) -> Result<Vec<Applied>, EngineError> {
+        let (state, steps) = self.plan(client, direction, target).await?;
+        if steps.is_empty() {
+            return Ok(vec![]);
+        }
+        let applied = plan::applied_from_rows(&self.app.graph, &state.rows)?;
+        let recorded = self.recorded(client).await?;
+        let changed = self.changed_in(&recorded, &applied);
+        if !changed.is_empty() && !opts.allow_changed {
+            return Err(EngineError::ChecksumMismatch(changed));
+        }
+        self.ensure_tables(client).await?;
+        let fresh_database = state.rows.is_empty();
+        let mut done: Vec<Applied> = Vec::with_capacity(steps.len());
+        for node in steps {
+            let recorded_skip = recorded
+                .get(self.app.graph.revision(node).id.as_str())
+                .map(|r| r.skipped);
+            match step::apply(self, client, node, direction, recorded_skip, opts).await {
+                Ok(applied) => {
+                    (opts.events)(Event::RevisionDone(applied.clone()));
+                    done.push(applied);
+                }
+                Err(step::StepError::Failed(mut failure)) => {
+                    if fresh_database
+                        && matches!(
+                            failure.sqlstate.as_deref(),
+                            Some("42P07" | "42710" | "42701")
+                        )
+                        && done.is_empty()
+                    {
+                        failure.hint = Some(format!(
+                            "this database has objects but no {} rows: it was built outside fleetmig (create_all, by hand, or a lost Alembic state). Find the revision its schema matches and run `fleetmig stamp <revision>`, then `fleetmig upgrade`",
+                            self.settings.tables.version.name
+                        ));
+                    }
+                    return Err(EngineError::StepFailed {
+                        failure,
+                        applied: done.into_iter().map(|a| a.revision).collect(),
+                    });
+                }
+                Err(step::StepError::Engine(e)) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Set the version table to `target` without running any SQL. `purge` first empties the
+    /// table even if it names revisions unknown to this app.
+    pub async fn stamp(
+        &self,
+        client: &mut Client,
+        target: &str,
+        purge: bool,
+        opts: &RunOptions<'_>,
+    ) -> Result<Vec<RevisionId>, EngineError> {
+        self.prepare_session(client).await?;
+        self.try_lock(client).await?;
+        let result = self.stamp_locked(client, target, purge, opts).await;
+        self.unlock(client).await;
+        result
+    }
+
+    async fn stamp_locked(
+        &self,
+        client: &mut Client,
+        target: &str,
+        purge: bool,
+        opts: &RunOptions<'_>,
+    ) -> Result<Vec<RevisionId>, EngineError> {
+        let g = &self.app.graph;
+        let new_applied: BTreeSet<Node> = match target {
+            "base" => BTreeSet::new(),
+            "heads" => g.ancestors(g.heads()),
+            "head" => g.ancestors(g.single_head().map_err(plan::PlanError::from)?),
+            t => match t.strip_suffix("@head") {
+                Some(l) => g.ancestors([g.branch_head(l).map_err(plan::PlanError::from)?]),
+                None => g.ancestors([g.resolve(t).map_err(plan::PlanError::from)?]),
+            },
+        };
+        self.ensure_tables(client).await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(EngineError::db("starting the stamp transaction"))?;
+        let rows = parse_rows(
+            &tx.simple_query(&self.settings.tables.select_versions_sql())
+                .await
+                .map_err(EngineError::db("reading the version table"))?,
+        )?;
+        if !purge {
+            plan::applied_from_rows(g, &rows)?;
+        }
+        if let Some(token) = opts.fence {
+            step::fence(&tx, &self.settings.tables, token)
+                .await
+                .map_err(step_to_engine)?;
+        }
+        let before: BTreeSet<String> = rows.iter().map(|r| r.to_string()).collect();
+        let after_nodes = g.version_rows(&new_applied);
+        let after: BTreeSet<String> = after_nodes
+            .iter()
+            .map(|&n| g.revision(n).id.to_string())
+            .collect();
+        let mut sql = record::version_change_sql(&self.settings.tables, &before, &after);
+        let json = self.values.to_json();
+        let stamped: Vec<String> = if after.is_empty() {
+            vec!["base".to_string()]
+        } else {
+            after.iter().cloned().collect()
+        };
+        for r in &stamped {
+            let checksum = g.node(r).map(|n| g.revision(n).checksum.clone());
+            sql.push_str(&record::history_sql(
+                &self.settings.tables,
+                &record::HistoryRow {
+                    revision: r,
+                    direction: "stamp",
+                    checksum: checksum.as_deref(),
+                    placeholders: &json,
+                    skipped: false,
+                    duration_ms: 0,
+                    applied_by: opts.applied_by,
+                    fence: opts.fence,
+                },
+            ));
+        }
+        tx.batch_execute(&sql)
+            .await
+            .map_err(EngineError::db("writing the version table"))?;
+        tx.commit()
+            .await
+            .map_err(EngineError::db("committing the stamp"))?;
+        Ok(after_nodes
+            .into_iter()
+            .map(|n| g.revision(n).id.clone())
+            .collect())
+    }
+}
+
+fn step_to_engine(e: step::StepError) -> EngineError {
+    match e {
+        step::StepError::Engine(e) => e,
+        step::StepError::Failed(f) => EngineError::StepFailed {
+            failure: f,
+            applied: vec![],
+        },
+    }
+}
+
+pub(crate) fn parse_rows(messages: &[SimpleQueryMessage]) -> Result<Vec<RevisionId>, EngineError> {
+    rows_of(messages)
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .map(|s| {
+            s.parse().map_err(|_| {
+                EngineError::StateChanged(format!(
+                    "the version table holds {s:?}, which is not a revision id"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `'{ms}ms'` for a SET.
+pub(crate) fn millis(d: Duration) -> String {
+    quote_literal(&format!("{}ms", d.as_millis()))
+}

@@ -1,0 +1,130 @@
+//! Offline mode (`--sql`): the exact SQL a run would execute, version-table statements
+//! included, from a given starting point, touching no database. Runnable with `psql -f`:
+//! transactional revisions are wrapped in BEGIN/COMMIT, non-transactional statements stand alone.
+
+use std::collections::BTreeSet;
+
+use crate::model::{Direction, TransactionMode};
+use crate::revision::plan::{self, Target};
+use crate::revision::render;
+use crate::revision::{App, Node, Resolved};
+
+use super::record::{self, HistoryRow};
+use super::{EngineError, Settings, millis};
+
+/// Who the history rows of offline SQL name.
+pub const OFFLINE_APPLIED_BY: &str = "fleetmig offline sql";
+
+/// SQL to go from `from` (`base`, or a revision) to `target`.
+pub fn render(
+    app: &App,
+    values: &Resolved,
+    settings: &Settings,
+    direction: Direction,
+    from: &str,
+    target: &Target,
+) -> Result<String, EngineError> {
+    let g = &app.graph;
+    let mut applied: BTreeSet<Node> = match from {
+        "base" => BTreeSet::new(),
+        "heads" => g.ancestors(g.heads()),
+        "head" => g.ancestors(g.single_head().map_err(plan::PlanError::from)?),
+        rev => g.ancestors([g.resolve(rev).map_err(plan::PlanError::from)?]),
+    };
+    let steps = match direction {
+        Direction::Upgrade => plan::upgrade(g, &applied, target)?,
+        Direction::Downgrade => plan::downgrade(g, &applied, target)?,
+    };
+    let tables = &settings.tables;
+    let json = values.to_json();
+    let mut out = format!(
+        "-- fleetmig offline SQL: app {}, {direction} {from} -> {target}\n-- placeholders: {json}\n\n",
+        app.name
+    );
+    out.push_str(&format!(
+        "SET standard_conforming_strings = on;\nSET search_path = {};\n\n",
+        settings
+            .search_path
+            .iter()
+            .map(|s| crate::revision::placeholder::quote_ident(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push_str(&tables.create_sql());
+    out.push('\n');
+    let timeouts = format!(
+        "SET LOCAL lock_timeout = {};\nSET LOCAL statement_timeout = {};\n",
+        millis(settings.lock_timeout),
+        millis(settings.statement_timeout)
+    );
+    for node in steps {
+        let rev = g.revision(node);
+        let before_rows: BTreeSet<String> = g
+            .version_rows(&applied)
+            .into_iter()
+            .map(|n| g.revision(n).id.to_string())
+            .collect();
+        match direction {
+            Direction::Upgrade => applied.insert(node),
+            Direction::Downgrade => applied.remove(&node),
+        };
+        let after_rows: BTreeSet<String> = g
+            .version_rows(&applied)
+            .into_iter()
+            .map(|n| g.revision(n).id.to_string())
+            .collect();
+        let parents = g
+            .parents(node)
+            .iter()
+            .map(|&p| g.revision(p).id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (a, b) = match direction {
+            Direction::Upgrade => (parents.as_str(), rev.id.as_str()),
+            Direction::Downgrade => (rev.id.as_str(), parents.as_str()),
+        };
+        out.push_str(&format!(
+            "-- Running {direction} {a} -> {b} ({})\n",
+            rev.path.display()
+        ));
+        let rendered = render::render(rev, direction, values, None)?;
+        let autocommit =
+            rev.transaction == TransactionMode::None && !rendered.statements.is_empty();
+        if let Some(cond) = &rendered.skipped_by {
+            out.push_str(&format!("-- skipped: condition {cond} is false\n"));
+        }
+        if !autocommit {
+            out.push_str("BEGIN;\n");
+            out.push_str(&timeouts);
+        }
+        for stmt in rendered.statements.iter() {
+            out.push_str(&format!("{};\n", stmt.sql));
+        }
+        for analyze in &rendered.analyze {
+            out.push_str(&format!("{analyze};\n"));
+        }
+        if autocommit {
+            out.push_str("BEGIN;\n");
+        }
+        out.push_str(&record::version_change_sql(
+            tables,
+            &before_rows,
+            &after_rows,
+        ));
+        out.push_str(&record::history_sql(
+            tables,
+            &HistoryRow {
+                revision: rev.id.as_str(),
+                direction: direction.as_str(),
+                checksum: Some(&rev.checksum),
+                placeholders: &json,
+                skipped: rendered.skipped_by.is_some(),
+                duration_ms: 0,
+                applied_by: OFFLINE_APPLIED_BY,
+                fence: None,
+            },
+        ));
+        out.push_str("COMMIT;\n\n");
+    }
+    Ok(out)
+}

@@ -1,0 +1,61 @@
+//! The SQL that records a step: version-table rows and the history row. Built from validated
+//! values as literals, so the same text serves online application (one round trip) and
+//! offline `--sql` output.
+
+use std::collections::BTreeSet;
+
+use crate::model::FenceToken;
+use crate::revision::placeholder::quote_literal;
+
+use super::tables::Tables;
+
+/// What one history row says.
+pub struct HistoryRow<'a> {
+    pub revision: &'a str,
+    /// `upgrade`, `downgrade` or `stamp`.
+    pub direction: &'a str,
+    pub checksum: Option<&'a str>,
+    pub placeholders: &'a serde_json::Value,
+    pub skipped: bool,
+    pub duration_ms: i64,
+    pub applied_by: &'a str,
+    pub fence: Option<FenceToken>,
+}
+
+/// Statements moving `alembic_version` from `before` to `after`.
+pub fn version_change_sql(
+    tables: &Tables,
+    before: &BTreeSet<String>,
+    after: &BTreeSet<String>,
+) -> String {
+    let vt = tables.version.sql();
+    let mut sql = String::new();
+    for gone in before.difference(after) {
+        sql.push_str(&format!(
+            "DELETE FROM {vt} WHERE version_num = {};\n",
+            quote_literal(gone)
+        ));
+    }
+    for new in after.difference(before) {
+        sql.push_str(&format!(
+            "INSERT INTO {vt} (version_num) VALUES ({});\n",
+            quote_literal(new)
+        ));
+    }
+    sql
+}
+
+pub fn history_sql(tables: &Tables, row: &HistoryRow<'_>) -> String {
+    format!(
+        "INSERT INTO {} (revision, direction, checksum, placeholders, skipped, duration_ms, applied_by, fence_token) VALUES ({}, {}, {}, {}::jsonb, {}, {}, {}, {});\n",
+        tables.history.sql(),
+        quote_literal(row.revision),
+        quote_literal(row.direction),
+        row.checksum.map_or("NULL".to_string(), quote_literal),
+        quote_literal(&row.placeholders.to_string()),
+        row.skipped,
+        row.duration_ms,
+        quote_literal(row.applied_by),
+        row.fence.map_or("NULL".to_string(), |t| t.0.to_string()),
+    )
+}

@@ -1,0 +1,490 @@
+//! Applying one revision in one direction: the transactional path (DDL, version rows and
+//! history in one transaction, retried on lock timeouts) and the non-transactional path
+//! (each statement alone, fence checked before each, INVALID index leftovers rebuilt,
+//! completion recorded in a final fenced transaction).
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use tokio_postgres::{Client, GenericClient};
+
+use super::error::{EngineError, StepFailure};
+use super::record::{self, HistoryRow};
+use super::tables::Tables;
+use super::{Applied, Engine, Event, RunOptions, millis, parse_rows};
+use crate::model::{Direction, FenceToken, TransactionMode};
+use crate::revision::plan;
+use crate::revision::render::{self, RenderedRevision};
+use crate::revision::{Node, Revision};
+
+pub(crate) enum StepError {
+    /// The revision failed: reported with location and SQLSTATE.
+    Failed(Box<StepFailure>),
+    /// Anything else (fence, connection, state).
+    Engine(EngineError),
+}
+
+impl From<EngineError> for StepError {
+    fn from(e: EngineError) -> Self {
+        StepError::Engine(e)
+    }
+}
+
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == LOCK_NOT_AVAILABLE)
+}
+
+fn failure(
+    rev: &Revision,
+    direction: Direction,
+    location: Option<String>,
+    e: &tokio_postgres::Error,
+    attempts: u32,
+) -> Box<StepFailure> {
+    let db = e.as_db_error();
+    let mut message = db.map_or_else(|| e.to_string(), |d| d.message().to_string());
+    if e.is_closed() {
+        message.push_str(" (connection lost: the outcome of the last statement is unknown; run `fleetmig current` before retrying)");
+    }
+    Box::new(StepFailure {
+        revision: rev.id.clone(),
+        direction,
+        location,
+        sqlstate: e.code().map(|c| c.code().to_string()),
+        message,
+        detail: db.and_then(|d| d.detail().map(str::to_string)),
+        hint: db.and_then(|d| d.hint().map(str::to_string)),
+        attempts,
+    })
+}
+
+/// Write our fencing token; fails as stale if a newer holder has written.
+pub(crate) async fn fence(
+    client: &impl GenericClient,
+    tables: &Tables,
+    token: FenceToken,
+) -> Result<(), StepError> {
+    let n = client
+        .execute(&tables.fence_sql(), &[&token.0])
+        .await
+        .map_err(|e| StepError::Engine(EngineError::db("checking the fence token")(e)))?;
+    if n == 1 {
+        return Ok(());
+    }
+    let theirs = client
+        .query_opt(&tables.fence_token_sql(), &[])
+        .await
+        .ok()
+        .flatten()
+        .map_or(-1, |r| r.get::<_, i64>(0));
+    Err(StepError::Engine(EngineError::StaleFence {
+        ours: token,
+        theirs,
+    }))
+}
+
+/// Is `node` still to be applied in `direction`, given the rows read inside our transaction?
+/// `Ok(false)`: someone else already did it.
+fn still_needed(
+    engine: &Engine<'_>,
+    rows: &[crate::model::RevisionId],
+    node: Node,
+    direction: Direction,
+) -> Result<bool, EngineError> {
+    let g = &engine.app.graph;
+    let applied = plan::applied_from_rows(g, rows)?;
+    let id = &g.revision(node).id;
+    match direction {
+        Direction::Upgrade if applied.contains(&node) => Ok(false),
+        Direction::Upgrade if g.requires(node).iter().all(|r| applied.contains(r)) => Ok(true),
+        Direction::Upgrade => Err(EngineError::StateChanged(format!(
+            "a revision that {id} requires is no longer applied"
+        ))),
+        Direction::Downgrade if !applied.contains(&node) => Ok(false),
+        Direction::Downgrade if applied.iter().any(|&a| g.requires(a).contains(&node)) => {
+            Err(EngineError::StateChanged(format!(
+                "a revision that requires {id} has been applied meanwhile"
+            )))
+        }
+        Direction::Downgrade => Ok(true),
+    }
+}
+
+/// The version/history SQL recording `node` in `direction` on top of `rows`.
+fn record_sql(
+    engine: &Engine<'_>,
+    rows: &[crate::model::RevisionId],
+    node: Node,
+    direction: Direction,
+    rendered: &RenderedRevision,
+    started: Instant,
+    opts: &RunOptions<'_>,
+) -> Result<String, EngineError> {
+    let g = &engine.app.graph;
+    let before: BTreeSet<String> = rows.iter().map(|r| r.to_string()).collect();
+    let mut applied = plan::applied_from_rows(g, rows)?;
+    match direction {
+        Direction::Upgrade => applied.insert(node),
+        Direction::Downgrade => applied.remove(&node),
+    };
+    let after: BTreeSet<String> = g
+        .version_rows(&applied)
+        .into_iter()
+        .map(|n| g.revision(n).id.to_string())
+        .collect();
+    let rev = g.revision(node);
+    let mut sql = record::version_change_sql(&engine.settings.tables, &before, &after);
+    sql.push_str(&record::history_sql(
+        &engine.settings.tables,
+        &HistoryRow {
+            revision: rev.id.as_str(),
+            direction: direction.as_str(),
+            checksum: Some(&rev.checksum),
+            placeholders: &engine.values.to_json(),
+            skipped: rendered.skipped_by.is_some(),
+            duration_ms: started.elapsed().as_millis() as i64,
+            applied_by: opts.applied_by,
+            fence: opts.fence,
+        },
+    ));
+    Ok(sql)
+}
+
+pub(crate) async fn apply(
+    engine: &Engine<'_>,
+    client: &mut Client,
+    node: Node,
+    direction: Direction,
+    recorded_skip: Option<bool>,
+    opts: &RunOptions<'_>,
+) -> Result<Applied, StepError> {
+    let rev = engine.app.graph.revision(node);
+    let rendered =
+        render::render(rev, direction, engine.values, recorded_skip).map_err(EngineError::from)?;
+    (opts.events)(Event::RevisionStarted {
+        revision: rev.id.clone(),
+        direction,
+    });
+    let started = Instant::now();
+    let attempts = if rev.transaction == TransactionMode::None && !rendered.statements.is_empty() {
+        autocommit(engine, client, node, direction, &rendered, started, opts).await?
+    } else {
+        transactional(engine, client, node, direction, &rendered, started, opts).await?
+    };
+    Ok(Applied {
+        revision: rev.id.clone(),
+        direction,
+        duration: started.elapsed(),
+        skipped_by: rendered.skipped_by.clone(),
+        attempts,
+    })
+}
+
+fn local_timeouts(engine: &Engine<'_>) -> String {
+    format!(
+        "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+        millis(engine.settings.lock_timeout),
+        millis(engine.settings.statement_timeout)
+    )
+}
+
+/// Returns the number of attempts it took.
+async fn transactional(
+    engine: &Engine<'_>,
+    client: &mut Client,
+    node: Node,
+    direction: Direction,
+    rendered: &RenderedRevision,
+    started: Instant,
+    opts: &RunOptions<'_>,
+) -> Result<u32, StepError> {
+    let rev = engine.app.graph.revision(node);
+    let mut delays = engine.settings.backoff();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match transactional_once(engine, client, node, direction, rendered, started, opts).await {
+            Ok(()) => return Ok(attempt),
+            Err(Attempt::Sql(e, location)) if is_lock_timeout(&e) => match delays.next() {
+                Some(delay) => {
+                    let message = e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_string());
+                    tracing::info!(revision = %rev.id, attempt, ?delay, %message, "lock timeout; retrying");
+                    (opts.events)(Event::LockRetry {
+                        revision: rev.id.clone(),
+                        attempt,
+                        delay,
+                        message,
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    return Err(StepError::Failed(failure(
+                        rev, direction, location, &e, attempt,
+                    )));
+                }
+            },
+            Err(Attempt::Sql(e, location)) => {
+                return Err(StepError::Failed(failure(
+                    rev, direction, location, &e, attempt,
+                )));
+            }
+            Err(Attempt::Other(e)) => return Err(e),
+        }
+    }
+}
+
+enum Attempt {
+    Sql(tokio_postgres::Error, Option<String>),
+    Other(StepError),
+}
+
+impl From<StepError> for Attempt {
+    fn from(e: StepError) -> Self {
+        Attempt::Other(e)
+    }
+}
+
+impl From<EngineError> for Attempt {
+    fn from(e: EngineError) -> Self {
+        Attempt::Other(StepError::Engine(e))
+    }
+}
+
+async fn transactional_once(
+    engine: &Engine<'_>,
+    client: &mut Client,
+    node: Node,
+    direction: Direction,
+    rendered: &RenderedRevision,
+    started: Instant,
+    opts: &RunOptions<'_>,
+) -> Result<(), Attempt> {
+    let rev = engine.app.graph.revision(node);
+    let tables = &engine.settings.tables;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Attempt::Sql(e, None))?;
+    tx.batch_execute(&local_timeouts(engine))
+        .await
+        .map_err(|e| Attempt::Sql(e, None))?;
+    if let Some(token) = opts.fence {
+        fence(&tx, tables, token).await?;
+    }
+    let rows = parse_rows(
+        &tx.simple_query(&tables.select_versions_sql())
+            .await
+            .map_err(|e| Attempt::Sql(e, None))?,
+    )?;
+    if !still_needed(engine, &rows, node, direction)? {
+        tracing::info!(revision = %rev.id, %direction, "already done by another process; nothing to do");
+        return Ok(());
+    }
+    for stmt in rendered.statements.iter() {
+        tx.batch_execute(&stmt.sql)
+            .await
+            .map_err(|e| Attempt::Sql(e, Some(rev.location(stmt.line))))?;
+    }
+    for analyze in &rendered.analyze {
+        tx.batch_execute(analyze)
+            .await
+            .map_err(|e| Attempt::Sql(e, Some(rev.location(1))))?;
+    }
+    let sql = record_sql(engine, &rows, node, direction, rendered, started, opts)?;
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|e| Attempt::Sql(e, None))?;
+    tx.commit().await.map_err(|e| Attempt::Sql(e, None))?;
+    Ok(())
+}
+
+/// Non-transactional revision: statement by statement in autocommit.
+async fn autocommit(
+    engine: &Engine<'_>,
+    client: &mut Client,
+    node: Node,
+    direction: Direction,
+    rendered: &RenderedRevision,
+    started: Instant,
+    opts: &RunOptions<'_>,
+) -> Result<u32, StepError> {
+    let rev = engine.app.graph.revision(node);
+    let tables = &engine.settings.tables;
+    let sql_err = |e: tokio_postgres::Error, line: Option<usize>, attempts: u32| {
+        StepError::Failed(failure(
+            rev,
+            direction,
+            line.map(|l| rev.location(l)),
+            &e,
+            attempts,
+        ))
+    };
+    // Precheck: fenced, and still needed?
+    {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| sql_err(e, None, 1))?;
+        if let Some(token) = opts.fence {
+            fence(&tx, tables, token).await?;
+        }
+        let rows = parse_rows(
+            &tx.simple_query(&tables.select_versions_sql())
+                .await
+                .map_err(|e| sql_err(e, None, 1))?,
+        )?;
+        tx.commit().await.map_err(|e| sql_err(e, None, 1))?;
+        if !still_needed(engine, &rows, node, direction)? {
+            return Ok(1);
+        }
+    }
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = {}; SET statement_timeout = {}",
+            millis(engine.settings.lock_timeout),
+            millis(engine.settings.statement_timeout)
+        ))
+        .await
+        .map_err(|e| sql_err(e, None, 1))?;
+    let mut max_attempts = 1;
+    for stmt in &rendered.statements {
+        if let Some(token) = opts.fence {
+            fence(&*client, tables, token).await?;
+        }
+        if let Some(build) = &stmt.index_build {
+            drop_invalid_leftover(client, rev, build, opts)
+                .await
+                .map_err(|e| sql_err(e, Some(stmt.line), 1))?;
+        }
+        let attempts = run_with_retries(engine, client, rev, &stmt.sql, opts)
+            .await
+            .map_err(|(e, n)| sql_err(e, Some(stmt.line), n))?;
+        max_attempts = max_attempts.max(attempts);
+        if let Some(build) = &stmt.index_build
+            && index_validity(client, build)
+                .await
+                .map_err(|e| sql_err(e, Some(stmt.line), attempts))?
+                == Some(false)
+        {
+            return Err(StepError::Engine(EngineError::IndexInvalid {
+                location: rev.location(stmt.line),
+                index: build.index.clone(),
+            }));
+        }
+    }
+    for analyze in &rendered.analyze {
+        client
+            .batch_execute(analyze)
+            .await
+            .map_err(|e| sql_err(e, Some(1), 1))?;
+    }
+    client
+        .batch_execute("RESET lock_timeout; RESET statement_timeout")
+        .await
+        .map_err(|e| sql_err(e, None, 1))?;
+    // Record completion in a fenced transaction.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| sql_err(e, None, 1))?;
+    if let Some(token) = opts.fence {
+        fence(&tx, tables, token).await?;
+    }
+    let rows = parse_rows(
+        &tx.simple_query(&tables.select_versions_sql())
+            .await
+            .map_err(|e| sql_err(e, None, 1))?,
+    )?;
+    if still_needed(engine, &rows, node, direction)? {
+        let sql = record_sql(engine, &rows, node, direction, rendered, started, opts)?;
+        tx.batch_execute(&sql)
+            .await
+            .map_err(|e| sql_err(e, None, 1))?;
+    }
+    tx.commit().await.map_err(|e| sql_err(e, None, 1))?;
+    Ok(max_attempts)
+}
+
+async fn run_with_retries(
+    engine: &Engine<'_>,
+    client: &Client,
+    rev: &Revision,
+    sql: &str,
+    opts: &RunOptions<'_>,
+) -> Result<u32, (tokio_postgres::Error, u32)> {
+    let mut delays = engine.settings.backoff();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match client.batch_execute(sql).await {
+            Ok(()) => return Ok(attempt),
+            Err(e) if is_lock_timeout(&e) => match delays.next() {
+                Some(delay) => {
+                    let message = e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_string());
+                    (opts.events)(Event::LockRetry {
+                        revision: rev.id.clone(),
+                        attempt,
+                        delay,
+                        message,
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err((e, attempt)),
+            },
+            Err(e) => return Err((e, attempt)),
+        }
+    }
+}
+
+/// `Some(valid)` for an index of that name in the table's schema; `None` if absent (or the
+/// table does not exist yet).
+async fn index_validity(
+    client: &Client,
+    build: &crate::revision::sql::ConcurrentIndexBuild,
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = $1 AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass($2))",
+            &[&build.index, &build.table],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// An INVALID index left by an interrupted CREATE INDEX CONCURRENTLY would make
+/// `IF NOT EXISTS` skip the build and report success: drop it so the build runs again.
+async fn drop_invalid_leftover(
+    client: &Client,
+    rev: &Revision,
+    build: &crate::revision::sql::ConcurrentIndexBuild,
+    opts: &RunOptions<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    if index_validity(client, build).await? != Some(false) {
+        return Ok(());
+    }
+    let schema: String = client
+        .query_one("SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)", &[&build.table])
+        .await?
+        .get(0);
+    let qualified = format!(
+        "{}.{}",
+        crate::revision::placeholder::quote_ident(&schema),
+        crate::revision::placeholder::quote_ident(&build.index)
+    );
+    tracing::warn!(revision = %rev.id, index = %qualified, "dropping an INVALID index left by an earlier failed build");
+    client
+        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
+        .await?;
+    (opts.events)(Event::InvalidIndexDropped {
+        revision: rev.id.clone(),
+        index: build.index.clone(),
+    });
+    Ok(())
+}

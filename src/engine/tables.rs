@@ -1,0 +1,157 @@
+//! fleetmig's bookkeeping tables in each database: Alembic's version table (one row per
+//! applied head, so `alembic current` keeps working), fleetmig's history table and the
+//! one-row fence table used by the daemon's lock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::revision::placeholder::{is_safe_identifier, quote_ident, quote_literal};
+
+/// An optionally schema-qualified table name, validated and always quoted in SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl TryFrom<String> for TableName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<TableName> for String {
+    fn from(t: TableName) -> String {
+        match t.schema {
+            Some(s) => format!("{s}.{}", t.name),
+            None => t.name,
+        }
+    }
+}
+
+impl std::str::FromStr for TableName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (schema, name) = match s.split_once('.') {
+            Some((a, b)) => (Some(a.to_string()), b.to_string()),
+            None => (None, s.to_string()),
+        };
+        if !is_safe_identifier(&name) || schema.as_deref().is_some_and(|s| !is_safe_identifier(s)) {
+            return Err(format!(
+                "{s:?} is not a table name (identifiers of a-z A-Z 0-9 _ $, optionally schema.table)"
+            ));
+        }
+        Ok(TableName { schema, name })
+    }
+}
+
+impl TableName {
+    pub fn new(name: &str) -> TableName {
+        name.parse().expect("built-in table names are valid")
+    }
+
+    /// `"schema"."name"`, or `"name"`.
+    pub fn sql(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&self.name)),
+            None => quote_ident(&self.name),
+        }
+    }
+
+    /// A string literal for `to_regclass(...)`.
+    pub fn regclass_literal(&self) -> String {
+        quote_literal(&self.sql())
+    }
+}
+
+/// The three bookkeeping tables.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tables {
+    pub version: TableName,
+    pub history: TableName,
+    pub fence: TableName,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            version: TableName::new("alembic_version"),
+            history: TableName::new("fleetmig_history"),
+            fence: TableName::new("fleetmig_fence"),
+        }
+    }
+}
+
+impl Tables {
+    /// DDL creating whatever is missing. Alembic's own table definition, byte for byte in spirit:
+    /// `version_num VARCHAR(32) NOT NULL` with a primary key constraint named `<table>_pkc`.
+    pub fn create_sql(&self) -> String {
+        let pkc = quote_ident(&format!("{}_pkc", self.version.name));
+        format!(
+            "CREATE TABLE IF NOT EXISTS {v} (version_num VARCHAR(32) NOT NULL, CONSTRAINT {pkc} PRIMARY KEY (version_num));\n\
+             CREATE TABLE IF NOT EXISTS {h} (\n\
+             \x20   id bigserial PRIMARY KEY,\n\
+             \x20   revision varchar(32) NOT NULL,\n\
+             \x20   direction text NOT NULL CHECK (direction IN ('upgrade', 'downgrade', 'stamp')),\n\
+             \x20   checksum text,\n\
+             \x20   placeholders jsonb NOT NULL DEFAULT '{{}}',\n\
+             \x20   skipped boolean NOT NULL DEFAULT false,\n\
+             \x20   applied_at timestamptz NOT NULL DEFAULT now(),\n\
+             \x20   duration_ms bigint NOT NULL DEFAULT 0,\n\
+             \x20   applied_by text NOT NULL,\n\
+             \x20   fence_token bigint\n\
+             );\n\
+             CREATE TABLE IF NOT EXISTS {f} (id smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1), token bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());\n",
+            v = self.version.sql(),
+            h = self.history.sql(),
+            f = self.fence.sql(),
+        )
+    }
+
+    /// One row: does each table exist?
+    pub fn exists_sql(&self) -> String {
+        format!(
+            "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL",
+            self.version.regclass_literal(),
+            self.history.regclass_literal(),
+            self.fence.regclass_literal()
+        )
+    }
+
+    pub fn select_versions_sql(&self) -> String {
+        format!(
+            "SELECT version_num FROM {} ORDER BY version_num",
+            self.version.sql()
+        )
+    }
+
+    /// Fence: succeeds (1 row) only if no newer token has been recorded. `$1` = token.
+    pub fn fence_sql(&self) -> String {
+        let f = self.fence.sql();
+        format!(
+            "INSERT INTO {f} AS f (id, token) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, updated_at = now() WHERE f.token <= EXCLUDED.token"
+        )
+    }
+
+    pub fn fence_token_sql(&self) -> String {
+        format!("SELECT token FROM {} WHERE id = 1", self.fence.sql())
+    }
+
+    /// `$1` revision, `$2` direction, `$3` checksum, `$4` placeholders jsonb, `$5` skipped,
+    /// `$6` duration_ms, `$7` applied_by, `$8` fence_token.
+    pub fn insert_history_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (revision, direction, checksum, placeholders, skipped, duration_ms, applied_by, fence_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            self.history.sql()
+        )
+    }
+
+    /// The checksum each revision was last upgraded with.
+    pub fn applied_checksums_sql(&self) -> String {
+        format!(
+            "SELECT DISTINCT ON (revision) revision, checksum, skipped FROM {} WHERE direction = 'upgrade' ORDER BY revision, id DESC",
+            self.history.sql()
+        )
+    }
+}
