@@ -38,10 +38,11 @@ const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema'
 
 /// The fingerprint of every user schema, leaving out fleetmig's own bookkeeping tables.
 pub async fn fingerprint(client: &Client, tables: &Tables) -> Result<Fingerprint, EngineError> {
-    let excluded: Vec<String> = [&tables.version, &tables.history, &tables.fence]
+    let mut excluded: Vec<String> = [&tables.version, &tables.history, &tables.fence]
         .iter()
         .map(|t| t.name.clone())
         .collect();
+    excluded.push(format!("{}_id_seq", tables.history.name));
     let query = format!(
         "SELECT 'extension ' || extname || ' ' || extversion FROM pg_extension WHERE extname <> 'plpgsql'
          UNION ALL

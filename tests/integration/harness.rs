@@ -1,0 +1,303 @@
+//! Real services for integration tests: PostgreSQL with pgvector and etcd, started once per
+//! test run on free loopback ports and stopped (data removed) when the test process exits,
+//! by a watchdog shell that outlives nothing but us. Each test gets its own database and its
+//! own etcd key prefix. A missing service skips the test locally and fails it under CI=true.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A service is missing: skip (None) locally, fail under CI.
+fn missing(service: &str, why: String) -> Option<()> {
+    if ci() {
+        panic!("{service} is required under CI=true but unavailable: {why} (run `make setup`)");
+    }
+    eprintln!(
+        "SKIP: {service} unavailable ({why}); run `make setup` or set FLEETMIG_PG_BIN / FLEETMIG_ETCD_BIN"
+    );
+    None
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Start `cmd` (a shell command line) under a watchdog: when this test process dies, the
+/// service gets SIGINT and its directory is removed.
+// The watchdog is meant to outlive this process: nobody waits for it.
+#[allow(clippy::zombie_processes)]
+fn spawn_watched(cmd: &str, dir: &Path) {
+    let script = format!(
+        "{cmd} & svc=$!; while kill -0 {parent} 2>/dev/null && kill -0 $svc 2>/dev/null; do sleep 0.5; done; kill -INT $svc 2>/dev/null; wait $svc; rm -rf '{dir}'",
+        parent = std::process::id(),
+        dir = dir.display()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh");
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what} did not start on port {port}; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fleetmig-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------- Postgres
+
+pub struct Postgres {
+    pub port: u16,
+    pub bin: PathBuf,
+    counter: AtomicUsize,
+}
+
+fn pg_bin() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var("FLEETMIG_PG_BIN").ok().map(PathBuf::from),
+        Some(PathBuf::from(
+            "/opt/fleetmig-tools/pg/pgserver/pginstall/bin",
+        )),
+        std::env::var("HOME")
+            .ok()
+            .map(|h| PathBuf::from(h).join(".cache/fleetmig-tools/pg/pgserver/pginstall/bin")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("postgres").exists())
+}
+
+fn start_postgres() -> Option<Postgres> {
+    let Some(bin) = pg_bin() else {
+        missing(
+            "PostgreSQL+pgvector",
+            "no postgres binary in FLEETMIG_PG_BIN".into(),
+        )?;
+        unreachable!()
+    };
+    let dir = scratch_dir("pg");
+    let root = is_root();
+    // Postgres refuses to run as root: run it as `nobody`, with its directory handed over.
+    let as_user = if root {
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups "
+    } else {
+        ""
+    };
+    if root {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg("nobody:nogroup")
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {dir:?} to nobody");
+    }
+    let data = dir.join("data");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{as_user}'{}' -D '{}' -U postgres -A trust -E UTF8 --no-locale",
+            bin.join("initdb").display(),
+            data.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let log = dir.join("postgres.log");
+    spawn_watched(
+        &format!(
+            "{as_user}'{}' -D '{}' -p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 -c shared_buffers=128MB > '{}' 2>&1",
+            bin.join("postgres").display(),
+            data.display(),
+            dir.display(),
+            log.display()
+        ),
+        &dir,
+    );
+    wait_for_port(port, "postgres", &log);
+    // Accepting TCP is not yet accepting queries: wait for pg_isready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Command::new(bin.join("pg_isready"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "postgres never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Postgres {
+        port,
+        bin,
+        counter: AtomicUsize::new(0),
+    })
+}
+
+pub fn postgres() -> Option<&'static Postgres> {
+    static PG: OnceLock<Option<Postgres>> = OnceLock::new();
+    PG.get_or_init(start_postgres).as_ref()
+}
+
+impl Postgres {
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A fresh, empty database for one test.
+    pub async fn database(&self, hint: &str) -> (String, String) {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let name = format!(
+            "t{n}_{}",
+            hint.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(40)
+                .collect::<String>()
+        );
+        let admin = fleetmig::engine::connect(&self.url("postgres"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        (self.url(&name), name)
+    }
+
+    /// Run `psql -f file` against `url`; returns (success, stderr).
+    pub fn psql_file(&self, url: &str, file: &Path) -> (bool, String) {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+}
+
+// ---------------------------------------------------------------- etcd
+
+pub struct Etcd {
+    pub endpoint: String,
+    counter: AtomicUsize,
+}
+
+fn start_etcd() -> Option<Etcd> {
+    let bin = std::env::var("FLEETMIG_ETCD_BIN")
+        .ok()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| {
+            let p = PathBuf::from("/usr/bin/etcd");
+            p.exists().then_some(p)
+        });
+    let Some(bin) = bin else {
+        missing(
+            "etcd",
+            "no etcd binary (FLEETMIG_ETCD_BIN or /usr/bin/etcd)".into(),
+        )?;
+        unreachable!()
+    };
+    let dir = scratch_dir("etcd");
+    let (client, peer) = (free_port(), free_port());
+    let log = dir.join("etcd.log");
+    spawn_watched(
+        &format!(
+            "'{}' --name fleetmig-test --data-dir '{}' --listen-client-urls http://127.0.0.1:{client} --advertise-client-urls http://127.0.0.1:{client} --listen-peer-urls http://127.0.0.1:{peer} --initial-advertise-peer-urls http://127.0.0.1:{peer} --initial-cluster fleetmig-test=http://127.0.0.1:{peer} > '{}' 2>&1",
+            bin.display(),
+            dir.join("data").display(),
+            log.display()
+        ),
+        &dir,
+    );
+    wait_for_port(client, "etcd", &log);
+    Some(Etcd {
+        endpoint: format!("http://127.0.0.1:{client}"),
+        counter: AtomicUsize::new(0),
+    })
+}
+
+pub fn etcd() -> Option<&'static Etcd> {
+    static ETCD: OnceLock<Option<Etcd>> = OnceLock::new();
+    ETCD.get_or_init(start_etcd).as_ref()
+}
+
+impl Etcd {
+    /// A key prefix of one test's own.
+    pub fn prefix(&self, hint: &str) -> String {
+        format!(
+            "/fleetmig-test/{}-{hint}/",
+            self.counter.fetch_add(1, Ordering::SeqCst)
+        )
+    }
+}
+
+// ---------------------------------------------------------------- apps on disk
+
+/// A scratch migrations directory with one app, from (file name, content) pairs.
+pub fn scratch_app(
+    app: &str,
+    manifest: &str,
+    files: &[(&str, &str)],
+) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(app);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("fleetmig.toml"), manifest).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    let root = tmp.path().to_path_buf();
+    (tmp, root)
+}
+
+/// The repository's own migrations directory.
+pub fn repo_migrations() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations")
+}
