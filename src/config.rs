@@ -22,6 +22,88 @@ pub struct Config {
     /// The app local commands act on (needed when `migrations_dir` holds several).
     pub app: Option<String>,
     pub engine: EngineConfig,
+    pub server: ServerConfig,
+    pub etcd: EtcdConfig,
+    pub fleet: FleetConfig,
+    pub pools: PoolsConfig,
+}
+
+/// `[server]`: the daemon's gRPC endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    /// After SIGTERM: how long in-flight revisions get to commit or roll back.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: "127.0.0.1:50051".parse().expect("valid"), shutdown_grace: Duration::from_secs(30) }
+    }
+}
+
+/// `[etcd]`: the registry and the locks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Every key fleetmig writes starts with this.
+    pub prefix: String,
+    /// The daemon's lease: its locks die this long after it stops answering.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/fleetmig/".into(),
+            lease_ttl: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[fleet]`: how many tenants at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    pub global_concurrency: usize,
+    pub default_job_concurrency: usize,
+    pub max_job_concurrency: usize,
+    /// How long a tenant waits for its database lock.
+    #[serde(with = "humantime_serde")]
+    pub lock_wait: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { global_concurrency: 32, default_job_concurrency: 8, max_job_concurrency: 64, lock_wait: Duration::from_secs(30) }
+    }
+}
+
+/// `[pools]`: connections to tenant databases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolsConfig {
+    /// Open connections per Postgres server (host:port), all its databases together.
+    pub per_host_connections: usize,
+    pub per_database_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolsConfig {
+    fn default() -> Self {
+        PoolsConfig { per_host_connections: 16, per_database_connections: 2, connect_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) }
+    }
 }
 
 impl Default for Config {
@@ -30,6 +112,10 @@ impl Default for Config {
             migrations_dir: PathBuf::from("migrations"),
             app: None,
             engine: EngineConfig::default(),
+            server: ServerConfig::default(),
+            etcd: EtcdConfig::default(),
+            fleet: FleetConfig::default(),
+            pools: PoolsConfig::default(),
         }
     }
 }
@@ -100,6 +186,8 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("configuration key engine.{key}: {message}")]
     Engine { key: &'static str, message: String },
+    #[error("configuration key {key}: {message}")]
+    Key { key: &'static str, message: String },
 }
 
 impl Config {
@@ -136,7 +224,28 @@ impl Config {
                 message: other.to_string(),
             },
         })?;
+        config.validate_daemon()?;
         Ok(config)
+    }
+
+    fn validate_daemon(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: &str| Err(ConfigError::Key { key, message: message.to_string() });
+        if self.etcd.endpoints.is_empty() {
+            return bad("etcd.endpoints", "name at least one endpoint, e.g. [\"http://127.0.0.1:2379\"]");
+        }
+        if !self.etcd.prefix.starts_with('/') || !self.etcd.prefix.ends_with('/') {
+            return bad("etcd.prefix", "must start and end with / (e.g. \"/fleetmig/\")");
+        }
+        if self.etcd.lease_ttl < Duration::from_secs(2) {
+            return bad("etcd.lease_ttl", "must be at least 2s (etcd's minimum lease)");
+        }
+        if self.fleet.global_concurrency == 0 || self.fleet.default_job_concurrency == 0 || self.fleet.max_job_concurrency == 0 {
+            return bad("fleet", "concurrency limits must be at least 1");
+        }
+        if self.pools.per_host_connections == 0 || self.pools.per_database_connections == 0 {
+            return bad("pools", "connection limits must be at least 1");
+        }
+        Ok(())
     }
 
     /// The standard environment provider: `FLEETMIG_` prefix, `__` for nesting.
@@ -178,6 +287,14 @@ mod tests {
             assert_eq!(c.app.as_deref(), Some("from_flag"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_documented_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleetmig.toml");
+        let c = Config::load(Some(&path), Env::prefixed("FLEETMIG_UNUSED_IN_TEST_"), NoFlags::default()).unwrap();
+        assert_eq!(c.engine.version_table.name, "alembic_version");
+        assert_eq!(c.server.listen.port(), 50051);
     }
 
     #[test]

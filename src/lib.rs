@@ -12,3 +12,8 @@ pub mod config;
 pub mod engine;
 pub mod model;
 pub mod revision;
+pub mod fleet;
+pub mod lock;
+pub mod registry;
+pub mod grpc;
+pub mod app;

@@ -163,6 +163,7 @@ pub async fn migrate(
         allow_changed: args.allow_changed,
         applied_by: &who,
         events: &events,
+        stop: &|| false,
     };
     eprintln!("Database {what}, app {}", app.name);
     let started = Instant::now();
@@ -210,6 +211,7 @@ pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
         allow_changed: false,
         applied_by: &who,
         events: &events,
+        stop: &|| false,
     };
     let rows = Engine::new(&app, &values, &settings)
         .stamp(&mut client, &args.revision, args.purge, &opts)

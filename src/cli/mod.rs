@@ -6,6 +6,7 @@
 //! several heads, another migration running, unknown revision in the database).
 
 mod authoring;
+mod client;
 mod local;
 
 use std::collections::BTreeMap;
@@ -13,7 +14,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::engine::EngineError;
@@ -76,15 +76,62 @@ pub enum Command {
     Check,
     /// Print the database's schema fingerprint (from pg_catalog).
     Fingerprint,
+    /// Run the daemon: gRPC API, tenant registry and locks in etcd, parallel migrations.
+    Serve(ServeArgs),
+    /// Manage the daemon's tenant registry.
+    Tenants {
+        #[command(subcommand)]
+        command: client::TenantsCommand,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Migrate and inspect the fleet through the daemon.
+    Fleet {
+        #[command(subcommand)]
+        command: client::FleetCommand,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
 }
 
-/// Values given as flags, layered over file and environment.
-#[derive(Serialize)]
-struct FlagLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    app: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    migrations_dir: Option<PathBuf>,
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address (server.listen).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// etcd endpoint (repeatable; etcd.endpoints).
+    #[arg(long = "etcd")]
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd (etcd.prefix).
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+}
+
+/// Values given as flags, as a partial config layered over file and environment.
+fn flag_layer(global: &Global, command: &Command) -> serde_json::Value {
+    let mut layer = serde_json::Map::new();
+    if let Some(app) = &global.app {
+        layer.insert("app".into(), app.clone().into());
+    }
+    if let Some(dir) = &global.migrations_dir {
+        layer.insert("migrations_dir".into(), dir.display().to_string().into());
+    }
+    if let Command::Serve(s) = command {
+        if let Some(listen) = s.listen {
+            layer.insert("server".into(), serde_json::json!({ "listen": listen.to_string() }));
+        }
+        let mut etcd = serde_json::Map::new();
+        if !s.etcd.is_empty() {
+            etcd.insert("endpoints".into(), s.etcd.clone().into());
+        }
+        if let Some(p) = &s.etcd_prefix {
+            etcd.insert("prefix".into(), p.clone().into());
+        }
+        if !etcd.is_empty() {
+            layer.insert("etcd".into(), etcd.into());
+        }
+    }
+    serde_json::Value::Object(layer)
 }
 
 /// A failure with its exit code; the message is printed as is.
@@ -137,7 +184,8 @@ impl From<EngineError> for Failure {
             | EngineError::Database { .. }
             | EngineError::StepFailed { .. }
             | EngineError::StateChanged(_)
-            | EngineError::IndexInvalid { .. } => 1,
+            | EngineError::IndexInvalid { .. }
+            | EngineError::Stopped { .. } => 1,
         };
         Failure {
             code,
@@ -153,15 +201,8 @@ pub struct Context {
 }
 
 impl Context {
-    fn new(global: &Global) -> Result<Context, Failure> {
-        let config = Config::load(
-            global.config.as_deref(),
-            Config::env(),
-            FlagLayer {
-                app: global.app.clone(),
-                migrations_dir: global.migrations_dir.clone(),
-            },
-        )?;
+    fn new(global: &Global, command: &Command) -> Result<Context, Failure> {
+        let config = Config::load(global.config.as_deref(), Config::env(), flag_layer(global, command))?;
         let mut explicit = BTreeMap::new();
         for kv in &global.set {
             let Some((k, v)) = kv.split_once('=') else {
@@ -231,7 +272,13 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     // .env fills the environment (never overriding what is set) before anything reads it.
     let _ = dotenvy::dotenv();
-    let ctx = Context::new(&cli.global)?;
+    // Client commands need no local configuration.
+    match cli.command {
+        Command::Tenants { command, connect } => return client::tenants(&connect, command).await,
+        Command::Fleet { command, connect } => return client::fleet(&connect, command).await,
+        _ => {}
+    }
+    let ctx = Context::new(&cli.global, &cli.command)?;
     match cli.command {
         Command::Revision(args) => authoring::revision(&ctx, args),
         Command::Merge(args) => authoring::merge(&ctx, args),
@@ -247,5 +294,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stamp(args) => local::stamp(&ctx, args).await,
         Command::Current(args) => local::current(&ctx, args).await,
         Command::Fingerprint => local::fingerprint(&ctx).await,
+        Command::Serve(_) => crate::app::serve(ctx.config).await.map_err(|e| Failure { code: 1, message: format!("{e:#}") }),
+        Command::Tenants { .. } | Command::Fleet { .. } => unreachable!("handled above"),
     }
 }

@@ -87,6 +87,8 @@ pub enum EngineError {
         "{location}: index {index} was built but is INVALID (pg_index.indisvalid = false); the next run drops and rebuilds it"
     )]
     IndexInvalid { location: String, index: String },
+    #[error("stopped before the next revision (cancelled or shutting down){}", applied_note(.applied))]
+    Stopped { applied: Vec<RevisionId> },
     #[error("invalid setting {key}: {message}")]
     Setting { key: &'static str, message: String },
 }

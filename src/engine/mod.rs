@@ -59,6 +59,18 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Settings for a tenant living in `schema`: bookkeeping tables there, and the schema
+    /// first on the search_path.
+    pub fn for_schema(&self, schema: Option<&str>) -> Settings {
+        let mut s = self.clone();
+        if let Some(schema) = schema {
+            s.tables = self.tables.in_schema(schema);
+            s.search_path.retain(|p| p != schema);
+            s.search_path.insert(0, schema.to_string());
+        }
+        s
+    }
+
     pub fn validate(&self) -> Result<(), EngineError> {
         if let Some(bad) = self
             .search_path
@@ -137,6 +149,8 @@ pub struct RunOptions<'a> {
     /// Who applies: recorded in history.
     pub applied_by: &'a str,
     pub events: &'a (dyn Fn(Event) + Send + Sync),
+    /// Checked before each revision: true stops the run there (job cancelled, shutdown).
+    pub stop: &'a (dyn Fn() -> bool + Send + Sync),
 }
 
 /// What the version table says.
@@ -395,6 +409,9 @@ impl<'a> Engine<'a> {
         let fresh_database = state.rows.is_empty();
         let mut done: Vec<Applied> = Vec::with_capacity(steps.len());
         for node in steps {
+            if (opts.stop)() {
+                return Err(EngineError::Stopped { applied: done.into_iter().map(|a| a.revision).collect() });
+            }
             let recorded_skip = recorded
                 .get(self.app.graph.revision(node).id.as_str())
                 .map(|r| r.skipped);

@@ -25,12 +25,26 @@ pub fn render(
     target: &Target,
 ) -> Result<String, EngineError> {
     let g = &app.graph;
-    let mut applied: BTreeSet<Node> = match from {
+    let applied: BTreeSet<Node> = match from {
         "base" => BTreeSet::new(),
         "heads" => g.ancestors(g.heads()),
         "head" => g.ancestors(g.single_head().map_err(plan::PlanError::from)?),
         rev => g.ancestors([g.resolve(rev).map_err(plan::PlanError::from)?]),
     };
+    render_from(app, values, settings, direction, applied, from, target)
+}
+
+/// SQL to go from the applied set `applied` (labelled `from` in the header) to `target`.
+pub fn render_from(
+    app: &App,
+    values: &Resolved,
+    settings: &Settings,
+    direction: Direction,
+    mut applied: BTreeSet<Node>,
+    from: &str,
+    target: &Target,
+) -> Result<String, EngineError> {
+    let g = &app.graph;
     let steps = match direction {
         Direction::Upgrade => plan::upgrade(g, &applied, target)?,
         Direction::Downgrade => plan::downgrade(g, &applied, target)?,

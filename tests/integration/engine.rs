@@ -52,6 +52,7 @@ impl<'a> Run<'a> {
             allow_changed: false,
             applied_by: "test",
             events: &sink,
+            stop: &|| false,
         };
         Engine::new(self.app, &self.values, &self.settings)
             .migrate(client, direction, &target.parse::<Target>().unwrap(), &opts)
@@ -69,6 +70,7 @@ impl<'a> Run<'a> {
             allow_changed: true,
             applied_by: "test",
             events: &sink,
+            stop: &|| false,
         };
         Engine::new(self.app, &self.values, &self.settings)
             .migrate(

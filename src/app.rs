@@ -1,0 +1,168 @@
+//! The composition root of `fleetmig serve`: builds the etcd client and session, registry,
+//! pools and fleet; serves gRPC (with health and reflection); owns the root cancellation and
+//! the task tracker, and shuts down in order: NOT_SERVING, no new work, in-flight revisions
+//! finish (bounded by the grace period), locks released, lease revoked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::fleet::{Fleet, FleetLimits};
+use crate::grpc::migrations::MigrationsService;
+use crate::grpc::proto::migrations_server::MigrationsServer;
+use crate::grpc::proto::tenants_server::TenantsServer;
+use crate::grpc::tenants::TenantsService;
+use crate::lock::etcd::EtcdSession;
+use crate::registry::pools::PoolLimits;
+use crate::registry::{Pools, Registry};
+use crate::revision::App;
+
+/// Who this daemon is, in history rows and lock values.
+pub fn owner() -> String {
+    format!("fleetmig {} on {} pid {}", env!("CARGO_PKG_VERSION"), gethostname::gethostname().to_string_lossy(), std::process::id())
+}
+
+fn load_apps(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<App>>> {
+    let names = App::list(&config.migrations_dir);
+    if names.is_empty() {
+        bail!("no apps under {}: set migrations_dir", config.migrations_dir.display());
+    }
+    names.iter().map(|n| Ok((n.clone(), Arc::new(App::load(&config.migrations_dir, n)?)))).collect()
+}
+
+async fn signalled() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let apps = load_apps(&config)?;
+    let etcd = etcd_client::Client::connect(
+        &config.etcd.endpoints,
+        Some(etcd_client::ConnectOptions::new().with_connect_timeout(config.etcd.connect_timeout).with_timeout(config.etcd.lease_ttl)),
+    )
+    .await
+    .with_context(|| format!("connecting to etcd at {}", config.etcd.endpoints.join(",")))?;
+
+    let tracker = TaskTracker::new();
+    // Stops new work (jobs, tenants, revisions) at the first signal.
+    let shutdown = CancellationToken::new();
+    // Stops the lease keep-alive and housekeeping: only after in-flight work is done.
+    let background = CancellationToken::new();
+    let owner = owner();
+    let session = EtcdSession::start(etcd.clone(), &config.etcd.prefix, config.etcd.lease_ttl, &owner, &tracker, background.clone())
+        .await
+        .context("granting the daemon's etcd lease")?;
+    let pools = Arc::new(Pools::new(PoolLimits {
+        per_host: config.pools.per_host_connections,
+        per_database: config.pools.per_database_connections,
+        connect_timeout: config.pools.connect_timeout,
+        idle_timeout: config.pools.idle_timeout,
+    }));
+    {
+        let (pools, stop, every) = (pools.clone(), background.clone(), config.pools.idle_timeout);
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => { pools.evict_idle(); }
+                }
+            }
+        });
+    }
+    let fleet = Arc::new(Fleet::new(
+        apps,
+        Registry::new(etcd, &config.etcd.prefix),
+        session.clone(),
+        pools,
+        config.engine.settings(),
+        FleetLimits {
+            global_concurrency: config.fleet.global_concurrency,
+            default_job_concurrency: config.fleet.default_job_concurrency,
+            max_job_concurrency: config.fleet.max_job_concurrency,
+            lock_wait: config.fleet.lock_wait,
+        },
+        tracker.clone(),
+        shutdown.clone(),
+        owner,
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TenantsServer<TenantsService>>().await;
+    health.set_serving::<MigrationsServer<MigrationsService>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::grpc::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let listener = TcpListener::bind(config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, apps = ?fleet.apps().map(|a| a.name.clone()).collect::<Vec<_>>(), "fleetmig serving");
+    eprintln!("fleetmig listening on {addr}");
+
+    // First signal or lease loss: NOT_SERVING, stop accepting, stop taking new work.
+    let lease_lost = crate::lock::DistributedLock::session_lost(&*session);
+    {
+        let (shutdown, health, lease_lost) = (shutdown.clone(), health.clone(), lease_lost.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = signalled() => {}
+                _ = lease_lost.cancelled() => tracing::error!("etcd lease lost: shutting down so a restart gets a fresh lease"),
+            }
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            health.set_not_serving::<TenantsServer<TenantsService>>().await;
+            health.set_not_serving::<MigrationsServer<MigrationsService>>().await;
+            shutdown.cancel();
+        });
+    }
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(TenantsServer::new(TenantsService { fleet: fleet.clone() }))
+        .add_service(MigrationsServer::new(MigrationsService { fleet: fleet.clone() }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("gRPC server")?,
+        _ = shutdown.cancelled() => {}
+    }
+    let lease_was_lost = lease_lost.is_cancelled();
+    // Let running jobs finish their in-flight revisions (their streams end with them), within the grace period.
+    let grace = config.server.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = (&mut server).await;
+        while fleet.running_jobs() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(?grace, "grace period over: abandoning in-flight work (open transactions roll back when their connections close; locks expire with the lease)");
+    }
+    background.cancel();
+    session.revoke().await;
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    if lease_was_lost {
+        bail!("stopped because the etcd lease was lost");
+    }
+    tracing::info!("fleetmig stopped");
+    Ok(())
+}

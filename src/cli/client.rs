@@ -1,0 +1,368 @@
+//! Client commands that talk to a running daemon: `tenants ...` and `fleet ...`, with a
+//! live progress display for jobs, or `--output json` (one JSON object per line) for scripts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+use super::Failure;
+use crate::grpc::proto::{self, migration_event::Event, tenant_event::Kind};
+use crate::grpc::proto::migrations_client::MigrationsClient;
+use crate::grpc::proto::tenants_client::TenantsClient;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct Connect {
+    /// The daemon's gRPC address.
+    #[arg(long, env = "FLEETMIG_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    pub server: String,
+    /// `json`: one JSON object per line, for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "text", global = true)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Register a tenant database.
+    Add(AddTenant),
+    /// List tenants (filter by app and labels).
+    Ls {
+        #[arg(long)]
+        app: Option<String>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+    },
+    /// Show one tenant.
+    Show { id: String },
+    /// Replace a tenant's labels and/or placeholder values.
+    Update {
+        id: String,
+        /// KEY=VALUE (repeatable); replaces all labels.
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+        /// NAME=VALUE (repeatable); replaces all placeholder values.
+        #[arg(long = "placeholder", short = 'p')]
+        placeholders: Vec<String>,
+    },
+    /// Remove a tenant from the registry (its database is not touched).
+    Rm { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AddTenant {
+    pub id: String,
+    #[arg(long)]
+    pub app: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 5432)]
+    pub port: u32,
+    #[arg(long)]
+    pub dbname: String,
+    #[arg(long, default_value = "postgres")]
+    pub user: String,
+    #[arg(long, default_value = "prefer")]
+    pub sslmode: String,
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// Read the password from this environment variable of the daemon.
+    #[arg(long, conflicts_with_all = ["password_file", "passfile"])]
+    pub password_env: Option<String>,
+    /// Read the password from this file (absolute path, on the daemon's machine).
+    #[arg(long, conflicts_with = "passfile")]
+    pub password_file: Option<String>,
+    /// Look the password up in the daemon's libpq passfile.
+    #[arg(long)]
+    pub passfile: bool,
+    /// KEY=VALUE (repeatable).
+    #[arg(long = "label", short = 'l')]
+    pub labels: Vec<String>,
+    /// NAME=VALUE (repeatable), e.g. EMBEDDING_DIM=768.
+    #[arg(long = "placeholder", short = 'p')]
+    pub placeholders: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    #[arg(long)]
+    pub app: String,
+    /// Tenant id (repeatable).
+    #[arg(long = "tenant", short = 't')]
+    pub tenants: Vec<String>,
+    /// KEY=VALUE (repeatable): tenants carrying all these labels.
+    #[arg(long = "label", short = 'l')]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Upgrade tenants (all of the app unless --tenant or --label), with live progress.
+    Upgrade(FleetMigrate),
+    /// Downgrade tenants to -N, a revision or base.
+    Downgrade(FleetMigrate),
+    /// Each tenant's revision, and how many tenants are at each version.
+    Current(SelectArgs),
+    /// The SQL an upgrade (or --downgrade) would run on one tenant now.
+    Plan {
+        tenant: String,
+        #[arg(default_value = "")]
+        target: String,
+        #[arg(long)]
+        downgrade: bool,
+    },
+    /// Stop a job after the revisions in flight.
+    Cancel { job_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct FleetMigrate {
+    #[arg(allow_negative_numbers = true, allow_hyphen_values = true)]
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[arg(long, short = 'c', default_value_t = 0)]
+    pub concurrency: u32,
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub allow_changed: bool,
+}
+
+fn pairs(flag: &str, items: &[String]) -> Result<HashMap<String, String>, Failure> {
+    items
+        .iter()
+        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| Failure::input(format!("--{flag} {kv:?}: expected KEY=VALUE"))))
+        .collect()
+}
+
+fn status(e: tonic::Status) -> Failure {
+    let code = match e.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => 2,
+        tonic::Code::FailedPrecondition | tonic::Code::Aborted | tonic::Code::PermissionDenied => 3,
+        _ => 1,
+    };
+    Failure { code, message: format!("{:?}: {}", e.code(), e.message()) }
+}
+
+async fn channel(c: &Connect) -> Result<Channel, Failure> {
+    let endpoint = Channel::from_shared(c.server.clone()).map_err(|e| Failure::input(format!("--server {}: {e}", c.server)))?;
+    endpoint.connect_timeout(Duration::from_secs(5)).connect().await.map_err(|e| Failure { code: 1, message: format!("cannot reach the daemon at {}: {e} (is `fleetmig serve` running? --server / FLEETMIG_SERVER)", c.server) })
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string(v).expect("protos serialize"));
+}
+
+fn describe_tenant(t: &proto::Tenant) -> String {
+    let c = t.connection.clone().unwrap_or_default();
+    let labels: BTreeMap<_, _> = t.labels.iter().collect();
+    let labels = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    format!("{:24} {:12} {}:{}/{}{}  {}", t.id, t.app, c.host, c.port, c.dbname, if c.schema.is_empty() { String::new() } else { format!("/{}", c.schema) }, labels)
+}
+
+pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure> {
+    let mut client = TenantsClient::new(channel(conn).await?);
+    let show = |t: &proto::Tenant| if conn.output == Output::Json { print_json(t) } else { println!("{}", describe_tenant(t)) };
+    match cmd {
+        TenantsCommand::Add(a) => {
+            let source = match (a.password_env, a.password_file, a.passfile) {
+                (Some(v), _, _) => Some(proto::password_ref::Source::Env(v)),
+                (_, Some(f), _) => Some(proto::password_ref::Source::File(f)),
+                (_, _, true) => Some(proto::password_ref::Source::Passfile(true)),
+                _ => None,
+            };
+            let tenant = proto::Tenant {
+                id: a.id,
+                app: a.app,
+                connection: Some(proto::Connection {
+                    host: a.host,
+                    port: a.port,
+                    dbname: a.dbname,
+                    user: a.user,
+                    sslmode: a.sslmode,
+                    schema: a.schema.unwrap_or_default(),
+                    password: source.map(|s| proto::PasswordRef { source: Some(s) }),
+                }),
+                labels: pairs("label", &a.labels)?,
+                placeholders: pairs("placeholder", &a.placeholders)?,
+                ..Default::default()
+            };
+            let t = client.register(proto::RegisterTenantRequest { tenant: Some(tenant) }).await.map_err(status)?.into_inner();
+            show(&t);
+        }
+        TenantsCommand::Ls { app, labels } => {
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list(proto::ListTenantsRequest { app: app.clone().unwrap_or_default(), labels: pairs("label", &labels)?, page_size: 500, page_token: token })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                page.tenants.iter().for_each(show);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        TenantsCommand::Show { id } => show(&client.get(proto::GetTenantRequest { id }).await.map_err(status)?.into_inner()),
+        TenantsCommand::Update { id, labels, placeholders } => {
+            let mut paths = vec![];
+            if !labels.is_empty() {
+                paths.push("labels".to_string());
+            }
+            if !placeholders.is_empty() {
+                paths.push("placeholders".to_string());
+            }
+            if paths.is_empty() {
+                return Err(Failure::input("nothing to update: give --label and/or --placeholder"));
+            }
+            let tenant = proto::Tenant { id, labels: pairs("label", &labels)?, placeholders: pairs("placeholder", &placeholders)?, ..Default::default() };
+            let t = client.update(proto::UpdateTenantRequest { tenant: Some(tenant), update_mask: Some(prost_types::FieldMask { paths }) }).await.map_err(status)?.into_inner();
+            show(&t);
+        }
+        TenantsCommand::Rm { id } => {
+            let r = client.deregister(proto::DeregisterTenantRequest { id }).await.map_err(status)?.into_inner();
+            if let Some(t) = r.tenant {
+                if conn.output == Output::Json {
+                    print_json(&t);
+                } else {
+                    println!("removed {} from the registry (its database is untouched)", t.id);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn selector(s: &SelectArgs) -> Result<proto::Selector, Failure> {
+    Ok(proto::Selector { tenant_ids: s.tenants.clone(), labels: pairs("label", &s.labels)?, all: s.tenants.is_empty() && s.labels.is_empty() })
+}
+
+pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
+    let mut client = MigrationsClient::new(channel(conn).await?);
+    match cmd {
+        FleetCommand::Upgrade(m) => migrate(conn, &mut client, m, false).await,
+        FleetCommand::Downgrade(m) => migrate(conn, &mut client, m, true).await,
+        FleetCommand::Current(s) => {
+            let r = client.current(proto::CurrentRequest { app: s.app.clone(), selector: Some(selector(&s)?) }).await.map_err(status)?.into_inner();
+            if conn.output == Output::Json {
+                print_json(&r);
+                return Ok(());
+            }
+            for t in &r.tenants {
+                let state = if !t.error.is_empty() { format!("ERROR {}", t.error) } else if t.revisions.is_empty() { "base".into() } else { t.revisions.join(",") };
+                println!("{:24} {}{}", t.tenant_id, state, if t.at_head { " (head)" } else { "" });
+            }
+            let skew: BTreeMap<_, _> = r.tenants_by_version.iter().collect();
+            println!("\nheads: {} | at head: {} | behind: {} | unreachable: {}", r.heads.join(", "), r.at_head, r.behind, r.unreachable);
+            for (version, n) in skew {
+                println!("  {n:5} tenant(s) at {version}");
+            }
+            Ok(())
+        }
+        FleetCommand::Plan { tenant, target, downgrade } => {
+            let r = client
+                .plan(proto::PlanRequest { tenant_id: tenant, target, direction: if downgrade { "downgrade".into() } else { "upgrade".into() } })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if conn.output == Output::Json {
+                print_json(&r);
+            } else {
+                print!("{}", r.sql);
+            }
+            Ok(())
+        }
+        FleetCommand::Cancel { job_id } => {
+            let r = client.cancel(proto::CancelRequest { job_id: job_id.clone() }).await.map_err(status)?.into_inner();
+            println!("{}", if r.cancelled { format!("job {job_id}: cancelling after the revisions in flight") } else { format!("job {job_id} had already finished") });
+            Ok(())
+        }
+    }
+}
+
+async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: FleetMigrate, down: bool) -> Result<(), Failure> {
+    let request = proto::MigrateRequest {
+        app: m.select.app.clone(),
+        target: m.target.clone().unwrap_or_default(),
+        selector: Some(selector(&m.select)?),
+        concurrency: m.concurrency,
+        dry_run: m.dry_run,
+        allow_changed: m.allow_changed,
+    };
+    let mut stream = if down { client.downgrade(request).await } else { client.upgrade(request).await }.map_err(status)?.into_inner();
+    let json = conn.output == Output::Json;
+    let bar = ProgressBar::hidden();
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut failed = 0u32;
+    while let Some(event) = stream.message().await.map_err(status)? {
+        if json {
+            print_json(&event);
+        }
+        match event.event {
+            Some(Event::Accepted(a)) if !json => {
+                eprintln!("job {} accepted: {} {} to {} on {} tenant(s){}", a.job_id, a.app, a.direction, a.target, a.tenant_ids.len(), if a.dry_run { " (dry run)" } else { "" });
+                bar.set_length(a.tenant_ids.len() as u64);
+                bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tenants {msg} [{elapsed}, eta {eta}]").expect("valid template"));
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.enable_steady_tick(Duration::from_millis(200));
+            }
+            Some(Event::Tenant(t)) if !json => {
+                let finished = match &t.kind {
+                    Some(Kind::Done(_)) => Some("done"),
+                    Some(Kind::UpToDate(_)) => Some("up to date"),
+                    Some(Kind::Failed(f)) => {
+                        bar.println(format!("FAILED {}: {}", t.tenant_id, f.message.lines().next().unwrap_or_default()));
+                        Some("failed")
+                    }
+                    Some(Kind::Skipped(_)) => Some("skipped"),
+                    Some(Kind::Interrupted(i)) => {
+                        bar.println(format!("INTERRUPTED {}: {}", t.tenant_id, i.reason));
+                        Some("interrupted")
+                    }
+                    Some(Kind::Planned(p)) => {
+                        bar.println(format!("-- {}: {}\n{}", t.tenant_id, if p.revisions.is_empty() { "nothing to do".into() } else { p.revisions.join(" -> ") }, p.sql));
+                        Some("planned")
+                    }
+                    _ => None,
+                };
+                if let Some(state) = finished {
+                    *counts.entry(state).or_default() += 1;
+                    bar.inc(1);
+                    bar.set_message(counts.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+                }
+            }
+            Some(Event::Summary(s)) => {
+                bar.finish_and_clear();
+                failed = s.failed + s.interrupted;
+                if !json {
+                    eprintln!(
+                        "job {}: {} tenant(s) in {:.1}s: {} done, {} up to date, {} failed, {} skipped, {} interrupted{}{}",
+                        s.job_id,
+                        s.tenants,
+                        s.wall_time_ms as f64 / 1000.0,
+                        s.done,
+                        s.up_to_date,
+                        s.failed,
+                        s.skipped,
+                        s.interrupted,
+                        if s.planned > 0 { format!(", {} planned", s.planned) } else { String::new() },
+                        if s.cancelled { " (cancelled)" } else { "" }
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    if failed > 0 { Err(Failure { code: 1, message: format!("{failed} tenant(s) failed or were interrupted") }) } else { Ok(()) }
+}

@@ -1,0 +1,287 @@
+//! Jobs over many tenants: selection, concurrency limits (global, per job; per host through
+//! the connection budget), the per-tenant pipeline (lock, fence, migrate, release) and
+//! progress events. Also the fleet's read paths (current, history, plan) and stamp.
+//! Knows nothing of gRPC.
+
+pub mod events;
+mod queries;
+mod tenant_run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use events::{JobEvent, Outcome, Summary, TenantEvent};
+pub use queries::{CurrentReport, HistoryEntry, TenantPlan, TenantVersion};
+
+use crate::engine::{EngineError, Settings};
+use crate::lock::{DistributedLock, LockError};
+use crate::model::Direction;
+use crate::registry::{PoolError, Pools, Registry, RegistryError, Tenant, TenantId};
+use crate::revision::plan::{PlanError, Target};
+use crate::revision::placeholder::PlaceholderError;
+use crate::revision::App;
+
+#[derive(Debug, Clone)]
+pub struct FleetLimits {
+    /// Tenants migrated at once across all jobs of this daemon.
+    pub global_concurrency: usize,
+    /// A job's concurrency when the request gives none.
+    pub default_job_concurrency: usize,
+    /// The most a request may ask for.
+    pub max_job_concurrency: usize,
+    /// How long a tenant waits for its database lock before it is reported failed.
+    pub lock_wait: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("app: unknown app '{app}' (this daemon serves: {})", available.join(", "))]
+    UnknownApp { app: String, available: Vec<String> },
+    #[error("target: {0}")]
+    Target(PlanError),
+    #[error("selector: {0}")]
+    Selector(String),
+    #[error("tenant {tenant} belongs to app '{actual}', not '{requested}'")]
+    WrongApp { tenant: TenantId, actual: String, requested: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("job {0} is not known to this daemon")]
+    UnknownJob(String),
+    #[error("the daemon is shutting down and accepts no new jobs")]
+    ShuttingDown,
+    #[error("tenant {tenant}: {source}")]
+    Placeholders { tenant: TenantId, source: PlaceholderError },
+    #[error("tenant {tenant}: {source}")]
+    Engine { tenant: TenantId, source: EngineError },
+    #[error("tenant {tenant}: {source}")]
+    Connect { tenant: TenantId, source: PoolError },
+    #[error("tenant {tenant}: {source}")]
+    Lock { tenant: TenantId, source: LockError },
+}
+
+/// Which tenants of an app a request acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Ids(Vec<TenantId>),
+    Labels(BTreeMap<String, String>),
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub app: String,
+    pub direction: Direction,
+    pub target: String,
+    pub selector: Selector,
+    /// 0: the daemon's default.
+    pub concurrency: usize,
+    pub dry_run: bool,
+    pub allow_changed: bool,
+}
+
+struct JobControl {
+    cancel: CancellationToken,
+    finished: AtomicBool,
+    finished_at: Mutex<Option<Instant>>,
+}
+
+/// Finished jobs are remembered this long (so Cancel can say "already finished").
+const FINISHED_JOB_MEMORY: Duration = Duration::from_secs(600);
+
+pub struct Fleet {
+    apps: BTreeMap<String, Arc<App>>,
+    registry: Registry,
+    locks: Arc<dyn DistributedLock>,
+    pools: Arc<Pools>,
+    settings: Settings,
+    limits: FleetLimits,
+    global: Arc<Semaphore>,
+    jobs: Mutex<HashMap<String, Arc<JobControl>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// Recorded in history rows: which daemon applied.
+    owner: String,
+}
+
+/// A started job: its first event, and the rest as they happen.
+pub struct JobStream {
+    pub accepted: JobEvent,
+    pub events: mpsc::UnboundedReceiver<JobEvent>,
+}
+
+impl Fleet {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(apps: BTreeMap<String, Arc<App>>, registry: Registry, locks: Arc<dyn DistributedLock>, pools: Arc<Pools>, settings: Settings, limits: FleetLimits, tracker: TaskTracker, shutdown: CancellationToken, owner: String) -> Fleet {
+        let global = Arc::new(Semaphore::new(limits.global_concurrency));
+        Fleet { apps, registry, locks, pools, settings, limits, global, jobs: Mutex::default(), tracker, shutdown, owner }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn app(&self, name: &str) -> Result<&Arc<App>, FleetError> {
+        self.apps.get(name).ok_or_else(|| FleetError::UnknownApp { app: name.to_string(), available: self.apps.keys().cloned().collect() })
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.apps.values()
+    }
+
+    /// Reject a target the graph cannot resolve before any tenant is touched.
+    fn check_target(app: &App, direction: Direction, target: &Target) -> Result<(), FleetError> {
+        let g = &app.graph;
+        let err = |e| FleetError::Target(PlanError::Resolve(e));
+        match (direction, target) {
+            (_, Target::Revision(r)) => g.resolve(r).map(|_| ()).map_err(err),
+            (Direction::Upgrade, Target::Head) => g.single_head().map(|_| ()).map_err(err),
+            (Direction::Upgrade, Target::BranchHead(l)) => g.branch_head(l).map(|_| ()).map_err(err),
+            (Direction::Upgrade, Target::Heads) => Ok(()),
+            (Direction::Upgrade, Target::Relative(n)) if *n >= 0 => Ok(()),
+            (Direction::Downgrade, Target::Base) => Ok(()),
+            (Direction::Downgrade, Target::Relative(n)) if *n <= 0 => Ok(()),
+            (Direction::Upgrade, _) => Err(FleetError::Target(PlanError::BadUpgradeTarget(target.to_string()))),
+            (Direction::Downgrade, _) => Err(FleetError::Target(PlanError::BadDowngradeTarget(target.to_string()))),
+        }
+    }
+
+    /// The tenants a selector names, all of `app`, in id order.
+    pub async fn select(&self, app: &str, selector: &Selector) -> Result<Vec<Tenant>, FleetError> {
+        self.app(app)?;
+        match selector {
+            Selector::All => Ok(self.registry.select(app, &BTreeMap::new()).await?),
+            Selector::Labels(labels) => Ok(self.registry.select(app, labels).await?),
+            Selector::Ids(ids) => {
+                let mut out = Vec::with_capacity(ids.len());
+                let mut seen = std::collections::BTreeSet::new();
+                for id in ids {
+                    if !seen.insert(id.clone()) {
+                        continue;
+                    }
+                    let t = self.registry.get(id).await?;
+                    if t.app != app {
+                        return Err(FleetError::WrongApp { tenant: id.clone(), actual: t.app, requested: app.to_string() });
+                    }
+                    out.push(t);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Start a job; it runs to its end even if nobody reads its events.
+    pub async fn start(self: &Arc<Self>, spec: JobSpec) -> Result<JobStream, FleetError> {
+        if self.shutdown.is_cancelled() {
+            return Err(FleetError::ShuttingDown);
+        }
+        let app = self.app(&spec.app)?.clone();
+        let target: Target = spec.target.parse().expect("infallible");
+        Self::check_target(&app, spec.direction, &target)?;
+        let tenants = self.select(&spec.app, &spec.selector).await?;
+        let job_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let accepted = JobEvent::Accepted {
+            job_id: job_id.clone(),
+            app: spec.app.clone(),
+            target: target.to_string(),
+            direction: spec.direction,
+            tenant_ids: tenants.iter().map(|t| t.id.to_string()).collect(),
+            dry_run: spec.dry_run,
+        };
+        let control = Arc::new(JobControl { cancel: self.shutdown.child_token(), finished: AtomicBool::new(false), finished_at: Mutex::new(None) });
+        {
+            let mut jobs = self.jobs.lock().unwrap();
+            jobs.retain(|_, j| j.finished_at.lock().unwrap().is_none_or(|at| at.elapsed() < FINISHED_JOB_MEMORY));
+            jobs.insert(job_id.clone(), control.clone());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let fleet = self.clone();
+        tracing::info!(job = %job_id, app = %spec.app, target = %target, direction = %spec.direction, tenants = tenants.len(), dry_run = spec.dry_run, "job accepted");
+        self.tracker.spawn(async move { fleet.run_job(job_id, spec, target, app, tenants, control, tx).await });
+        Ok(JobStream { accepted, events: rx })
+    }
+
+    /// Jobs still running.
+    pub fn running_jobs(&self) -> usize {
+        self.jobs.lock().unwrap().values().filter(|j| !j.finished.load(Ordering::SeqCst)).count()
+    }
+
+    /// Stop a job after the revisions in flight. `Ok(false)`: it had already finished.
+    pub fn cancel(&self, job_id: &str) -> Result<bool, FleetError> {
+        let jobs = self.jobs.lock().unwrap();
+        let job = jobs.get(job_id).ok_or_else(|| FleetError::UnknownJob(job_id.to_string()))?;
+        if job.finished.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        tracing::info!(job = %job_id, "job cancelled by request");
+        job.cancel.cancel();
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_job(self: Arc<Self>, job_id: String, spec: JobSpec, target: Target, app: Arc<App>, tenants: Vec<Tenant>, control: Arc<JobControl>, tx: mpsc::UnboundedSender<JobEvent>) {
+        let started = Instant::now();
+        let emit = |tenant_id: &TenantId, event: TenantEvent| {
+            let _ = tx.send(JobEvent::Tenant { tenant_id: tenant_id.to_string(), event });
+        };
+        let concurrency = if spec.concurrency == 0 { self.limits.default_job_concurrency } else { spec.concurrency.min(self.limits.max_job_concurrency) }.max(1);
+        let job_slots = Arc::new(Semaphore::new(concurrency));
+        let mut summary = Summary { job_id: job_id.clone(), tenants: tenants.len() as u32, ..Summary::default() };
+        for t in &tenants {
+            emit(&t.id, TenantEvent::Queued);
+        }
+        let mut running = tokio::task::JoinSet::new();
+        let mut pending = tenants.into_iter();
+        for tenant in pending.by_ref() {
+            let slots = tokio::select! {
+                biased;
+                _ = control.cancel.cancelled() => None,
+                permits = async {
+                    let job = job_slots.clone().acquire_owned().await.expect("never closed");
+                    let global = self.global.clone().acquire_owned().await.expect("never closed");
+                    (job, global)
+                } => Some(permits),
+            };
+            let Some(permits) = slots else {
+                summary.count(Outcome::Skipped);
+                emit(&tenant.id, TenantEvent::Skipped { reason: skipped_reason(&self.shutdown) });
+                break;
+            };
+            let run = tenant_run::TenantRun { fleet: self.clone(), app: app.clone(), spec: spec.clone(), target: target.clone(), cancel: control.cancel.clone(), tx: tx.clone() };
+            running.spawn(async move {
+                let outcome = run.run(tenant).await;
+                drop(permits);
+                outcome
+            });
+            // Reap finished tenants as we go, so counts stay current.
+            while let Some(done) = running.try_join_next() {
+                summary.count(done.unwrap_or(Outcome::Failed));
+            }
+        }
+        for tenant in pending {
+            summary.count(Outcome::Skipped);
+            emit(&tenant.id, TenantEvent::Skipped { reason: skipped_reason(&self.shutdown) });
+        }
+        while let Some(done) = running.join_next().await {
+            summary.count(done.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a tenant task panicked");
+                Outcome::Failed
+            }));
+        }
+        summary.wall_time = started.elapsed();
+        summary.cancelled = control.cancel.is_cancelled();
+        tracing::info!(job = %job_id, done = summary.done, up_to_date = summary.up_to_date, failed = summary.failed, skipped = summary.skipped, interrupted = summary.interrupted, wall_ms = summary.wall_time.as_millis() as u64, "job finished");
+        control.finished.store(true, Ordering::SeqCst);
+        *control.finished_at.lock().unwrap() = Some(Instant::now());
+        let _ = tx.send(JobEvent::Summary(summary));
+    }
+}
+
+fn skipped_reason(shutdown: &CancellationToken) -> String {
+    if shutdown.is_cancelled() { "the daemon is shutting down".into() } else { "job cancelled".into() }
+}

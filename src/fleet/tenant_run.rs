@@ -1,0 +1,188 @@
+//! One tenant of a job: resolve its placeholders, take its database lock, connect, migrate
+//! with every write fenced, release. If the lock is lost midway, the in-flight statement is
+//! cancelled, the connection is thrown away, and the tenant is reported interrupted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{Failure, JobEvent, Outcome, TenantEvent};
+use super::{Fleet, JobSpec};
+use crate::engine::{self, Engine, EngineError, Event, RunOptions};
+use crate::model::Direction;
+use crate::revision::plan::{self, Target};
+use crate::revision::{App, Resolved};
+use crate::registry::Tenant;
+
+pub(super) struct TenantRun {
+    pub fleet: Arc<Fleet>,
+    pub app: Arc<App>,
+    pub spec: JobSpec,
+    pub target: Target,
+    pub cancel: CancellationToken,
+    pub tx: mpsc::UnboundedSender<JobEvent>,
+}
+
+/// A tenant's placeholder values: the app's defaults < the tenant's registry values. The
+/// daemon's own environment never leaks into a tenant's schema.
+pub fn tenant_values(app: &App, tenant: &Tenant) -> Result<Resolved, crate::revision::placeholder::PlaceholderError> {
+    app.declarations.resolve(&|_| None, &tenant.placeholders)
+}
+
+fn ids(revs: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
+    revs.into_iter().map(|r| r.to_string()).collect()
+}
+
+impl TenantRun {
+    fn emit(&self, tenant: &Tenant, event: TenantEvent) {
+        let _ = self.tx.send(JobEvent::Tenant { tenant_id: tenant.id.to_string(), event });
+    }
+
+    fn fail(&self, tenant: &Tenant, failure: Failure) -> Outcome {
+        tracing::warn!(tenant = %tenant.id, revision = %failure.revision, sqlstate = %failure.sqlstate, message = %failure.message, "tenant failed");
+        self.emit(tenant, TenantEvent::Failed(failure));
+        Outcome::Failed
+    }
+
+    pub async fn run(self, tenant: Tenant) -> Outcome {
+        if self.cancel.is_cancelled() {
+            self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
+            return Outcome::Skipped;
+        }
+        let values = match tenant_values(&self.app, &tenant) {
+            Ok(v) => v,
+            Err(e) => return self.fail(&tenant, Failure { message: format!("placeholders: {e}"), ..Failure::default() }),
+        };
+        let settings = self.fleet.settings.for_schema(tenant.connection.schema.as_deref());
+        if self.spec.dry_run {
+            return self.dry_run(&tenant, &values, &settings).await;
+        }
+        let key = tenant.connection.database_key();
+        self.emit(&tenant, TenantEvent::WaitingForLock { database_key: key.to_string() });
+        let waiting = Instant::now();
+        let guard = tokio::select! {
+            g = self.fleet.locks.lock(&key, self.fleet.limits.lock_wait) => g,
+            _ = self.cancel.cancelled() => {
+                self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
+                return Outcome::Skipped;
+            }
+        };
+        let guard = match guard {
+            Ok(g) => g,
+            Err(e @ crate::lock::LockError::SessionLost) => {
+                self.emit(&tenant, TenantEvent::Interrupted { reason: e.to_string(), applied: vec![] });
+                return Outcome::Interrupted;
+            }
+            Err(e) => return self.fail(&tenant, Failure { message: e.to_string(), ..Failure::default() }),
+        };
+        self.emit(&tenant, TenantEvent::Locked { fence_token: guard.token().0, wait: waiting.elapsed() });
+        let mut conn = match self.fleet.pools.get(&tenant.connection).await {
+            Ok(c) => c,
+            Err(e) => {
+                guard.release().await;
+                return self.fail(&tenant, Failure { sqlstate: e.sqlstate().unwrap_or_default().to_string(), message: e.to_string(), ..Failure::default() });
+            }
+        };
+        let started = Instant::now();
+        let tx = self.tx.clone();
+        let tenant_id = tenant.id.to_string();
+        let events = move |e: Event| {
+            let event = match e {
+                Event::RevisionStarted { revision, direction } => TenantEvent::RevisionStarted { revision: revision.to_string(), direction },
+                Event::RevisionDone(a) => TenantEvent::RevisionApplied {
+                    revision: a.revision.to_string(),
+                    direction: a.direction,
+                    duration: a.duration,
+                    skipped_by_condition: a.skipped_by,
+                    attempts: a.attempts,
+                },
+                Event::LockRetry { revision, attempt, delay, .. } => TenantEvent::LockRetry { revision: revision.to_string(), attempt, delay },
+                Event::InvalidIndexDropped { revision, index } => {
+                    tracing::warn!(tenant = %tenant_id, %revision, %index, "dropped an INVALID index left by an earlier failed build");
+                    return;
+                }
+            };
+            let _ = tx.send(JobEvent::Tenant { tenant_id: tenant_id.clone(), event });
+        };
+        let (cancel, shutdown) = (self.cancel.clone(), self.fleet.shutdown.clone());
+        let stop = move || cancel.is_cancelled() || shutdown.is_cancelled();
+        let opts = RunOptions { fence: Some(guard.token()), allow_changed: self.spec.allow_changed, applied_by: &self.fleet.owner, events: &events, stop: &stop };
+        let engine = Engine::new(&self.app, &values, &settings);
+        let cancel_query = conn.cancel_token();
+        let result = tokio::select! {
+            r = engine.migrate(&mut conn, self.spec.direction, &self.target, &opts) => Some(r),
+            _ = guard.lost() => None,
+        };
+        let Some(result) = result else {
+            // Lease lost: stop at once. Cancel what is running, never reuse this connection.
+            let _ = cancel_query.cancel_query(NoTls).await;
+            conn.poison();
+            drop(conn);
+            self.fleet.pools.discard(&key);
+            let reason = "this daemon lost its etcd lease; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();
+            tracing::error!(tenant = %tenant.id, "interrupted: lease lost");
+            self.emit(&tenant, TenantEvent::Interrupted { reason, applied: vec![] });
+            return Outcome::Interrupted;
+        };
+        let state = match &result {
+            Ok(_) => engine.state(&conn).await.map(|s| ids(s.rows)).unwrap_or_default(),
+            Err(_) => vec![],
+        };
+        drop(conn);
+        guard.release().await;
+        match result {
+            Ok(applied) if applied.is_empty() => {
+                self.emit(&tenant, TenantEvent::UpToDate { revisions: state });
+                Outcome::UpToDate
+            }
+            Ok(applied) => {
+                self.emit(&tenant, TenantEvent::Done { revisions: state, applied: applied.len() as u32, duration: started.elapsed() });
+                Outcome::Done
+            }
+            Err(EngineError::Stopped { applied }) => {
+                self.emit(&tenant, TenantEvent::Interrupted { reason: super::skipped_reason(&self.fleet.shutdown), applied: ids(applied) });
+                Outcome::Interrupted
+            }
+            Err(EngineError::StepFailed { failure, applied }) => self.fail(
+                &tenant,
+                Failure {
+                    revision: failure.revision.to_string(),
+                    sqlstate: failure.sqlstate.clone().unwrap_or_default(),
+                    message: failure.to_string(),
+                    location: failure.location.clone().unwrap_or_default(),
+                    applied: ids(applied),
+                },
+            ),
+            Err(e) => self.fail(&tenant, Failure { sqlstate: e.sqlstate().unwrap_or_default().to_string(), message: e.to_string(), ..Failure::default() }),
+        }
+    }
+
+    async fn dry_run(&self, tenant: &Tenant, values: &Resolved, settings: &engine::Settings) -> Outcome {
+        let conn = match self.fleet.pools.get(&tenant.connection).await {
+            Ok(c) => c,
+            Err(e) => return self.fail(tenant, Failure { message: e.to_string(), ..Failure::default() }),
+        };
+        let engine = Engine::new(&self.app, values, settings);
+        let planned = async {
+            let state = engine.state(&conn).await?;
+            let applied = plan::applied_from_rows(&self.app.graph, &state.rows)?;
+            let steps = match self.spec.direction {
+                Direction::Upgrade => plan::upgrade(&self.app.graph, &applied, &self.target)?,
+                Direction::Downgrade => plan::downgrade(&self.app.graph, &applied, &self.target)?,
+            };
+            let from = if state.rows.is_empty() { "base".to_string() } else { ids(&state.rows).join(",") };
+            let sql = engine::offline::render_from(&self.app, values, settings, self.spec.direction, applied, &from, &self.target)?;
+            Ok::<_, EngineError>((steps.iter().map(|&n| self.app.graph.revision(n).id.to_string()).collect::<Vec<_>>(), sql))
+        };
+        match planned.await {
+            Ok((revisions, sql)) => {
+                self.emit(tenant, TenantEvent::Planned { revisions, sql });
+                Outcome::Planned
+            }
+            Err(e) => self.fail(tenant, Failure { message: e.to_string(), ..Failure::default() }),
+        }
+    }
+}

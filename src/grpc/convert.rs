@@ -1,0 +1,219 @@
+//! Conversions between protobuf messages and model types. Validation happens here, on the
+//! way in, with errors that name the request field.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use super::proto;
+use crate::fleet::{self, JobEvent, Selector, TenantEvent};
+use crate::model::Direction;
+use crate::registry::tenant::{field_error, shown, validate_labels};
+use crate::registry::{ConnectionSpec, FieldError, PasswordRef, SslMode, Tenant, TenantId};
+use crate::revision::App;
+
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub fn app_name(field: &str, app: &str) -> Result<String, FieldError> {
+    if app.is_empty() {
+        return Err(field_error(field, "required: the app (migration graph) name"));
+    }
+    if !crate::revision::is_valid_app_name(app) {
+        return Err(field_error(field, format!("{} is not an app name", shown(app))));
+    }
+    Ok(app.to_string())
+}
+
+pub fn connection(c: Option<proto::Connection>, at: &str) -> Result<ConnectionSpec, FieldError> {
+    let c = c.ok_or_else(|| field_error(at, "required: host, port, dbname, user"))?;
+    let port = match c.port {
+        0 => 5432,
+        p if p <= u32::from(u16::MAX) => p as u16,
+        _ => return Err(field_error(format!("{at}.port"), "must be 1-65535")),
+    };
+    let sslmode = match c.sslmode.as_str() {
+        "" | "prefer" => SslMode::Prefer,
+        "disable" => SslMode::Disable,
+        "require" | "verify-ca" | "verify-full" => {
+            return Err(field_error(format!("{at}.sslmode"), "TLS to tenant databases is not supported yet: use disable or prefer"));
+        }
+        other => return Err(field_error(format!("{at}.sslmode"), format!("{} is not an sslmode (disable, prefer)", shown(other)))),
+    };
+    let password = match c.password.and_then(|p| p.source) {
+        None => None,
+        Some(proto::password_ref::Source::Env(v)) => Some(PasswordRef::Env(v)),
+        Some(proto::password_ref::Source::File(f)) => Some(PasswordRef::File(PathBuf::from(f))),
+        Some(proto::password_ref::Source::Passfile(true)) => Some(PasswordRef::Passfile),
+        Some(proto::password_ref::Source::Passfile(false)) => None,
+    };
+    let spec = ConnectionSpec {
+        host: c.host,
+        port,
+        dbname: c.dbname,
+        user: c.user,
+        sslmode,
+        schema: (!c.schema.is_empty()).then_some(c.schema),
+        password,
+    };
+    spec.validate(at)?;
+    Ok(spec)
+}
+
+/// Placeholder values must be declared by the app and parse as their declared type.
+pub fn placeholders(app: &App, values: std::collections::HashMap<String, String>, at: &str) -> Result<BTreeMap<String, String>, FieldError> {
+    let values: BTreeMap<String, String> = values.into_iter().collect();
+    if let Some(long) = values.iter().find(|(k, v)| k.len() > 63 || v.len() > 1024) {
+        return Err(field_error(format!("{at}[{}]", shown(long.0)), "names are at most 63 characters, values at most 1024"));
+    }
+    app.declarations.resolve(&|_| None, &values).map_err(|e| {
+        use crate::revision::placeholder::PlaceholderError as P;
+        let name = match &e {
+            P::IllTyped { name, .. } | P::Undeclared { name, .. } | P::Unresolved { name } | P::NotBool { name, .. } => name.clone(),
+            P::Unterminated | P::BadName(_) => String::new(),
+        };
+        field_error(format!("{at}[{}]", shown(&name).trim_matches('"')), e.to_string())
+    })?;
+    Ok(values)
+}
+
+pub fn labels(values: std::collections::HashMap<String, String>, at: &str) -> Result<BTreeMap<String, String>, FieldError> {
+    let labels: BTreeMap<String, String> = values.into_iter().collect();
+    validate_labels(at, &labels)?;
+    Ok(labels)
+}
+
+pub fn tenant_id(field: &str, id: &str) -> Result<TenantId, FieldError> {
+    if id.is_empty() {
+        return Err(field_error(field, "required"));
+    }
+    TenantId::parse(field, id)
+}
+
+pub fn tenant_to_proto(t: &Tenant) -> proto::Tenant {
+    let c = &t.connection;
+    proto::Tenant {
+        id: t.id.to_string(),
+        app: t.app.clone(),
+        connection: Some(proto::Connection {
+            host: c.host.clone(),
+            port: u32::from(c.port),
+            dbname: c.dbname.clone(),
+            user: c.user.clone(),
+            sslmode: c.sslmode.as_str().to_string(),
+            schema: c.schema.clone().unwrap_or_default(),
+            password: c.password.as_ref().map(|p| proto::PasswordRef {
+                source: Some(match p {
+                    PasswordRef::Env(v) => proto::password_ref::Source::Env(v.clone()),
+                    PasswordRef::File(f) => proto::password_ref::Source::File(f.display().to_string()),
+                    PasswordRef::Passfile => proto::password_ref::Source::Passfile(true),
+                }),
+            }),
+        }),
+        labels: t.labels.clone().into_iter().collect(),
+        placeholders: t.placeholders.clone().into_iter().collect(),
+        created_at: Some(timestamp(t.created_at)),
+        updated_at: Some(timestamp(t.updated_at)),
+    }
+}
+
+/// Exactly one of tenant_ids, labels, all.
+pub fn selector(s: Option<proto::Selector>) -> Result<Selector, FieldError> {
+    let s = s.ok_or_else(|| field_error("selector", "required: tenant_ids, labels, or all"))?;
+    let given = usize::from(!s.tenant_ids.is_empty()) + usize::from(!s.labels.is_empty()) + usize::from(s.all);
+    if given != 1 {
+        return Err(field_error("selector", "set exactly one of tenant_ids, labels, all"));
+    }
+    if s.all {
+        return Ok(Selector::All);
+    }
+    if !s.labels.is_empty() {
+        return Ok(Selector::Labels(labels(s.labels, "selector.labels")?));
+    }
+    if s.tenant_ids.len() > 100_000 {
+        return Err(field_error("selector.tenant_ids", "at most 100000 ids; use labels or all"));
+    }
+    s.tenant_ids.iter().enumerate().map(|(i, id)| tenant_id(&format!("selector.tenant_ids[{i}]"), id)).collect::<Result<_, _>>().map(Selector::Ids)
+}
+
+pub fn target(field: &str, t: &str, direction: Direction) -> Result<String, FieldError> {
+    let t = t.trim();
+    if t.is_empty() {
+        return match direction {
+            Direction::Upgrade => Ok("head".into()),
+            Direction::Downgrade => Err(field_error(field, "required for a downgrade: -N, a revision, or base")),
+        };
+    }
+    let ok = t.len() <= 80 && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+' | b'@'));
+    if !ok {
+        return Err(field_error(field, format!("{} is not a target (head, heads, base, a revision, label@head, +N, -N)", shown(t))));
+    }
+    Ok(t.to_string())
+}
+
+pub fn direction(field: &str, d: &str) -> Result<Direction, FieldError> {
+    match d {
+        "" | "upgrade" => Ok(Direction::Upgrade),
+        "downgrade" => Ok(Direction::Downgrade),
+        other => Err(field_error(field, format!("{} is not a direction (upgrade, downgrade)", shown(other)))),
+    }
+}
+
+fn tenant_event(e: TenantEvent) -> proto::tenant_event::Kind {
+    use proto::tenant_event::Kind;
+    match e {
+        TenantEvent::Queued => Kind::Queued(proto::Queued {}),
+        TenantEvent::WaitingForLock { database_key } => Kind::WaitingForLock(proto::WaitingForLock { database_key }),
+        TenantEvent::Locked { fence_token, wait } => Kind::Locked(proto::Locked { fence_token, wait_ms: ms(wait) }),
+        TenantEvent::RevisionStarted { revision, direction } => Kind::RevisionStarted(proto::RevisionStarted { revision, direction: direction.to_string() }),
+        TenantEvent::RevisionApplied { revision, direction, duration, skipped_by_condition, attempts } => Kind::RevisionApplied(proto::RevisionApplied {
+            revision,
+            direction: direction.to_string(),
+            duration_ms: ms(duration),
+            skipped_by_condition: skipped_by_condition.unwrap_or_default(),
+            attempts,
+        }),
+        TenantEvent::LockRetry { revision, attempt, delay } => Kind::LockRetry(proto::LockRetry { revision, attempt, delay_ms: ms(delay) }),
+        TenantEvent::UpToDate { revisions } => Kind::UpToDate(proto::UpToDate { revisions }),
+        TenantEvent::Done { revisions, applied, duration } => Kind::Done(proto::Done { revisions, applied, duration_ms: ms(duration) }),
+        TenantEvent::Failed(f) => Kind::Failed(proto::Failed { revision: f.revision, sqlstate: f.sqlstate, message: f.message, location: f.location, applied: f.applied }),
+        TenantEvent::Skipped { reason } => Kind::Skipped(proto::Skipped { reason }),
+        TenantEvent::Interrupted { reason, applied } => Kind::Interrupted(proto::Interrupted { reason, applied }),
+        TenantEvent::Planned { revisions, sql } => Kind::Planned(proto::Planned { revisions, sql }),
+    }
+}
+
+pub fn job_event(e: JobEvent) -> proto::MigrationEvent {
+    use proto::migration_event::Event;
+    let event = match e {
+        JobEvent::Accepted { job_id, app, target, direction, tenant_ids, dry_run } => {
+            Event::Accepted(proto::JobAccepted { job_id, app, target, direction: direction.to_string(), tenant_ids, dry_run })
+        }
+        JobEvent::Tenant { tenant_id, event } => Event::Tenant(proto::TenantEvent { tenant_id, kind: Some(tenant_event(event)) }),
+        JobEvent::Summary(s) => Event::Summary(summary(s)),
+    };
+    proto::MigrationEvent { at: Some(timestamp(Utc::now())), event: Some(event) }
+}
+
+fn summary(s: fleet::Summary) -> proto::JobSummary {
+    proto::JobSummary {
+        job_id: s.job_id,
+        tenants: s.tenants,
+        done: s.done,
+        up_to_date: s.up_to_date,
+        failed: s.failed,
+        skipped: s.skipped,
+        interrupted: s.interrupted,
+        planned: s.planned,
+        wall_time_ms: ms(s.wall_time),
+        cancelled: s.cancelled,
+    }
+}

@@ -1,0 +1,158 @@
+//! `fleetmig.v1.Migrations`: jobs and fleet queries over gRPC.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, timestamp};
+use super::proto;
+use super::status::invalid;
+use crate::fleet::{Fleet, JobSpec};
+use crate::model::Direction;
+use crate::registry::tenant::field_error;
+
+pub struct MigrationsService {
+    pub fleet: Arc<Fleet>,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::MigrationEvent, Status>> + Send>>;
+
+/// Requests above this are refused rather than silently clamped.
+const MAX_REQUESTED_CONCURRENCY: u32 = 10_000;
+
+impl MigrationsService {
+    async fn migrate(&self, request: Request<proto::MigrateRequest>, direction: Direction) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        if r.concurrency > MAX_REQUESTED_CONCURRENCY {
+            return Err(invalid(field_error("concurrency", format!("at most {MAX_REQUESTED_CONCURRENCY} (the server also caps it by its own limits)"))));
+        }
+        let spec = JobSpec {
+            app: convert::app_name("app", &r.app).map_err(invalid)?,
+            direction,
+            target: convert::target("target", &r.target, direction).map_err(invalid)?,
+            selector: convert::selector(r.selector).map_err(invalid)?,
+            concurrency: r.concurrency as usize,
+            dry_run: r.dry_run,
+            allow_changed: r.allow_changed,
+        };
+        let job = self.fleet.start(spec).await?;
+        let first = tokio_stream::once(Ok(convert::job_event(job.accepted)));
+        let rest = UnboundedReceiverStream::new(job.events).map(|e| Ok(convert::job_event(e)));
+        Ok(Response::new(Box::pin(first.chain(rest))))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::migrations_server::Migrations for MigrationsService {
+    type UpgradeStream = EventStream;
+    type DowngradeStream = EventStream;
+
+    async fn upgrade(&self, request: Request<proto::MigrateRequest>) -> Result<Response<EventStream>, Status> {
+        self.migrate(request, Direction::Upgrade).await
+    }
+
+    async fn downgrade(&self, request: Request<proto::MigrateRequest>) -> Result<Response<EventStream>, Status> {
+        self.migrate(request, Direction::Downgrade).await
+    }
+
+    async fn cancel(&self, request: Request<proto::CancelRequest>) -> Result<Response<proto::CancelResponse>, Status> {
+        let id = request.into_inner().job_id;
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(invalid(field_error("job_id", "required: the job id from the accepted event")));
+        }
+        Ok(Response::new(proto::CancelResponse { cancelled: self.fleet.cancel(&id)? }))
+    }
+
+    async fn current(&self, request: Request<proto::CurrentRequest>) -> Result<Response<proto::CurrentResponse>, Status> {
+        let r = request.into_inner();
+        let app = convert::app_name("app", &r.app).map_err(invalid)?;
+        let selector = if r.selector.is_none() { crate::fleet::Selector::All } else { convert::selector(r.selector).map_err(invalid)? };
+        let report = self.fleet.current(&app, &selector).await?;
+        Ok(Response::new(proto::CurrentResponse {
+            tenants: report
+                .tenants
+                .into_iter()
+                .map(|t| proto::TenantVersion { tenant_id: t.tenant_id, revisions: t.revisions, at_head: t.at_head, error: t.error.unwrap_or_default() })
+                .collect(),
+            tenants_by_version: report.by_version.into_iter().collect(),
+            heads: report.heads,
+            at_head: report.at_head,
+            behind: report.behind,
+            unreachable: report.unreachable,
+        }))
+    }
+
+    async fn history(&self, request: Request<proto::HistoryRequest>) -> Result<Response<proto::HistoryResponse>, Status> {
+        let r = request.into_inner();
+        let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
+        let limit = match r.limit {
+            0 => 100,
+            n if n <= 10_000 => n,
+            _ => return Err(invalid(field_error("limit", "at most 10000"))),
+        };
+        let entries = self.fleet.history(&id, limit).await?;
+        Ok(Response::new(proto::HistoryResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| proto::HistoryEntry {
+                    id: e.id,
+                    revision: e.revision,
+                    direction: e.direction,
+                    checksum: e.checksum,
+                    placeholders_json: e.placeholders_json,
+                    skipped: e.skipped,
+                    applied_at: Some(timestamp(e.applied_at)),
+                    duration_ms: e.duration_ms.max(0) as u64,
+                    applied_by: e.applied_by,
+                    fence_token: e.fence_token.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn heads(&self, request: Request<proto::HeadsRequest>) -> Result<Response<proto::HeadsResponse>, Status> {
+        let app = convert::app_name("app", &request.into_inner().app).map_err(invalid)?;
+        let app = self.fleet.app(&app)?;
+        let g = &app.graph;
+        Ok(Response::new(proto::HeadsResponse {
+            heads: g
+                .heads()
+                .into_iter()
+                .map(|h| {
+                    let rev = g.revision(h);
+                    proto::RevisionInfo {
+                        revision: rev.id.to_string(),
+                        down_revisions: rev.parents.iter().map(|p| p.to_string()).collect(),
+                        message: rev.message.clone(),
+                        file: rev.path.display().to_string(),
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    async fn plan(&self, request: Request<proto::PlanRequest>) -> Result<Response<proto::PlanResponse>, Status> {
+        let r = request.into_inner();
+        let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
+        let direction = convert::direction("direction", &r.direction).map_err(invalid)?;
+        let target = convert::target("target", &r.target, direction).map_err(invalid)?;
+        let plan = self.fleet.plan(&id, direction, &target).await?;
+        Ok(Response::new(proto::PlanResponse { current: plan.current, revisions: plan.revisions, sql: plan.sql }))
+    }
+
+    async fn stamp(&self, request: Request<proto::StampRequest>) -> Result<Response<proto::StampResponse>, Status> {
+        let r = request.into_inner();
+        let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
+        if r.revision.is_empty() {
+            return Err(invalid(field_error("revision", "required: a revision, head, heads, label@head or base")));
+        }
+        let revision = convert::target("revision", &r.revision, Direction::Upgrade).map_err(invalid)?;
+        let revisions = self.fleet.stamp(&id, &revision, r.purge).await?;
+        tracing::info!(tenant = %id, ?revisions, purge = r.purge, "tenant stamped");
+        Ok(Response::new(proto::StampResponse { revisions }))
+    }
+}

@@ -1,0 +1,204 @@
+//! etcd-backed locks: one lease per daemon process, kept alive by our own loop, and one lock
+//! key per database created under that lease.
+//!
+//! - Keep-alive: every TTL/3, one round with a timeout. `safe_until` is the *send* time of the
+//!   last acknowledged keep-alive plus the TTL it granted, on the monotonic clock. When it
+//!   passes, or etcd says the lease is gone, the session is lost: every guard's `lost()` fires.
+//! - Acquire: a transaction creates `<prefix>locks/<database key>` with our lease only if it
+//!   does not exist; otherwise we watch it until it is deleted and try again, within our own
+//!   timeout. Nothing stays pending on the server when we give up (unlike etcd's Lock RPC,
+//!   which may grant a lock after the client timed out).
+//! - Fencing token: the lock key's create revision, which grows with every new holder.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{DistributedLock, LockError, LockGuard};
+use crate::model::FenceToken;
+use crate::registry::DatabaseKey;
+
+fn unavailable(e: etcd_client::Error) -> LockError {
+    LockError::Unavailable(e.to_string())
+}
+
+pub struct EtcdSession {
+    client: Client,
+    lease: i64,
+    prefix: String,
+    owner: String,
+    lost: CancellationToken,
+    safe_until: Arc<Mutex<Instant>>,
+}
+
+impl EtcdSession {
+    /// Grant the lease and start its keep-alive loop (owned by `tracker`, stopped by `stop`).
+    pub async fn start(client: Client, prefix: &str, ttl: Duration, owner: &str, tracker: &TaskTracker, stop: CancellationToken) -> Result<Arc<EtcdSession>, LockError> {
+        let ttl_secs = ttl.as_secs().max(2) as i64;
+        let sent = Instant::now();
+        let grant = client.clone().lease_grant(ttl_secs, None).await.map_err(unavailable)?;
+        let session = Arc::new(EtcdSession {
+            client,
+            lease: grant.id(),
+            prefix: format!("{prefix}locks/"),
+            owner: owner.to_string(),
+            lost: CancellationToken::new(),
+            safe_until: Arc::new(Mutex::new(sent + Duration::from_secs(grant.ttl().max(0) as u64))),
+        });
+        tracing::info!(lease = format!("{:x}", session.lease), ttl_secs, "etcd lease granted");
+        let s = session.clone();
+        tracker.spawn(async move { s.keep_alive(Duration::from_secs(ttl_secs as u64), stop).await });
+        Ok(session)
+    }
+
+    pub fn lease_id(&self) -> i64 {
+        self.lease
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    async fn keep_alive(&self, ttl: Duration, stop: CancellationToken) {
+        let interval = ttl / 3;
+        let mut channel = None;
+        loop {
+            let deadline = *self.safe_until.lock().unwrap();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::error!(lease = format!("{:x}", self.lease), "etcd lease deadline passed without an acknowledged keep-alive: lease lost, stopping all tenant work");
+                    self.lost.cancel();
+                    return;
+                }
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let sent = Instant::now();
+            let round = tokio::time::timeout(interval, async {
+                if channel.is_none() {
+                    channel = Some(self.client.clone().lease_keep_alive(self.lease).await?);
+                }
+                let (keeper, stream) = channel.as_mut().expect("just set");
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+            match round {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                    *self.safe_until.lock().unwrap() = sent + Duration::from_secs(resp.ttl() as u64);
+                }
+                Ok(Ok(Some(_))) => {
+                    tracing::error!(lease = format!("{:x}", self.lease), "etcd says the lease has expired: lease lost, stopping all tenant work");
+                    self.lost.cancel();
+                    return;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    let why = match round {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no answer within the round timeout".into(),
+                        _ => "keep-alive stream closed".into(),
+                    };
+                    tracing::warn!(lease = format!("{:x}", self.lease), %why, "etcd keep-alive failed; retrying until the lease deadline");
+                    channel = None;
+                }
+            }
+        }
+    }
+
+    /// Revoke the lease: every lock key goes with it. Called at shutdown.
+    pub async fn revoke(&self) {
+        self.lost.cancel();
+        match tokio::time::timeout(Duration::from_secs(2), self.client.clone().lease_revoke(self.lease)).await {
+            Ok(Ok(_)) => tracing::info!(lease = format!("{:x}", self.lease), "etcd lease revoked"),
+            _ => tracing::warn!(lease = format!("{:x}", self.lease), "could not revoke the etcd lease; it expires by its TTL"),
+        }
+    }
+
+    fn lock_key(&self, key: &DatabaseKey) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+
+    async fn acquire(&self, key: &DatabaseKey, timeout: Duration) -> Result<LockGuard, LockError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let lock_key = self.lock_key(key);
+        let mut client = self.client.clone();
+        loop {
+            if self.lost.is_cancelled() {
+                return Err(LockError::SessionLost);
+            }
+            let txn = Txn::new()
+                .when([Compare::create_revision(lock_key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(lock_key.clone(), self.owner.clone(), Some(PutOptions::new().with_lease(self.lease)))])
+                .or_else([TxnOp::get(lock_key.clone(), None)]);
+            let resp = tokio::time::timeout_at(deadline, client.txn(txn))
+                .await
+                .map_err(|_| LockError::Timeout { key: key.clone(), waited: started.elapsed(), holder: "(etcd did not answer)".into() })?
+                .map_err(unavailable)?;
+            if resp.succeeded() {
+                let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                let token = FenceToken(revision);
+                let (client, lock_key) = (self.client.clone(), lock_key.clone());
+                return Ok(LockGuard::new(
+                    key.clone(),
+                    token,
+                    self.lost.child_token(),
+                    Box::new(move || Box::pin(release(client, lock_key, revision))),
+                ));
+            }
+            // Held: by whom, and since which revision; wait for its deletion.
+            let (holder, seen) = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).to_string(), kv.mod_revision())),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let header_rev = resp.header().map(|h| h.revision()).unwrap_or(seen);
+            let mut watch = tokio::time::timeout_at(deadline, client.watch(lock_key.clone(), Some(WatchOptions::new().with_start_revision(header_rev + 1))))
+                .await
+                .map_err(|_| LockError::Timeout { key: key.clone(), waited: started.elapsed(), holder: holder.clone() })?
+                .map_err(unavailable)?;
+            let deleted = async {
+                while let Ok(Some(msg)) = watch.message().await {
+                    if msg.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = deleted => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(LockError::Timeout { key: key.clone(), waited: started.elapsed(), holder });
+                }
+                _ = self.lost.cancelled() => return Err(LockError::SessionLost),
+            }
+        }
+    }
+}
+
+/// Delete the lock key if it is still ours (same create revision).
+async fn release(mut client: Client, lock_key: String, revision: i64) {
+    let txn = Txn::new()
+        .when([Compare::create_revision(lock_key.clone(), CompareOp::Equal, revision)])
+        .and_then([TxnOp::delete(lock_key.clone(), None)]);
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.txn(txn)).await.map_err(|_| "timeout".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        tracing::warn!(key = %lock_key, error = %e, "could not release the lock; it goes with the lease");
+    }
+}
+
+impl DistributedLock for EtcdSession {
+    fn lock<'a>(&'a self, key: &'a DatabaseKey, timeout: Duration) -> BoxFuture<'a, Result<LockGuard, LockError>> {
+        Box::pin(self.acquire(key, timeout))
+    }
+
+    fn session_lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+}

@@ -1,0 +1,10 @@
+//! The tenant registry (records in etcd) and the connections to tenant databases
+//! (bounded pools per database under a budget per Postgres host).
+
+pub mod pools;
+pub mod store;
+pub mod tenant;
+
+pub use pools::{Pools, PoolError};
+pub use store::{Registry, RegistryError};
+pub use tenant::{ConnectionSpec, DatabaseKey, FieldError, PasswordRef, SslMode, Tenant, TenantId};

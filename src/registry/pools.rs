@@ -1,0 +1,269 @@
+//! Connections to tenant databases: one small bb8 pool per database, and a budget of open
+//! connections per Postgres host. A connection holds a host permit for its whole life (idle
+//! in a pool included), so the number of connections fleetmig opens to a host never exceeds
+//! the host limit. Pools idle for a while are dropped. Passwords are resolved here, at
+//! connect time, from their references; they are never logged or put in errors.
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, NoTls};
+
+use super::tenant::{ConnectionSpec, DatabaseKey, PasswordRef, SslMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("password for {user}@{key}: {problem}")]
+    Password { user: String, key: DatabaseKey, problem: String },
+    #[error("connecting to {key}: {source}")]
+    Connect {
+        key: DatabaseKey,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("connecting to {key}: timed out waiting for a connection (host limit reached or server unreachable)")]
+    Timeout { key: DatabaseKey },
+}
+
+impl PoolError {
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PoolError::Connect { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// A pooled connection and the host permit it holds.
+pub struct Budgeted {
+    client: Client,
+    _permit: OwnedSemaphorePermit,
+    poisoned: bool,
+}
+
+impl Budgeted {
+    /// Never hand this connection out again: it may be mid-statement or mid-transaction
+    /// (e.g. after a lease loss). It is closed when dropped.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+}
+
+impl Deref for Budgeted {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for Budgeted {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+pub struct BudgetedManager {
+    inner: PostgresConnectionManager<NoTls>,
+    host: Arc<Semaphore>,
+    key: DatabaseKey,
+}
+
+impl bb8::ManageConnection for BudgetedManager {
+    type Connection = Budgeted;
+    type Error = PoolError;
+
+    async fn connect(&self) -> Result<Budgeted, PoolError> {
+        let permit = self.host.clone().acquire_owned().await.expect("host semaphores are never closed");
+        let client = self.inner.connect().await.map_err(|source| PoolError::Connect { key: self.key.clone(), source })?;
+        Ok(Budgeted { client, _permit: permit, poisoned: false })
+    }
+
+    async fn is_valid(&self, conn: &mut Budgeted) -> Result<(), PoolError> {
+        conn.client.simple_query("").await.map(|_| ()).map_err(|source| PoolError::Connect { key: self.key.clone(), source })
+    }
+
+    fn has_broken(&self, conn: &mut Budgeted) -> bool {
+        conn.poisoned || conn.client.is_closed()
+    }
+}
+
+pub type PooledClient = bb8::PooledConnection<'static, BudgetedManager>;
+
+/// Limits of the pools.
+#[derive(Debug, Clone)]
+pub struct PoolLimits {
+    /// Open connections per Postgres host (host:port), across all its databases.
+    pub per_host: usize,
+    /// Connections per database (a tenant's migration uses one).
+    pub per_database: u32,
+    pub connect_timeout: Duration,
+    /// Idle connections close after this; idle pools are dropped after it too.
+    pub idle_timeout: Duration,
+}
+
+struct Entry {
+    pool: bb8::Pool<BudgetedManager>,
+    last_used: Instant,
+}
+
+pub struct Pools {
+    limits: PoolLimits,
+    databases: Mutex<HashMap<DatabaseKey, Entry>>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Pools {
+    pub fn new(limits: PoolLimits) -> Pools {
+        Pools { limits, databases: Mutex::default(), hosts: Mutex::default() }
+    }
+
+    fn host_budget(&self, host: &str) -> Arc<Semaphore> {
+        self.hosts.lock().unwrap().entry(host.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_host))).clone()
+    }
+
+    /// A connection to the tenant's database, as its configured user.
+    pub async fn get(&self, spec: &ConnectionSpec) -> Result<PooledClient, PoolError> {
+        let key = spec.database_key();
+        let pool = {
+            let existing = self.databases.lock().unwrap().get_mut(&key).map(|e| {
+                e.last_used = Instant::now();
+                e.pool.clone()
+            });
+            match existing {
+                Some(p) => p,
+                None => {
+                    let manager = BudgetedManager {
+                        inner: PostgresConnectionManager::new(pg_config(spec, self.limits.connect_timeout)?, NoTls),
+                        host: self.host_budget(&spec.host_key()),
+                        key: key.clone(),
+                    };
+                    let pool = bb8::Pool::builder()
+                        .max_size(self.limits.per_database)
+                        .min_idle(None)
+                        .idle_timeout(Some(self.limits.idle_timeout))
+                        .connection_timeout(self.limits.connect_timeout)
+                        .test_on_check_out(false)
+                        .build_unchecked(manager);
+                    self.databases.lock().unwrap().entry(key.clone()).or_insert(Entry { pool, last_used: Instant::now() }).pool.clone()
+                }
+            }
+        };
+        pool.get_owned().await.map_err(|e| match e {
+            bb8::RunError::User(e) => e,
+            bb8::RunError::TimedOut => PoolError::Timeout { key },
+        })
+    }
+
+    /// Drop pools unused for longer than the idle timeout (their connections close).
+    pub fn evict_idle(&self) -> usize {
+        let idle = self.limits.idle_timeout;
+        let mut dbs = self.databases.lock().unwrap();
+        let before = dbs.len();
+        dbs.retain(|_, e| e.last_used.elapsed() < idle);
+        before - dbs.len()
+    }
+
+    /// Forget a database's pool (e.g. after a lease loss: its connections may be mid-statement).
+    pub fn discard(&self, key: &DatabaseKey) {
+        self.databases.lock().unwrap().remove(key);
+    }
+
+    pub fn open_pools(&self) -> usize {
+        self.databases.lock().unwrap().len()
+    }
+}
+
+/// The libpq-style config for a tenant, password resolved from its reference.
+pub fn pg_config(spec: &ConnectionSpec, connect_timeout: Duration) -> Result<tokio_postgres::Config, PoolError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&spec.host)
+        .port(spec.port)
+        .dbname(&spec.dbname)
+        .user(&spec.user)
+        .application_name("fleetmig")
+        .connect_timeout(connect_timeout)
+        .ssl_mode(match spec.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        });
+    let problem = |p: String| PoolError::Password { user: spec.user.clone(), key: spec.database_key(), problem: p };
+    match &spec.password {
+        None => {}
+        Some(PasswordRef::Env(var)) => {
+            let pw = std::env::var(var).map_err(|_| problem(format!("environment variable {var} is not set in the daemon's environment")))?;
+            config.password(pw);
+        }
+        Some(PasswordRef::File(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read {}: {}", path.display(), e.kind())))?;
+            config.password(text.lines().next().unwrap_or_default().to_string());
+        }
+        Some(PasswordRef::Passfile) => {
+            let file = passfile_path().ok_or_else(|| problem("no passfile: set PGPASSFILE or create ~/.pgpass".into()))?;
+            let pw = passfile_lookup(&file, &spec.host, spec.port, &spec.dbname, &spec.user)
+                .ok_or_else(|| problem(format!("no matching entry in {}", file.display())))?;
+            config.password(pw);
+        }
+    }
+    Ok(config)
+}
+
+fn passfile_path() -> Option<PathBuf> {
+    std::env::var_os("PGPASSFILE").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))
+}
+
+/// libpq's passfile rules: `host:port:db:user:password`, `*` matches anything, `\` escapes.
+pub fn passfile_lookup(file: &Path, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let port = port.to_string();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()) {
+        let mut fields = Vec::with_capacity(5);
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => cur.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() == 5 && [host, port.as_str(), db, user].iter().zip(&fields).all(|(want, f)| f == "*" || f == want) {
+            return Some(fields.pop().unwrap());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passfile_follows_libpq_rules() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "# comment\ndb1:5432:other:app:nope\ndb1:*:t42:app:s3cr\\:et\n*:*:*:*:fallback\n").unwrap();
+        assert_eq!(passfile_lookup(f.path(), "db1", 5433, "t42", "app").as_deref(), Some("s3cr:et"));
+        assert_eq!(passfile_lookup(f.path(), "db2", 5432, "x", "y").as_deref(), Some("fallback"));
+    }
+
+    #[test]
+    fn password_errors_never_carry_the_password() {
+        let spec = ConnectionSpec {
+            host: "h".into(),
+            port: 5432,
+            dbname: "d".into(),
+            user: "u".into(),
+            sslmode: SslMode::Prefer,
+            schema: None,
+            password: Some(PasswordRef::Env("FLEETMIG_UNIT_TEST_UNSET_VAR".into())),
+        };
+        let e = pg_config(&spec, Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(e.contains("FLEETMIG_UNIT_TEST_UNSET_VAR is not set"), "{e}");
+    }
+}
