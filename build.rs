@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/fleetmig/v1/tenants.proto", "proto/fleetmig/v1/migrations.proto"];
+    let files = [
+        "proto/fleetmig/v1/tenants.proto",
+        "proto/fleetmig/v1/migrations.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -19,14 +22,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .type_attribute(".fleetmig.v1", "#[derive(serde::Serialize)]")
         .type_attribute(".fleetmig.v1", "#[serde(rename_all = \"snake_case\")]")
-        .field_attribute("fleetmig.v1.UpdateTenantRequest.update_mask", "#[serde(skip)]");
+        .field_attribute(
+            "fleetmig.v1.UpdateTenantRequest.update_mask",
+            "#[serde(skip)]",
+        );
     for field in [
         "fleetmig.v1.Tenant.created_at",
         "fleetmig.v1.Tenant.updated_at",
         "fleetmig.v1.MigrationEvent.at",
         "fleetmig.v1.HistoryEntry.applied_at",
     ] {
-        builder = builder.field_attribute(field, "#[serde(serialize_with = \"crate::grpc::serialize_timestamp\")]");
+        builder = builder.field_attribute(
+            field,
+            "#[serde(serialize_with = \"crate::grpc::serialize_timestamp\")]",
+        );
     }
     builder.compile_fds(fds)?;
     Ok(())

@@ -25,32 +25,61 @@ use crate::registry::pools::PoolLimits;
 use crate::registry::{Pools, Registry};
 use crate::revision::App;
 
+/// After the jobs are done, how long open client connections get to close by themselves.
+const SERVER_DRAIN: Duration = Duration::from_secs(2);
+
 /// Who this daemon is, in history rows and lock values.
 pub fn owner() -> String {
-    format!("fleetmig {} on {} pid {}", env!("CARGO_PKG_VERSION"), gethostname::gethostname().to_string_lossy(), std::process::id())
+    format!(
+        "fleetmig {} on {} pid {}",
+        env!("CARGO_PKG_VERSION"),
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    )
 }
 
 fn load_apps(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<App>>> {
     let names = App::list(&config.migrations_dir);
     if names.is_empty() {
-        bail!("no apps under {}: set migrations_dir", config.migrations_dir.display());
+        bail!(
+            "no apps under {}: set migrations_dir",
+            config.migrations_dir.display()
+        );
     }
-    names.iter().map(|n| Ok((n.clone(), Arc::new(App::load(&config.migrations_dir, n)?)))).collect()
+    names
+        .iter()
+        .map(|n| Ok((n.clone(), Arc::new(App::load(&config.migrations_dir, n)?))))
+        .collect()
 }
 
 async fn signalled() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
 }
 
+/// Serve until SIGTERM/SIGINT (or the etcd lease is lost).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    serve_until(config, signalled(), |_| {}).await
+}
+
+/// Serve until `stop` resolves. `on_listening` gets the bound address (tests listen on port 0).
+pub async fn serve_until(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     let apps = load_apps(&config)?;
     let etcd = etcd_client::Client::connect(
         &config.etcd.endpoints,
-        Some(etcd_client::ConnectOptions::new().with_connect_timeout(config.etcd.connect_timeout).with_timeout(config.etcd.lease_ttl)),
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_connect_timeout(config.etcd.connect_timeout)
+                .with_timeout(config.etcd.lease_ttl),
+        ),
     )
     .await
     .with_context(|| format!("connecting to etcd at {}", config.etcd.endpoints.join(",")))?;
@@ -61,9 +90,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Stops the lease keep-alive and housekeeping: only after in-flight work is done.
     let background = CancellationToken::new();
     let owner = owner();
-    let session = EtcdSession::start(etcd.clone(), &config.etcd.prefix, config.etcd.lease_ttl, &owner, &tracker, background.clone())
-        .await
-        .context("granting the daemon's etcd lease")?;
+    let session = EtcdSession::start(
+        etcd.clone(),
+        &config.etcd.prefix,
+        config.etcd.lease_ttl,
+        &owner,
+        &tracker,
+        background.clone(),
+    )
+    .await
+    .context("granting the daemon's etcd lease")?;
     let pools = Arc::new(Pools::new(PoolLimits {
         per_host: config.pools.per_host_connections,
         per_database: config.pools.per_database_connections,
@@ -100,8 +136,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TenantsServer<TenantsService>>().await;
-    health.set_serving::<MigrationsServer<MigrationsService>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_serving::<MigrationsServer<MigrationsService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::grpc::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -111,10 +151,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let listener = TcpListener::bind(config.server.listen).await.with_context(|| format!("binding {}", config.server.listen))?;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, apps = ?fleet.apps().map(|a| a.name.clone()).collect::<Vec<_>>(), "fleetmig serving");
     eprintln!("fleetmig listening on {addr}");
+    on_listening(addr);
 
     // First signal or lease loss: NOT_SERVING, stop accepting, stop taking new work.
     let lease_lost = crate::lock::DistributedLock::session_lost(&*session);
@@ -122,12 +165,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let (shutdown, health, lease_lost) = (shutdown.clone(), health.clone(), lease_lost.clone());
         tokio::spawn(async move {
             tokio::select! {
-                _ = signalled() => {}
+                _ = stop => {}
                 _ = lease_lost.cancelled() => tracing::error!("etcd lease lost: shutting down so a restart gets a fresh lease"),
             }
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            health.set_not_serving::<TenantsServer<TenantsService>>().await;
-            health.set_not_serving::<MigrationsServer<MigrationsService>>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<TenantsServer<TenantsService>>()
+                .await;
+            health
+                .set_not_serving::<MigrationsServer<MigrationsService>>()
+                .await;
             shutdown.cancel();
         });
     }
@@ -135,26 +184,47 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TenantsServer::new(TenantsService { fleet: fleet.clone() }))
-        .add_service(MigrationsServer::new(MigrationsService { fleet: fleet.clone() }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .add_service(TenantsServer::new(TenantsService {
+            fleet: fleet.clone(),
+        }))
+        .add_service(MigrationsServer::new(MigrationsService {
+            fleet: fleet.clone(),
+        }))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
     tokio::pin!(server);
+    let mut server_done = false;
     tokio::select! {
-        r = &mut server => r.context("gRPC server")?,
+        r = &mut server => {
+            r.context("gRPC server")?;
+            server_done = true;
+        }
         _ = shutdown.cancelled() => {}
     }
     let lease_was_lost = lease_lost.is_cancelled();
     // Let running jobs finish their in-flight revisions (their streams end with them), within the grace period.
     let grace = config.server.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
-        let _ = (&mut server).await;
         while fleet.running_jobs() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(?grace, "grace period over: abandoning in-flight work (open transactions roll back when their connections close; locks expire with the lease)");
+        tracing::warn!(
+            ?grace,
+            "grace period over: abandoning in-flight work (open transactions roll back when their connections close; locks expire with the lease)"
+        );
+    }
+    // Jobs are done and their streams have ended: idle client connections need not hold us.
+    if !server_done
+        && tokio::time::timeout(SERVER_DRAIN, &mut server)
+            .await
+            .is_err()
+    {
+        tracing::info!("closing the remaining client connections");
     }
     background.cancel();
     session.revoke().await;

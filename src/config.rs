@@ -40,7 +40,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:50051".parse().expect("valid"), shutdown_grace: Duration::from_secs(30) }
+        ServerConfig {
+            listen: "127.0.0.1:50051".parse().expect("valid"),
+            shutdown_grace: Duration::from_secs(30),
+        }
     }
 }
 
@@ -83,7 +86,12 @@ pub struct FleetConfig {
 
 impl Default for FleetConfig {
     fn default() -> Self {
-        FleetConfig { global_concurrency: 32, default_job_concurrency: 8, max_job_concurrency: 64, lock_wait: Duration::from_secs(30) }
+        FleetConfig {
+            global_concurrency: 32,
+            default_job_concurrency: 8,
+            max_job_concurrency: 64,
+            lock_wait: Duration::from_secs(30),
+        }
     }
 }
 
@@ -102,7 +110,12 @@ pub struct PoolsConfig {
 
 impl Default for PoolsConfig {
     fn default() -> Self {
-        PoolsConfig { per_host_connections: 16, per_database_connections: 2, connect_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60) }
+        PoolsConfig {
+            per_host_connections: 16,
+            per_database_connections: 2,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -229,17 +242,34 @@ impl Config {
     }
 
     fn validate_daemon(&self) -> Result<(), ConfigError> {
-        let bad = |key: &'static str, message: &str| Err(ConfigError::Key { key, message: message.to_string() });
+        let bad = |key: &'static str, message: &str| {
+            Err(ConfigError::Key {
+                key,
+                message: message.to_string(),
+            })
+        };
         if self.etcd.endpoints.is_empty() {
-            return bad("etcd.endpoints", "name at least one endpoint, e.g. [\"http://127.0.0.1:2379\"]");
+            return bad(
+                "etcd.endpoints",
+                "name at least one endpoint, e.g. [\"http://127.0.0.1:2379\"]",
+            );
         }
         if !self.etcd.prefix.starts_with('/') || !self.etcd.prefix.ends_with('/') {
-            return bad("etcd.prefix", "must start and end with / (e.g. \"/fleetmig/\")");
+            return bad(
+                "etcd.prefix",
+                "must start and end with / (e.g. \"/fleetmig/\")",
+            );
         }
         if self.etcd.lease_ttl < Duration::from_secs(2) {
-            return bad("etcd.lease_ttl", "must be at least 2s (etcd's minimum lease)");
+            return bad(
+                "etcd.lease_ttl",
+                "must be at least 2s (etcd's minimum lease)",
+            );
         }
-        if self.fleet.global_concurrency == 0 || self.fleet.default_job_concurrency == 0 || self.fleet.max_job_concurrency == 0 {
+        if self.fleet.global_concurrency == 0
+            || self.fleet.default_job_concurrency == 0
+            || self.fleet.max_job_concurrency == 0
+        {
             return bad("fleet", "concurrency limits must be at least 1");
         }
         if self.pools.per_host_connections == 0 || self.pools.per_database_connections == 0 {
@@ -255,6 +285,9 @@ impl Config {
             "pg_bin",
             "etcd_bin",
             "test_keep",
+            "log",
+            "config",
+            "server",
         ])
     }
 }
@@ -292,7 +325,12 @@ mod tests {
     #[test]
     fn the_documented_example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleetmig.toml");
-        let c = Config::load(Some(&path), Env::prefixed("FLEETMIG_UNUSED_IN_TEST_"), NoFlags::default()).unwrap();
+        let c = Config::load(
+            Some(&path),
+            Env::prefixed("FLEETMIG_UNUSED_IN_TEST_"),
+            NoFlags::default(),
+        )
+        .unwrap();
         assert_eq!(c.engine.version_table.name, "alembic_version");
         assert_eq!(c.server.listen.port(), 50051);
     }

@@ -7,13 +7,13 @@
 //! - [`config`]: typed, layered configuration.
 //! - [`model`]: newtypes and enums shared by all layers.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
-pub mod model;
-pub mod revision;
 pub mod fleet;
-pub mod lock;
-pub mod registry;
 pub mod grpc;
-pub mod app;
+pub mod lock;
+pub mod model;
+pub mod registry;
+pub mod revision;

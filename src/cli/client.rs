@@ -9,9 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
 
 use super::Failure;
-use crate::grpc::proto::{self, migration_event::Event, tenant_event::Kind};
 use crate::grpc::proto::migrations_client::MigrationsClient;
 use crate::grpc::proto::tenants_client::TenantsClient;
+use crate::grpc::proto::{self, migration_event::Event, tenant_event::Kind};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Output {
@@ -22,7 +22,12 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct Connect {
     /// The daemon's gRPC address.
-    #[arg(long, env = "FLEETMIG_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "FLEETMIG_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub server: String,
     /// `json`: one JSON object per line, for scripts.
     #[arg(long, short = 'o', value_enum, default_value = "text", global = true)]
@@ -140,7 +145,11 @@ pub struct FleetMigrate {
 fn pairs(flag: &str, items: &[String]) -> Result<HashMap<String, String>, Failure> {
     items
         .iter()
-        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| Failure::input(format!("--{flag} {kv:?}: expected KEY=VALUE"))))
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Failure::input(format!("--{flag} {kv:?}: expected KEY=VALUE")))
+        })
         .collect()
 }
 
@@ -150,11 +159,15 @@ fn status(e: tonic::Status) -> Failure {
         tonic::Code::FailedPrecondition | tonic::Code::Aborted | tonic::Code::PermissionDenied => 3,
         _ => 1,
     };
-    Failure { code, message: format!("{:?}: {}", e.code(), e.message()) }
+    Failure {
+        code,
+        message: format!("{:?}: {}", e.code(), e.message()),
+    }
 }
 
 async fn channel(c: &Connect) -> Result<Channel, Failure> {
-    let endpoint = Channel::from_shared(c.server.clone()).map_err(|e| Failure::input(format!("--server {}: {e}", c.server)))?;
+    let endpoint = Channel::from_shared(c.server.clone())
+        .map_err(|e| Failure::input(format!("--server {}: {e}", c.server)))?;
     endpoint.connect_timeout(Duration::from_secs(5)).connect().await.map_err(|e| Failure { code: 1, message: format!("cannot reach the daemon at {}: {e} (is `fleetmig serve` running? --server / FLEETMIG_SERVER)", c.server) })
 }
 
@@ -165,13 +178,36 @@ fn print_json<T: serde::Serialize>(v: &T) {
 fn describe_tenant(t: &proto::Tenant) -> String {
     let c = t.connection.clone().unwrap_or_default();
     let labels: BTreeMap<_, _> = t.labels.iter().collect();
-    let labels = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-    format!("{:24} {:12} {}:{}/{}{}  {}", t.id, t.app, c.host, c.port, c.dbname, if c.schema.is_empty() { String::new() } else { format!("/{}", c.schema) }, labels)
+    let labels = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "{:24} {:12} {}:{}/{}{}  {}",
+        t.id,
+        t.app,
+        c.host,
+        c.port,
+        c.dbname,
+        if c.schema.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", c.schema)
+        },
+        labels
+    )
 }
 
 pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure> {
     let mut client = TenantsClient::new(channel(conn).await?);
-    let show = |t: &proto::Tenant| if conn.output == Output::Json { print_json(t) } else { println!("{}", describe_tenant(t)) };
+    let show = |t: &proto::Tenant| {
+        if conn.output == Output::Json {
+            print_json(t)
+        } else {
+            println!("{}", describe_tenant(t))
+        }
+    };
     match cmd {
         TenantsCommand::Add(a) => {
             let source = match (a.password_env, a.password_file, a.passfile) {
@@ -196,14 +232,25 @@ pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure>
                 placeholders: pairs("placeholder", &a.placeholders)?,
                 ..Default::default()
             };
-            let t = client.register(proto::RegisterTenantRequest { tenant: Some(tenant) }).await.map_err(status)?.into_inner();
+            let t = client
+                .register(proto::RegisterTenantRequest {
+                    tenant: Some(tenant),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
             show(&t);
         }
         TenantsCommand::Ls { app, labels } => {
             let mut token = String::new();
             loop {
                 let page = client
-                    .list(proto::ListTenantsRequest { app: app.clone().unwrap_or_default(), labels: pairs("label", &labels)?, page_size: 500, page_token: token })
+                    .list(proto::ListTenantsRequest {
+                        app: app.clone().unwrap_or_default(),
+                        labels: pairs("label", &labels)?,
+                        page_size: 500,
+                        page_token: token,
+                    })
                     .await
                     .map_err(status)?
                     .into_inner();
@@ -214,8 +261,18 @@ pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure>
                 token = page.next_page_token;
             }
         }
-        TenantsCommand::Show { id } => show(&client.get(proto::GetTenantRequest { id }).await.map_err(status)?.into_inner()),
-        TenantsCommand::Update { id, labels, placeholders } => {
+        TenantsCommand::Show { id } => show(
+            &client
+                .get(proto::GetTenantRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner(),
+        ),
+        TenantsCommand::Update {
+            id,
+            labels,
+            placeholders,
+        } => {
             let mut paths = vec![];
             if !labels.is_empty() {
                 paths.push("labels".to_string());
@@ -224,19 +281,40 @@ pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure>
                 paths.push("placeholders".to_string());
             }
             if paths.is_empty() {
-                return Err(Failure::input("nothing to update: give --label and/or --placeholder"));
+                return Err(Failure::input(
+                    "nothing to update: give --label and/or --placeholder",
+                ));
             }
-            let tenant = proto::Tenant { id, labels: pairs("label", &labels)?, placeholders: pairs("placeholder", &placeholders)?, ..Default::default() };
-            let t = client.update(proto::UpdateTenantRequest { tenant: Some(tenant), update_mask: Some(prost_types::FieldMask { paths }) }).await.map_err(status)?.into_inner();
+            let tenant = proto::Tenant {
+                id,
+                labels: pairs("label", &labels)?,
+                placeholders: pairs("placeholder", &placeholders)?,
+                ..Default::default()
+            };
+            let t = client
+                .update(proto::UpdateTenantRequest {
+                    tenant: Some(tenant),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
             show(&t);
         }
         TenantsCommand::Rm { id } => {
-            let r = client.deregister(proto::DeregisterTenantRequest { id }).await.map_err(status)?.into_inner();
+            let r = client
+                .deregister(proto::DeregisterTenantRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner();
             if let Some(t) = r.tenant {
                 if conn.output == Output::Json {
                     print_json(&t);
                 } else {
-                    println!("removed {} from the registry (its database is untouched)", t.id);
+                    println!(
+                        "removed {} from the registry (its database is untouched)",
+                        t.id
+                    );
                 }
             }
         }
@@ -245,7 +323,11 @@ pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure>
 }
 
 fn selector(s: &SelectArgs) -> Result<proto::Selector, Failure> {
-    Ok(proto::Selector { tenant_ids: s.tenants.clone(), labels: pairs("label", &s.labels)?, all: s.tenants.is_empty() && s.labels.is_empty() })
+    Ok(proto::Selector {
+        tenant_ids: s.tenants.clone(),
+        labels: pairs("label", &s.labels)?,
+        all: s.tenants.is_empty() && s.labels.is_empty(),
+    })
 }
 
 pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
@@ -254,25 +336,61 @@ pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
         FleetCommand::Upgrade(m) => migrate(conn, &mut client, m, false).await,
         FleetCommand::Downgrade(m) => migrate(conn, &mut client, m, true).await,
         FleetCommand::Current(s) => {
-            let r = client.current(proto::CurrentRequest { app: s.app.clone(), selector: Some(selector(&s)?) }).await.map_err(status)?.into_inner();
+            let r = client
+                .current(proto::CurrentRequest {
+                    app: s.app.clone(),
+                    selector: Some(selector(&s)?),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
             if conn.output == Output::Json {
                 print_json(&r);
                 return Ok(());
             }
             for t in &r.tenants {
-                let state = if !t.error.is_empty() { format!("ERROR {}", t.error) } else if t.revisions.is_empty() { "base".into() } else { t.revisions.join(",") };
-                println!("{:24} {}{}", t.tenant_id, state, if t.at_head { " (head)" } else { "" });
+                let state = if !t.error.is_empty() {
+                    format!("ERROR {}", t.error)
+                } else if t.revisions.is_empty() {
+                    "base".into()
+                } else {
+                    t.revisions.join(",")
+                };
+                println!(
+                    "{:24} {}{}",
+                    t.tenant_id,
+                    state,
+                    if t.at_head { " (head)" } else { "" }
+                );
             }
             let skew: BTreeMap<_, _> = r.tenants_by_version.iter().collect();
-            println!("\nheads: {} | at head: {} | behind: {} | unreachable: {}", r.heads.join(", "), r.at_head, r.behind, r.unreachable);
+            println!(
+                "\nheads: {} | at head: {} | behind: {} | unreachable: {}",
+                r.heads.join(", "),
+                r.at_head,
+                r.behind,
+                r.unreachable
+            );
             for (version, n) in skew {
                 println!("  {n:5} tenant(s) at {version}");
             }
             Ok(())
         }
-        FleetCommand::Plan { tenant, target, downgrade } => {
+        FleetCommand::Plan {
+            tenant,
+            target,
+            downgrade,
+        } => {
             let r = client
-                .plan(proto::PlanRequest { tenant_id: tenant, target, direction: if downgrade { "downgrade".into() } else { "upgrade".into() } })
+                .plan(proto::PlanRequest {
+                    tenant_id: tenant,
+                    target,
+                    direction: if downgrade {
+                        "downgrade".into()
+                    } else {
+                        "upgrade".into()
+                    },
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -284,14 +402,32 @@ pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
             Ok(())
         }
         FleetCommand::Cancel { job_id } => {
-            let r = client.cancel(proto::CancelRequest { job_id: job_id.clone() }).await.map_err(status)?.into_inner();
-            println!("{}", if r.cancelled { format!("job {job_id}: cancelling after the revisions in flight") } else { format!("job {job_id} had already finished") });
+            let r = client
+                .cancel(proto::CancelRequest {
+                    job_id: job_id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "{}",
+                if r.cancelled {
+                    format!("job {job_id}: cancelling after the revisions in flight")
+                } else {
+                    format!("job {job_id} had already finished")
+                }
+            );
             Ok(())
         }
     }
 }
 
-async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: FleetMigrate, down: bool) -> Result<(), Failure> {
+async fn migrate(
+    conn: &Connect,
+    client: &mut MigrationsClient<Channel>,
+    m: FleetMigrate,
+    down: bool,
+) -> Result<(), Failure> {
     let request = proto::MigrateRequest {
         app: m.select.app.clone(),
         target: m.target.clone().unwrap_or_default(),
@@ -300,7 +436,13 @@ async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: Flee
         dry_run: m.dry_run,
         allow_changed: m.allow_changed,
     };
-    let mut stream = if down { client.downgrade(request).await } else { client.upgrade(request).await }.map_err(status)?.into_inner();
+    let mut stream = if down {
+        client.downgrade(request).await
+    } else {
+        client.upgrade(request).await
+    }
+    .map_err(status)?
+    .into_inner();
     let json = conn.output == Output::Json;
     let bar = ProgressBar::hidden();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -311,9 +453,22 @@ async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: Flee
         }
         match event.event {
             Some(Event::Accepted(a)) if !json => {
-                eprintln!("job {} accepted: {} {} to {} on {} tenant(s){}", a.job_id, a.app, a.direction, a.target, a.tenant_ids.len(), if a.dry_run { " (dry run)" } else { "" });
+                eprintln!(
+                    "job {} accepted: {} {} to {} on {} tenant(s){}",
+                    a.job_id,
+                    a.app,
+                    a.direction,
+                    a.target,
+                    a.tenant_ids.len(),
+                    if a.dry_run { " (dry run)" } else { "" }
+                );
                 bar.set_length(a.tenant_ids.len() as u64);
-                bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tenants {msg} [{elapsed}, eta {eta}]").expect("valid template"));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} tenants {msg} [{elapsed}, eta {eta}]",
+                    )
+                    .expect("valid template"),
+                );
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 bar.enable_steady_tick(Duration::from_millis(200));
             }
@@ -322,7 +477,11 @@ async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: Flee
                     Some(Kind::Done(_)) => Some("done"),
                     Some(Kind::UpToDate(_)) => Some("up to date"),
                     Some(Kind::Failed(f)) => {
-                        bar.println(format!("FAILED {}: {}", t.tenant_id, f.message.lines().next().unwrap_or_default()));
+                        bar.println(format!(
+                            "FAILED {}: {}",
+                            t.tenant_id,
+                            f.message.lines().next().unwrap_or_default()
+                        ));
                         Some("failed")
                     }
                     Some(Kind::Skipped(_)) => Some("skipped"),
@@ -331,7 +490,16 @@ async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: Flee
                         Some("interrupted")
                     }
                     Some(Kind::Planned(p)) => {
-                        bar.println(format!("-- {}: {}\n{}", t.tenant_id, if p.revisions.is_empty() { "nothing to do".into() } else { p.revisions.join(" -> ") }, p.sql));
+                        bar.println(format!(
+                            "-- {}: {}\n{}",
+                            t.tenant_id,
+                            if p.revisions.is_empty() {
+                                "nothing to do".into()
+                            } else {
+                                p.revisions.join(" -> ")
+                            },
+                            p.sql
+                        ));
                         Some("planned")
                     }
                     _ => None,
@@ -339,7 +507,13 @@ async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: Flee
                 if let Some(state) = finished {
                     *counts.entry(state).or_default() += 1;
                     bar.inc(1);
-                    bar.set_message(counts.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+                    bar.set_message(
+                        counts
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    );
                 }
             }
             Some(Event::Summary(s)) => {
@@ -356,7 +530,11 @@ async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: Flee
                         s.failed,
                         s.skipped,
                         s.interrupted,
-                        if s.planned > 0 { format!(", {} planned", s.planned) } else { String::new() },
+                        if s.planned > 0 {
+                            format!(", {} planned", s.planned)
+                        } else {
+                            String::new()
+                        },
                         if s.cancelled { " (cancelled)" } else { "" }
                     );
                 }
@@ -364,5 +542,12 @@ async fn migrate(conn: &Connect, client: &mut MigrationsClient<Channel>, m: Flee
             _ => {}
         }
     }
-    if failed > 0 { Err(Failure { code: 1, message: format!("{failed} tenant(s) failed or were interrupted") }) } else { Ok(()) }
+    if failed > 0 {
+        Err(Failure {
+            code: 1,
+            message: format!("{failed} tenant(s) failed or were interrupted"),
+        })
+    } else {
+        Ok(())
+    }
 }

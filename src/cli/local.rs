@@ -294,7 +294,10 @@ pub async fn applied_history(ctx: &Context) -> Result<(), Failure> {
     );
     let rows = client.query(&sql, &[]).await.map_err(|e| Failure {
         code: 1,
-        message: format!("reading the history table: {e}"),
+        message: format!(
+            "reading the history table: {}",
+            crate::engine::error::describe_pg(&e)
+        ),
     })?;
     for r in rows {
         let fence: Option<i64> = r.get(7);

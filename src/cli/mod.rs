@@ -118,7 +118,10 @@ fn flag_layer(global: &Global, command: &Command) -> serde_json::Value {
     }
     if let Command::Serve(s) = command {
         if let Some(listen) = s.listen {
-            layer.insert("server".into(), serde_json::json!({ "listen": listen.to_string() }));
+            layer.insert(
+                "server".into(),
+                serde_json::json!({ "listen": listen.to_string() }),
+            );
         }
         let mut etcd = serde_json::Map::new();
         if !s.etcd.is_empty() {
@@ -202,7 +205,11 @@ pub struct Context {
 
 impl Context {
     fn new(global: &Global, command: &Command) -> Result<Context, Failure> {
-        let config = Config::load(global.config.as_deref(), Config::env(), flag_layer(global, command))?;
+        let config = Config::load(
+            global.config.as_deref(),
+            Config::env(),
+            flag_layer(global, command),
+        )?;
         let mut explicit = BTreeMap::new();
         for kv in &global.set {
             let Some((k, v)) = kv.split_once('=') else {
@@ -294,7 +301,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stamp(args) => local::stamp(&ctx, args).await,
         Command::Current(args) => local::current(&ctx, args).await,
         Command::Fingerprint => local::fingerprint(&ctx).await,
-        Command::Serve(_) => crate::app::serve(ctx.config).await.map_err(|e| Failure { code: 1, message: format!("{e:#}") }),
+        Command::Serve(_) => crate::app::serve(ctx.config).await.map_err(|e| Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }),
         Command::Tenants { .. } | Command::Fleet { .. } => unreachable!("handled above"),
     }
 }

@@ -54,9 +54,9 @@ pub struct ChangedRevision {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("could not connect to the database: {0}")]
+    #[error("could not connect to the database: {}", describe_pg(.0))]
     Connect(#[source] tokio_postgres::Error),
-    #[error("database error while {context}: {source}")]
+    #[error("database error while {context}: {}", describe_pg(source))]
     Database {
         context: &'static str,
         #[source]
@@ -135,6 +135,22 @@ impl EngineError {
                 source.code().map(|c| c.code())
             }
             _ => None,
+        }
+    }
+}
+
+/// A tokio-postgres error with what the server said (its `Display` alone says only "db error").
+pub fn describe_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(&format!(": {inner}"));
+                source = inner.source();
+            }
+            s
         }
     }
 }

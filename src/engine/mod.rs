@@ -410,7 +410,9 @@ impl<'a> Engine<'a> {
         let mut done: Vec<Applied> = Vec::with_capacity(steps.len());
         for node in steps {
             if (opts.stop)() {
-                return Err(EngineError::Stopped { applied: done.into_iter().map(|a| a.revision).collect() });
+                return Err(EngineError::Stopped {
+                    applied: done.into_iter().map(|a| a.revision).collect(),
+                });
             }
             let recorded_skip = recorded
                 .get(self.app.graph.revision(node).id.as_str())

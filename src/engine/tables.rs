@@ -86,19 +86,33 @@ impl Default for Tables {
 impl Tables {
     /// The same tables inside `schema` (a tenant that lives in one schema of a shared database).
     pub fn in_schema(&self, schema: &str) -> Tables {
-        let q = |t: &TableName| TableName { schema: Some(schema.to_string()), name: t.name.clone() };
-        Tables { version: q(&self.version), history: q(&self.history), fence: q(&self.fence) }
+        let q = |t: &TableName| TableName {
+            schema: Some(schema.to_string()),
+            name: t.name.clone(),
+        };
+        Tables {
+            version: q(&self.version),
+            history: q(&self.history),
+            fence: q(&self.fence),
+        }
     }
 
     /// DDL creating whatever is missing. Alembic's own table definition, byte for byte in spirit:
     /// `version_num VARCHAR(32) NOT NULL` with a primary key constraint named `<table>_pkc`.
     pub fn create_sql(&self) -> String {
         let pkc = quote_ident(&format!("{}_pkc", self.version.name));
-        let mut schemas: Vec<&String> = [&self.version, &self.history, &self.fence].iter().filter_map(|t| t.schema.as_ref()).collect();
+        let mut schemas: Vec<&String> = [&self.version, &self.history, &self.fence]
+            .iter()
+            .filter_map(|t| t.schema.as_ref())
+            .collect();
         schemas.dedup();
-        let create_schemas: String = schemas.iter().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(s))).collect();
-        create_schemas + &format!(
-            "CREATE TABLE IF NOT EXISTS {v} (version_num VARCHAR(32) NOT NULL, CONSTRAINT {pkc} PRIMARY KEY (version_num));\n\
+        let create_schemas: String = schemas
+            .iter()
+            .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(s)))
+            .collect();
+        create_schemas
+            + &format!(
+                "CREATE TABLE IF NOT EXISTS {v} (version_num VARCHAR(32) NOT NULL, CONSTRAINT {pkc} PRIMARY KEY (version_num));\n\
              CREATE TABLE IF NOT EXISTS {h} (\n\
              \x20   id bigserial PRIMARY KEY,\n\
              \x20   revision varchar(32) NOT NULL,\n\
@@ -112,10 +126,10 @@ impl Tables {
              \x20   fence_token bigint\n\
              );\n\
              CREATE TABLE IF NOT EXISTS {f} (id smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1), token bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());\n",
-            v = self.version.sql(),
-            h = self.history.sql(),
-            f = self.fence.sql(),
-        )
+                v = self.version.sql(),
+                h = self.history.sql(),
+                f = self.fence.sql(),
+            )
     }
 
     /// One row: does each table exist?

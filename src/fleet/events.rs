@@ -24,17 +24,49 @@ pub enum JobEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TenantEvent {
     Queued,
-    WaitingForLock { database_key: String },
-    Locked { fence_token: i64, wait: Duration },
-    RevisionStarted { revision: String, direction: Direction },
-    RevisionApplied { revision: String, direction: Direction, duration: Duration, skipped_by_condition: Option<String>, attempts: u32 },
-    LockRetry { revision: String, attempt: u32, delay: Duration },
-    UpToDate { revisions: Vec<String> },
-    Done { revisions: Vec<String>, applied: u32, duration: Duration },
+    WaitingForLock {
+        database_key: String,
+    },
+    Locked {
+        fence_token: i64,
+        wait: Duration,
+    },
+    RevisionStarted {
+        revision: String,
+        direction: Direction,
+    },
+    RevisionApplied {
+        revision: String,
+        direction: Direction,
+        duration: Duration,
+        skipped_by_condition: Option<String>,
+        attempts: u32,
+    },
+    LockRetry {
+        revision: String,
+        attempt: u32,
+        delay: Duration,
+    },
+    UpToDate {
+        revisions: Vec<String>,
+    },
+    Done {
+        revisions: Vec<String>,
+        applied: u32,
+        duration: Duration,
+    },
     Failed(Failure),
-    Skipped { reason: String },
-    Interrupted { reason: String, applied: Vec<String> },
-    Planned { revisions: Vec<String>, sql: String },
+    Skipped {
+        reason: String,
+    },
+    Interrupted {
+        reason: String,
+        applied: Vec<String>,
+    },
+    Planned {
+        revisions: Vec<String>,
+        sql: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

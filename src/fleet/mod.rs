@@ -23,9 +23,9 @@ use crate::engine::{EngineError, Settings};
 use crate::lock::{DistributedLock, LockError};
 use crate::model::Direction;
 use crate::registry::{PoolError, Pools, Registry, RegistryError, Tenant, TenantId};
-use crate::revision::plan::{PlanError, Target};
-use crate::revision::placeholder::PlaceholderError;
 use crate::revision::App;
+use crate::revision::placeholder::PlaceholderError;
+use crate::revision::plan::{PlanError, Target};
 
 #[derive(Debug, Clone)]
 pub struct FleetLimits {
@@ -48,7 +48,11 @@ pub enum FleetError {
     #[error("selector: {0}")]
     Selector(String),
     #[error("tenant {tenant} belongs to app '{actual}', not '{requested}'")]
-    WrongApp { tenant: TenantId, actual: String, requested: String },
+    WrongApp {
+        tenant: TenantId,
+        actual: String,
+        requested: String,
+    },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("job {0} is not known to this daemon")]
@@ -56,9 +60,15 @@ pub enum FleetError {
     #[error("the daemon is shutting down and accepts no new jobs")]
     ShuttingDown,
     #[error("tenant {tenant}: {source}")]
-    Placeholders { tenant: TenantId, source: PlaceholderError },
+    Placeholders {
+        tenant: TenantId,
+        source: PlaceholderError,
+    },
     #[error("tenant {tenant}: {source}")]
-    Engine { tenant: TenantId, source: EngineError },
+    Engine {
+        tenant: TenantId,
+        source: Box<EngineError>,
+    },
     #[error("tenant {tenant}: {source}")]
     Connect { tenant: TenantId, source: PoolError },
     #[error("tenant {tenant}: {source}")]
@@ -117,9 +127,31 @@ pub struct JobStream {
 
 impl Fleet {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(apps: BTreeMap<String, Arc<App>>, registry: Registry, locks: Arc<dyn DistributedLock>, pools: Arc<Pools>, settings: Settings, limits: FleetLimits, tracker: TaskTracker, shutdown: CancellationToken, owner: String) -> Fleet {
+    pub fn new(
+        apps: BTreeMap<String, Arc<App>>,
+        registry: Registry,
+        locks: Arc<dyn DistributedLock>,
+        pools: Arc<Pools>,
+        settings: Settings,
+        limits: FleetLimits,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+        owner: String,
+    ) -> Fleet {
         let global = Arc::new(Semaphore::new(limits.global_concurrency));
-        Fleet { apps, registry, locks, pools, settings, limits, global, jobs: Mutex::default(), tracker, shutdown, owner }
+        Fleet {
+            apps,
+            registry,
+            locks,
+            pools,
+            settings,
+            limits,
+            global,
+            jobs: Mutex::default(),
+            tracker,
+            shutdown,
+            owner,
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -127,7 +159,10 @@ impl Fleet {
     }
 
     pub fn app(&self, name: &str) -> Result<&Arc<App>, FleetError> {
-        self.apps.get(name).ok_or_else(|| FleetError::UnknownApp { app: name.to_string(), available: self.apps.keys().cloned().collect() })
+        self.apps.get(name).ok_or_else(|| FleetError::UnknownApp {
+            app: name.to_string(),
+            available: self.apps.keys().cloned().collect(),
+        })
     }
 
     pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
@@ -141,13 +176,19 @@ impl Fleet {
         match (direction, target) {
             (_, Target::Revision(r)) => g.resolve(r).map(|_| ()).map_err(err),
             (Direction::Upgrade, Target::Head) => g.single_head().map(|_| ()).map_err(err),
-            (Direction::Upgrade, Target::BranchHead(l)) => g.branch_head(l).map(|_| ()).map_err(err),
+            (Direction::Upgrade, Target::BranchHead(l)) => {
+                g.branch_head(l).map(|_| ()).map_err(err)
+            }
             (Direction::Upgrade, Target::Heads) => Ok(()),
             (Direction::Upgrade, Target::Relative(n)) if *n >= 0 => Ok(()),
             (Direction::Downgrade, Target::Base) => Ok(()),
             (Direction::Downgrade, Target::Relative(n)) if *n <= 0 => Ok(()),
-            (Direction::Upgrade, _) => Err(FleetError::Target(PlanError::BadUpgradeTarget(target.to_string()))),
-            (Direction::Downgrade, _) => Err(FleetError::Target(PlanError::BadDowngradeTarget(target.to_string()))),
+            (Direction::Upgrade, _) => Err(FleetError::Target(PlanError::BadUpgradeTarget(
+                target.to_string(),
+            ))),
+            (Direction::Downgrade, _) => Err(FleetError::Target(PlanError::BadDowngradeTarget(
+                target.to_string(),
+            ))),
         }
     }
 
@@ -166,7 +207,11 @@ impl Fleet {
                     }
                     let t = self.registry.get(id).await?;
                     if t.app != app {
-                        return Err(FleetError::WrongApp { tenant: id.clone(), actual: t.app, requested: app.to_string() });
+                        return Err(FleetError::WrongApp {
+                            tenant: id.clone(),
+                            actual: t.app,
+                            requested: app.to_string(),
+                        });
                     }
                     out.push(t);
                 }
@@ -193,28 +238,51 @@ impl Fleet {
             tenant_ids: tenants.iter().map(|t| t.id.to_string()).collect(),
             dry_run: spec.dry_run,
         };
-        let control = Arc::new(JobControl { cancel: self.shutdown.child_token(), finished: AtomicBool::new(false), finished_at: Mutex::new(None) });
+        let control = Arc::new(JobControl {
+            cancel: self.shutdown.child_token(),
+            finished: AtomicBool::new(false),
+            finished_at: Mutex::new(None),
+        });
         {
             let mut jobs = self.jobs.lock().unwrap();
-            jobs.retain(|_, j| j.finished_at.lock().unwrap().is_none_or(|at| at.elapsed() < FINISHED_JOB_MEMORY));
+            jobs.retain(|_, j| {
+                j.finished_at
+                    .lock()
+                    .unwrap()
+                    .is_none_or(|at| at.elapsed() < FINISHED_JOB_MEMORY)
+            });
             jobs.insert(job_id.clone(), control.clone());
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let fleet = self.clone();
         tracing::info!(job = %job_id, app = %spec.app, target = %target, direction = %spec.direction, tenants = tenants.len(), dry_run = spec.dry_run, "job accepted");
-        self.tracker.spawn(async move { fleet.run_job(job_id, spec, target, app, tenants, control, tx).await });
-        Ok(JobStream { accepted, events: rx })
+        self.tracker.spawn(async move {
+            fleet
+                .run_job(job_id, spec, target, app, tenants, control, tx)
+                .await
+        });
+        Ok(JobStream {
+            accepted,
+            events: rx,
+        })
     }
 
     /// Jobs still running.
     pub fn running_jobs(&self) -> usize {
-        self.jobs.lock().unwrap().values().filter(|j| !j.finished.load(Ordering::SeqCst)).count()
+        self.jobs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|j| !j.finished.load(Ordering::SeqCst))
+            .count()
     }
 
     /// Stop a job after the revisions in flight. `Ok(false)`: it had already finished.
     pub fn cancel(&self, job_id: &str) -> Result<bool, FleetError> {
         let jobs = self.jobs.lock().unwrap();
-        let job = jobs.get(job_id).ok_or_else(|| FleetError::UnknownJob(job_id.to_string()))?;
+        let job = jobs
+            .get(job_id)
+            .ok_or_else(|| FleetError::UnknownJob(job_id.to_string()))?;
         if job.finished.load(Ordering::SeqCst) {
             return Ok(false);
         }
@@ -224,14 +292,35 @@ impl Fleet {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_job(self: Arc<Self>, job_id: String, spec: JobSpec, target: Target, app: Arc<App>, tenants: Vec<Tenant>, control: Arc<JobControl>, tx: mpsc::UnboundedSender<JobEvent>) {
+    async fn run_job(
+        self: Arc<Self>,
+        job_id: String,
+        spec: JobSpec,
+        target: Target,
+        app: Arc<App>,
+        tenants: Vec<Tenant>,
+        control: Arc<JobControl>,
+        tx: mpsc::UnboundedSender<JobEvent>,
+    ) {
         let started = Instant::now();
         let emit = |tenant_id: &TenantId, event: TenantEvent| {
-            let _ = tx.send(JobEvent::Tenant { tenant_id: tenant_id.to_string(), event });
+            let _ = tx.send(JobEvent::Tenant {
+                tenant_id: tenant_id.to_string(),
+                event,
+            });
         };
-        let concurrency = if spec.concurrency == 0 { self.limits.default_job_concurrency } else { spec.concurrency.min(self.limits.max_job_concurrency) }.max(1);
+        let concurrency = if spec.concurrency == 0 {
+            self.limits.default_job_concurrency
+        } else {
+            spec.concurrency.min(self.limits.max_job_concurrency)
+        }
+        .max(1);
         let job_slots = Arc::new(Semaphore::new(concurrency));
-        let mut summary = Summary { job_id: job_id.clone(), tenants: tenants.len() as u32, ..Summary::default() };
+        let mut summary = Summary {
+            job_id: job_id.clone(),
+            tenants: tenants.len() as u32,
+            ..Summary::default()
+        };
         for t in &tenants {
             emit(&t.id, TenantEvent::Queued);
         }
@@ -249,10 +338,22 @@ impl Fleet {
             };
             let Some(permits) = slots else {
                 summary.count(Outcome::Skipped);
-                emit(&tenant.id, TenantEvent::Skipped { reason: skipped_reason(&self.shutdown) });
+                emit(
+                    &tenant.id,
+                    TenantEvent::Skipped {
+                        reason: skipped_reason(&self.shutdown),
+                    },
+                );
                 break;
             };
-            let run = tenant_run::TenantRun { fleet: self.clone(), app: app.clone(), spec: spec.clone(), target: target.clone(), cancel: control.cancel.clone(), tx: tx.clone() };
+            let run = tenant_run::TenantRun {
+                fleet: self.clone(),
+                app: app.clone(),
+                spec: spec.clone(),
+                target: target.clone(),
+                cancel: control.cancel.clone(),
+                tx: tx.clone(),
+            };
             running.spawn(async move {
                 let outcome = run.run(tenant).await;
                 drop(permits);
@@ -265,7 +366,12 @@ impl Fleet {
         }
         for tenant in pending {
             summary.count(Outcome::Skipped);
-            emit(&tenant.id, TenantEvent::Skipped { reason: skipped_reason(&self.shutdown) });
+            emit(
+                &tenant.id,
+                TenantEvent::Skipped {
+                    reason: skipped_reason(&self.shutdown),
+                },
+            );
         }
         while let Some(done) = running.join_next().await {
             summary.count(done.unwrap_or_else(|e| {
@@ -283,5 +389,9 @@ impl Fleet {
 }
 
 fn skipped_reason(shutdown: &CancellationToken) -> String {
-    if shutdown.is_cancelled() { "the daemon is shutting down".into() } else { "job cancelled".into() }
+    if shutdown.is_cancelled() {
+        "the daemon is shutting down".into()
+    } else {
+        "job cancelled".into()
+    }
 }

@@ -11,8 +11,8 @@ use super::tenant_run::tenant_values;
 use super::{Fleet, FleetError, Selector};
 use crate::engine::{self, Engine, Event, RunOptions};
 use crate::model::Direction;
-use crate::revision::plan::{self, Target};
 use crate::registry::{Tenant, TenantId};
+use crate::revision::plan::{self, Target};
 
 #[derive(Debug, Clone)]
 pub struct TenantVersion {
@@ -55,69 +55,134 @@ pub struct TenantPlan {
 
 impl Fleet {
     async fn tenant_version(&self, tenant: &Tenant, heads: &[String]) -> TenantVersion {
-        let settings = self.settings.for_schema(tenant.connection.schema.as_deref());
+        let settings = self
+            .settings
+            .for_schema(tenant.connection.schema.as_deref());
         let read = async {
             let app = self.app(&tenant.app).map_err(|e| e.to_string())?;
             let values = tenant_values(app, tenant).map_err(|e| e.to_string())?;
-            let conn = self.pools.get(&tenant.connection).await.map_err(|e| e.to_string())?;
-            let state = Engine::new(app, &values, &settings).state(&conn).await.map_err(|e| e.to_string())?;
+            let conn = self
+                .pools
+                .get(&tenant.connection)
+                .await
+                .map_err(|e| e.to_string())?;
+            let state = Engine::new(app, &values, &settings)
+                .state(&conn)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok::<_, String>(state.rows.iter().map(|r| r.to_string()).collect::<Vec<_>>())
         };
         match read.await {
             Ok(revisions) => {
-                let at_head = !revisions.is_empty() && revisions.iter().all(|r| heads.contains(r)) && revisions.len() == heads.len();
-                TenantVersion { tenant_id: tenant.id.to_string(), revisions, at_head, error: None }
+                let at_head = !revisions.is_empty()
+                    && revisions.iter().all(|r| heads.contains(r))
+                    && revisions.len() == heads.len();
+                TenantVersion {
+                    tenant_id: tenant.id.to_string(),
+                    revisions,
+                    at_head,
+                    error: None,
+                }
             }
-            Err(e) => TenantVersion { tenant_id: tenant.id.to_string(), revisions: vec![], at_head: false, error: Some(e) },
+            Err(e) => TenantVersion {
+                tenant_id: tenant.id.to_string(),
+                revisions: vec![],
+                at_head: false,
+                error: Some(e),
+            },
         }
     }
 
     /// Each selected tenant's version rows, read concurrently, and the fleet's skew.
-    pub async fn current(self: &Arc<Self>, app: &str, selector: &Selector) -> Result<CurrentReport, FleetError> {
+    pub async fn current(
+        self: &Arc<Self>,
+        app: &str,
+        selector: &Selector,
+    ) -> Result<CurrentReport, FleetError> {
         let graph = &self.app(app)?.graph;
-        let heads: Vec<String> = graph.heads().into_iter().map(|h| graph.revision(h).id.to_string()).collect();
+        let heads: Vec<String> = graph
+            .heads()
+            .into_iter()
+            .map(|h| graph.revision(h).id.to_string())
+            .collect();
         let tenants = self.select(app, selector).await?;
         let concurrency = self.limits.global_concurrency.max(1);
         let reads = tenants.into_iter().map(|t| {
             let (fleet, heads) = (self.clone(), heads.clone());
             async move { fleet.tenant_version(&t, &heads).await }
         });
-        let versions: Vec<TenantVersion> = futures::stream::iter(reads).buffered(concurrency).collect().await;
-        let mut report = CurrentReport { heads, ..CurrentReport::default() };
+        let versions: Vec<TenantVersion> = futures::stream::iter(reads)
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let mut report = CurrentReport {
+            heads,
+            ..CurrentReport::default()
+        };
         for v in &versions {
             if v.error.is_some() {
                 report.unreachable += 1;
                 continue;
             }
-            let label = if v.revisions.is_empty() { "base".to_string() } else { v.revisions.join(",") };
+            let label = if v.revisions.is_empty() {
+                "base".to_string()
+            } else {
+                v.revisions.join(",")
+            };
             *report.by_version.entry(label).or_default() += 1;
-            if v.at_head { report.at_head += 1 } else { report.behind += 1 }
+            if v.at_head {
+                report.at_head += 1
+            } else {
+                report.behind += 1
+            }
         }
         report.tenants = versions;
         Ok(report)
     }
 
     /// The newest `limit` rows of a tenant's history table, oldest first.
-    pub async fn history(&self, id: &TenantId, limit: u32) -> Result<Vec<HistoryEntry>, FleetError> {
+    pub async fn history(
+        &self,
+        id: &TenantId,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, FleetError> {
         let tenant = self.registry.get(id).await?;
-        let settings = self.settings.for_schema(tenant.connection.schema.as_deref());
-        let conn = self.pools.get(&tenant.connection).await.map_err(|source| FleetError::Connect { tenant: id.clone(), source })?;
+        let settings = self
+            .settings
+            .for_schema(tenant.connection.schema.as_deref());
+        let conn =
+            self.pools
+                .get(&tenant.connection)
+                .await
+                .map_err(|source| FleetError::Connect {
+                    tenant: id.clone(),
+                    source,
+                })?;
         let sql = format!(
             "SELECT * FROM (SELECT id, revision::text, direction, coalesce(checksum, ''), placeholders::text, skipped, applied_at, duration_ms, applied_by, fence_token FROM {} ORDER BY id DESC LIMIT $1) h ORDER BY id",
             settings.tables.history.sql()
         );
         let exists: bool = conn
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&settings.tables.history.sql()])
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&settings.tables.history.sql()],
+            )
             .await
-            .map_err(|e| FleetError::Engine { tenant: id.clone(), source: engine::EngineError::db("reading the history table")(e) })?
+            .map_err(|e| FleetError::Engine {
+                tenant: id.clone(),
+                source: Box::new(engine::EngineError::db("reading the history table")(e)),
+            })?
             .get(0);
         if !exists {
             return Ok(vec![]);
         }
-        let rows = conn
-            .query(&sql, &[&i64::from(limit)])
-            .await
-            .map_err(|e| FleetError::Engine { tenant: id.clone(), source: engine::EngineError::db("reading the history table")(e) })?;
+        let rows =
+            conn.query(&sql, &[&i64::from(limit)])
+                .await
+                .map_err(|e| FleetError::Engine {
+                    tenant: id.clone(),
+                    source: Box::new(engine::EngineError::db("reading the history table")(e)),
+                })?;
         Ok(rows
             .iter()
             .map(|r| HistoryEntry {
@@ -136,49 +201,119 @@ impl Fleet {
     }
 
     /// What `direction` to `target` would run on one tenant now.
-    pub async fn plan(&self, id: &TenantId, direction: Direction, target: &str) -> Result<TenantPlan, FleetError> {
+    pub async fn plan(
+        &self,
+        id: &TenantId,
+        direction: Direction,
+        target: &str,
+    ) -> Result<TenantPlan, FleetError> {
         let tenant = self.registry.get(id).await?;
         let app = self.app(&tenant.app)?;
         let target: Target = target.parse().expect("infallible");
         Self::check_target(app, direction, &target)?;
-        let values = tenant_values(app, &tenant).map_err(|source| FleetError::Placeholders { tenant: id.clone(), source })?;
-        let settings = self.settings.for_schema(tenant.connection.schema.as_deref());
-        let conn = self.pools.get(&tenant.connection).await.map_err(|source| FleetError::Connect { tenant: id.clone(), source })?;
-        let engine_err = |source| FleetError::Engine { tenant: id.clone(), source };
-        let state = Engine::new(app, &values, &settings).state(&conn).await.map_err(engine_err)?;
-        let applied = plan::applied_from_rows(&app.graph, &state.rows).map_err(|e| engine_err(e.into()))?;
+        let values = tenant_values(app, &tenant).map_err(|source| FleetError::Placeholders {
+            tenant: id.clone(),
+            source,
+        })?;
+        let settings = self
+            .settings
+            .for_schema(tenant.connection.schema.as_deref());
+        let conn =
+            self.pools
+                .get(&tenant.connection)
+                .await
+                .map_err(|source| FleetError::Connect {
+                    tenant: id.clone(),
+                    source,
+                })?;
+        let engine_err = |source| FleetError::Engine {
+            tenant: id.clone(),
+            source: Box::new(source),
+        };
+        let state = Engine::new(app, &values, &settings)
+            .state(&conn)
+            .await
+            .map_err(engine_err)?;
+        let applied =
+            plan::applied_from_rows(&app.graph, &state.rows).map_err(|e| engine_err(e.into()))?;
         let steps = match direction {
             Direction::Upgrade => plan::upgrade(&app.graph, &applied, &target),
             Direction::Downgrade => plan::downgrade(&app.graph, &applied, &target),
         }
         .map_err(|e| engine_err(e.into()))?;
         let current: Vec<String> = state.rows.iter().map(|r| r.to_string()).collect();
-        let from = if current.is_empty() { "base".to_string() } else { current.join(",") };
-        let sql = engine::offline::render_from(app, &values, &settings, direction, applied, &from, &target).map_err(engine_err)?;
-        Ok(TenantPlan { current, revisions: steps.iter().map(|&n| app.graph.revision(n).id.to_string()).collect(), sql })
+        let from = if current.is_empty() {
+            "base".to_string()
+        } else {
+            current.join(",")
+        };
+        let sql = engine::offline::render_from(
+            app, &values, &settings, direction, applied, &from, &target,
+        )
+        .map_err(engine_err)?;
+        Ok(TenantPlan {
+            current,
+            revisions: steps
+                .iter()
+                .map(|&n| app.graph.revision(n).id.to_string())
+                .collect(),
+            sql,
+        })
     }
 
     /// Stamp one tenant under its lock, fenced.
-    pub async fn stamp(&self, id: &TenantId, revision: &str, purge: bool) -> Result<Vec<String>, FleetError> {
+    pub async fn stamp(
+        &self,
+        id: &TenantId,
+        revision: &str,
+        purge: bool,
+    ) -> Result<Vec<String>, FleetError> {
         if self.shutdown.is_cancelled() {
             return Err(FleetError::ShuttingDown);
         }
         let tenant = self.registry.get(id).await?;
         let app = self.app(&tenant.app)?;
-        let values = tenant_values(app, &tenant).map_err(|source| FleetError::Placeholders { tenant: id.clone(), source })?;
-        let settings = self.settings.for_schema(tenant.connection.schema.as_deref());
-        let guard = self.locks.lock(&tenant.connection.database_key(), self.limits.lock_wait).await.map_err(|source| FleetError::Lock { tenant: id.clone(), source })?;
-        let result = async {
-            let mut conn = self.pools.get(&tenant.connection).await.map_err(|source| FleetError::Connect { tenant: id.clone(), source })?;
-            let events = |_: Event| {};
-            let opts = RunOptions { fence: Some(guard.token()), allow_changed: false, applied_by: &self.owner, events: &events, stop: &|| false };
-            Engine::new(app, &values, &settings)
-                .stamp(&mut conn, revision, purge, &opts)
-                .await
-                .map(|rows| rows.iter().map(|r| r.to_string()).collect())
-                .map_err(|source| FleetError::Engine { tenant: id.clone(), source })
-        }
-        .await;
+        let values = tenant_values(app, &tenant).map_err(|source| FleetError::Placeholders {
+            tenant: id.clone(),
+            source,
+        })?;
+        let settings = self
+            .settings
+            .for_schema(tenant.connection.schema.as_deref());
+        let guard = self
+            .locks
+            .lock(&tenant.connection.database_key(), self.limits.lock_wait)
+            .await
+            .map_err(|source| FleetError::Lock {
+                tenant: id.clone(),
+                source,
+            })?;
+        let result =
+            async {
+                let mut conn = self.pools.get(&tenant.connection).await.map_err(|source| {
+                    FleetError::Connect {
+                        tenant: id.clone(),
+                        source,
+                    }
+                })?;
+                let events = |_: Event| {};
+                let opts = RunOptions {
+                    fence: Some(guard.token()),
+                    allow_changed: false,
+                    applied_by: &self.owner,
+                    events: &events,
+                    stop: &|| false,
+                };
+                Engine::new(app, &values, &settings)
+                    .stamp(&mut conn, revision, purge, &opts)
+                    .await
+                    .map(|rows| rows.iter().map(|r| r.to_string()).collect())
+                    .map_err(|source| FleetError::Engine {
+                        tenant: id.clone(),
+                        source: Box::new(source),
+                    })
+            }
+            .await;
         guard.release().await;
         result
     }

@@ -13,9 +13,9 @@ use super::events::{Failure, JobEvent, Outcome, TenantEvent};
 use super::{Fleet, JobSpec};
 use crate::engine::{self, Engine, EngineError, Event, RunOptions};
 use crate::model::Direction;
+use crate::registry::Tenant;
 use crate::revision::plan::{self, Target};
 use crate::revision::{App, Resolved};
-use crate::registry::Tenant;
 
 pub(super) struct TenantRun {
     pub fleet: Arc<Fleet>,
@@ -28,7 +28,10 @@ pub(super) struct TenantRun {
 
 /// A tenant's placeholder values: the app's defaults < the tenant's registry values. The
 /// daemon's own environment never leaks into a tenant's schema.
-pub fn tenant_values(app: &App, tenant: &Tenant) -> Result<Resolved, crate::revision::placeholder::PlaceholderError> {
+pub fn tenant_values(
+    app: &App,
+    tenant: &Tenant,
+) -> Result<Resolved, crate::revision::placeholder::PlaceholderError> {
     app.declarations.resolve(&|_| None, &tenant.placeholders)
 }
 
@@ -38,7 +41,10 @@ fn ids(revs: impl IntoIterator<Item = impl ToString>) -> Vec<String> {
 
 impl TenantRun {
     fn emit(&self, tenant: &Tenant, event: TenantEvent) {
-        let _ = self.tx.send(JobEvent::Tenant { tenant_id: tenant.id.to_string(), event });
+        let _ = self.tx.send(JobEvent::Tenant {
+            tenant_id: tenant.id.to_string(),
+            event,
+        });
     }
 
     fn fail(&self, tenant: &Tenant, failure: Failure) -> Outcome {
@@ -49,19 +55,40 @@ impl TenantRun {
 
     pub async fn run(self, tenant: Tenant) -> Outcome {
         if self.cancel.is_cancelled() {
-            self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
+            self.emit(
+                &tenant,
+                TenantEvent::Skipped {
+                    reason: super::skipped_reason(&self.fleet.shutdown),
+                },
+            );
             return Outcome::Skipped;
         }
         let values = match tenant_values(&self.app, &tenant) {
             Ok(v) => v,
-            Err(e) => return self.fail(&tenant, Failure { message: format!("placeholders: {e}"), ..Failure::default() }),
+            Err(e) => {
+                return self.fail(
+                    &tenant,
+                    Failure {
+                        message: format!("placeholders: {e}"),
+                        ..Failure::default()
+                    },
+                );
+            }
         };
-        let settings = self.fleet.settings.for_schema(tenant.connection.schema.as_deref());
+        let settings = self
+            .fleet
+            .settings
+            .for_schema(tenant.connection.schema.as_deref());
         if self.spec.dry_run {
             return self.dry_run(&tenant, &values, &settings).await;
         }
         let key = tenant.connection.database_key();
-        self.emit(&tenant, TenantEvent::WaitingForLock { database_key: key.to_string() });
+        self.emit(
+            &tenant,
+            TenantEvent::WaitingForLock {
+                database_key: key.to_string(),
+            },
+        );
         let waiting = Instant::now();
         let guard = tokio::select! {
             g = self.fleet.locks.lock(&key, self.fleet.limits.lock_wait) => g,
@@ -73,17 +100,44 @@ impl TenantRun {
         let guard = match guard {
             Ok(g) => g,
             Err(e @ crate::lock::LockError::SessionLost) => {
-                self.emit(&tenant, TenantEvent::Interrupted { reason: e.to_string(), applied: vec![] });
+                self.emit(
+                    &tenant,
+                    TenantEvent::Interrupted {
+                        reason: e.to_string(),
+                        applied: vec![],
+                    },
+                );
                 return Outcome::Interrupted;
             }
-            Err(e) => return self.fail(&tenant, Failure { message: e.to_string(), ..Failure::default() }),
+            Err(e) => {
+                return self.fail(
+                    &tenant,
+                    Failure {
+                        message: e.to_string(),
+                        ..Failure::default()
+                    },
+                );
+            }
         };
-        self.emit(&tenant, TenantEvent::Locked { fence_token: guard.token().0, wait: waiting.elapsed() });
+        self.emit(
+            &tenant,
+            TenantEvent::Locked {
+                fence_token: guard.token().0,
+                wait: waiting.elapsed(),
+            },
+        );
         let mut conn = match self.fleet.pools.get(&tenant.connection).await {
             Ok(c) => c,
             Err(e) => {
                 guard.release().await;
-                return self.fail(&tenant, Failure { sqlstate: e.sqlstate().unwrap_or_default().to_string(), message: e.to_string(), ..Failure::default() });
+                return self.fail(
+                    &tenant,
+                    Failure {
+                        sqlstate: e.sqlstate().unwrap_or_default().to_string(),
+                        message: e.to_string(),
+                        ..Failure::default()
+                    },
+                );
             }
         };
         let started = Instant::now();
@@ -91,7 +145,13 @@ impl TenantRun {
         let tenant_id = tenant.id.to_string();
         let events = move |e: Event| {
             let event = match e {
-                Event::RevisionStarted { revision, direction } => TenantEvent::RevisionStarted { revision: revision.to_string(), direction },
+                Event::RevisionStarted {
+                    revision,
+                    direction,
+                } => TenantEvent::RevisionStarted {
+                    revision: revision.to_string(),
+                    direction,
+                },
                 Event::RevisionDone(a) => TenantEvent::RevisionApplied {
                     revision: a.revision.to_string(),
                     direction: a.direction,
@@ -99,17 +159,35 @@ impl TenantRun {
                     skipped_by_condition: a.skipped_by,
                     attempts: a.attempts,
                 },
-                Event::LockRetry { revision, attempt, delay, .. } => TenantEvent::LockRetry { revision: revision.to_string(), attempt, delay },
+                Event::LockRetry {
+                    revision,
+                    attempt,
+                    delay,
+                    ..
+                } => TenantEvent::LockRetry {
+                    revision: revision.to_string(),
+                    attempt,
+                    delay,
+                },
                 Event::InvalidIndexDropped { revision, index } => {
                     tracing::warn!(tenant = %tenant_id, %revision, %index, "dropped an INVALID index left by an earlier failed build");
                     return;
                 }
             };
-            let _ = tx.send(JobEvent::Tenant { tenant_id: tenant_id.clone(), event });
+            let _ = tx.send(JobEvent::Tenant {
+                tenant_id: tenant_id.clone(),
+                event,
+            });
         };
         let (cancel, shutdown) = (self.cancel.clone(), self.fleet.shutdown.clone());
         let stop = move || cancel.is_cancelled() || shutdown.is_cancelled();
-        let opts = RunOptions { fence: Some(guard.token()), allow_changed: self.spec.allow_changed, applied_by: &self.fleet.owner, events: &events, stop: &stop };
+        let opts = RunOptions {
+            fence: Some(guard.token()),
+            allow_changed: self.spec.allow_changed,
+            applied_by: &self.fleet.owner,
+            events: &events,
+            stop: &stop,
+        };
         let engine = Engine::new(&self.app, &values, &settings);
         let cancel_query = conn.cancel_token();
         let result = tokio::select! {
@@ -124,11 +202,21 @@ impl TenantRun {
             self.fleet.pools.discard(&key);
             let reason = "this daemon lost its etcd lease; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();
             tracing::error!(tenant = %tenant.id, "interrupted: lease lost");
-            self.emit(&tenant, TenantEvent::Interrupted { reason, applied: vec![] });
+            self.emit(
+                &tenant,
+                TenantEvent::Interrupted {
+                    reason,
+                    applied: vec![],
+                },
+            );
             return Outcome::Interrupted;
         };
         let state = match &result {
-            Ok(_) => engine.state(&conn).await.map(|s| ids(s.rows)).unwrap_or_default(),
+            Ok(_) => engine
+                .state(&conn)
+                .await
+                .map(|s| ids(s.rows))
+                .unwrap_or_default(),
             Err(_) => vec![],
         };
         drop(conn);
@@ -139,11 +227,24 @@ impl TenantRun {
                 Outcome::UpToDate
             }
             Ok(applied) => {
-                self.emit(&tenant, TenantEvent::Done { revisions: state, applied: applied.len() as u32, duration: started.elapsed() });
+                self.emit(
+                    &tenant,
+                    TenantEvent::Done {
+                        revisions: state,
+                        applied: applied.len() as u32,
+                        duration: started.elapsed(),
+                    },
+                );
                 Outcome::Done
             }
             Err(EngineError::Stopped { applied }) => {
-                self.emit(&tenant, TenantEvent::Interrupted { reason: super::skipped_reason(&self.fleet.shutdown), applied: ids(applied) });
+                self.emit(
+                    &tenant,
+                    TenantEvent::Interrupted {
+                        reason: super::skipped_reason(&self.fleet.shutdown),
+                        applied: ids(applied),
+                    },
+                );
                 Outcome::Interrupted
             }
             Err(EngineError::StepFailed { failure, applied }) => self.fail(
@@ -156,14 +257,34 @@ impl TenantRun {
                     applied: ids(applied),
                 },
             ),
-            Err(e) => self.fail(&tenant, Failure { sqlstate: e.sqlstate().unwrap_or_default().to_string(), message: e.to_string(), ..Failure::default() }),
+            Err(e) => self.fail(
+                &tenant,
+                Failure {
+                    sqlstate: e.sqlstate().unwrap_or_default().to_string(),
+                    message: e.to_string(),
+                    ..Failure::default()
+                },
+            ),
         }
     }
 
-    async fn dry_run(&self, tenant: &Tenant, values: &Resolved, settings: &engine::Settings) -> Outcome {
+    async fn dry_run(
+        &self,
+        tenant: &Tenant,
+        values: &Resolved,
+        settings: &engine::Settings,
+    ) -> Outcome {
         let conn = match self.fleet.pools.get(&tenant.connection).await {
             Ok(c) => c,
-            Err(e) => return self.fail(tenant, Failure { message: e.to_string(), ..Failure::default() }),
+            Err(e) => {
+                return self.fail(
+                    tenant,
+                    Failure {
+                        message: e.to_string(),
+                        ..Failure::default()
+                    },
+                );
+            }
         };
         let engine = Engine::new(&self.app, values, settings);
         let planned = async {
@@ -173,16 +294,40 @@ impl TenantRun {
                 Direction::Upgrade => plan::upgrade(&self.app.graph, &applied, &self.target)?,
                 Direction::Downgrade => plan::downgrade(&self.app.graph, &applied, &self.target)?,
             };
-            let from = if state.rows.is_empty() { "base".to_string() } else { ids(&state.rows).join(",") };
-            let sql = engine::offline::render_from(&self.app, values, settings, self.spec.direction, applied, &from, &self.target)?;
-            Ok::<_, EngineError>((steps.iter().map(|&n| self.app.graph.revision(n).id.to_string()).collect::<Vec<_>>(), sql))
+            let from = if state.rows.is_empty() {
+                "base".to_string()
+            } else {
+                ids(&state.rows).join(",")
+            };
+            let sql = engine::offline::render_from(
+                &self.app,
+                values,
+                settings,
+                self.spec.direction,
+                applied,
+                &from,
+                &self.target,
+            )?;
+            Ok::<_, EngineError>((
+                steps
+                    .iter()
+                    .map(|&n| self.app.graph.revision(n).id.to_string())
+                    .collect::<Vec<_>>(),
+                sql,
+            ))
         };
         match planned.await {
             Ok((revisions, sql)) => {
                 self.emit(tenant, TenantEvent::Planned { revisions, sql });
                 Outcome::Planned
             }
-            Err(e) => self.fail(tenant, Failure { message: e.to_string(), ..Failure::default() }),
+            Err(e) => self.fail(
+                tenant,
+                Failure {
+                    message: e.to_string(),
+                    ..Failure::default()
+                },
+            ),
         }
     }
 }

@@ -16,7 +16,10 @@ use crate::registry::{ConnectionSpec, FieldError, PasswordRef, SslMode, Tenant, 
 use crate::revision::App;
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -25,10 +28,16 @@ fn ms(d: Duration) -> u64 {
 
 pub fn app_name(field: &str, app: &str) -> Result<String, FieldError> {
     if app.is_empty() {
-        return Err(field_error(field, "required: the app (migration graph) name"));
+        return Err(field_error(
+            field,
+            "required: the app (migration graph) name",
+        ));
     }
     if !crate::revision::is_valid_app_name(app) {
-        return Err(field_error(field, format!("{} is not an app name", shown(app))));
+        return Err(field_error(
+            field,
+            format!("{} is not an app name", shown(app)),
+        ));
     }
     Ok(app.to_string())
 }
@@ -44,9 +53,17 @@ pub fn connection(c: Option<proto::Connection>, at: &str) -> Result<ConnectionSp
         "" | "prefer" => SslMode::Prefer,
         "disable" => SslMode::Disable,
         "require" | "verify-ca" | "verify-full" => {
-            return Err(field_error(format!("{at}.sslmode"), "TLS to tenant databases is not supported yet: use disable or prefer"));
+            return Err(field_error(
+                format!("{at}.sslmode"),
+                "TLS to tenant databases is not supported yet: use disable or prefer",
+            ));
         }
-        other => return Err(field_error(format!("{at}.sslmode"), format!("{} is not an sslmode (disable, prefer)", shown(other)))),
+        other => {
+            return Err(field_error(
+                format!("{at}.sslmode"),
+                format!("{} is not an sslmode (disable, prefer)", shown(other)),
+            ));
+        }
     };
     let password = match c.password.and_then(|p| p.source) {
         None => None,
@@ -69,23 +86,39 @@ pub fn connection(c: Option<proto::Connection>, at: &str) -> Result<ConnectionSp
 }
 
 /// Placeholder values must be declared by the app and parse as their declared type.
-pub fn placeholders(app: &App, values: std::collections::HashMap<String, String>, at: &str) -> Result<BTreeMap<String, String>, FieldError> {
+pub fn placeholders(
+    app: &App,
+    values: std::collections::HashMap<String, String>,
+    at: &str,
+) -> Result<BTreeMap<String, String>, FieldError> {
     let values: BTreeMap<String, String> = values.into_iter().collect();
     if let Some(long) = values.iter().find(|(k, v)| k.len() > 63 || v.len() > 1024) {
-        return Err(field_error(format!("{at}[{}]", shown(long.0)), "names are at most 63 characters, values at most 1024"));
+        return Err(field_error(
+            format!("{at}[{}]", shown(long.0)),
+            "names are at most 63 characters, values at most 1024",
+        ));
     }
     app.declarations.resolve(&|_| None, &values).map_err(|e| {
         use crate::revision::placeholder::PlaceholderError as P;
         let name = match &e {
-            P::IllTyped { name, .. } | P::Undeclared { name, .. } | P::Unresolved { name } | P::NotBool { name, .. } => name.clone(),
+            P::IllTyped { name, .. }
+            | P::Undeclared { name, .. }
+            | P::Unresolved { name }
+            | P::NotBool { name, .. } => name.clone(),
             P::Unterminated | P::BadName(_) => String::new(),
         };
-        field_error(format!("{at}[{}]", shown(&name).trim_matches('"')), e.to_string())
+        field_error(
+            format!("{at}[{}]", shown(&name).trim_matches('"')),
+            e.to_string(),
+        )
     })?;
     Ok(values)
 }
 
-pub fn labels(values: std::collections::HashMap<String, String>, at: &str) -> Result<BTreeMap<String, String>, FieldError> {
+pub fn labels(
+    values: std::collections::HashMap<String, String>,
+    at: &str,
+) -> Result<BTreeMap<String, String>, FieldError> {
     let labels: BTreeMap<String, String> = values.into_iter().collect();
     validate_labels(at, &labels)?;
     Ok(labels)
@@ -113,7 +146,9 @@ pub fn tenant_to_proto(t: &Tenant) -> proto::Tenant {
             password: c.password.as_ref().map(|p| proto::PasswordRef {
                 source: Some(match p {
                     PasswordRef::Env(v) => proto::password_ref::Source::Env(v.clone()),
-                    PasswordRef::File(f) => proto::password_ref::Source::File(f.display().to_string()),
+                    PasswordRef::File(f) => {
+                        proto::password_ref::Source::File(f.display().to_string())
+                    }
                     PasswordRef::Passfile => proto::password_ref::Source::Passfile(true),
                 }),
             }),
@@ -128,9 +163,14 @@ pub fn tenant_to_proto(t: &Tenant) -> proto::Tenant {
 /// Exactly one of tenant_ids, labels, all.
 pub fn selector(s: Option<proto::Selector>) -> Result<Selector, FieldError> {
     let s = s.ok_or_else(|| field_error("selector", "required: tenant_ids, labels, or all"))?;
-    let given = usize::from(!s.tenant_ids.is_empty()) + usize::from(!s.labels.is_empty()) + usize::from(s.all);
+    let given = usize::from(!s.tenant_ids.is_empty())
+        + usize::from(!s.labels.is_empty())
+        + usize::from(s.all);
     if given != 1 {
-        return Err(field_error("selector", "set exactly one of tenant_ids, labels, all"));
+        return Err(field_error(
+            "selector",
+            "set exactly one of tenant_ids, labels, all",
+        ));
     }
     if s.all {
         return Ok(Selector::All);
@@ -139,9 +179,17 @@ pub fn selector(s: Option<proto::Selector>) -> Result<Selector, FieldError> {
         return Ok(Selector::Labels(labels(s.labels, "selector.labels")?));
     }
     if s.tenant_ids.len() > 100_000 {
-        return Err(field_error("selector.tenant_ids", "at most 100000 ids; use labels or all"));
+        return Err(field_error(
+            "selector.tenant_ids",
+            "at most 100000 ids; use labels or all",
+        ));
     }
-    s.tenant_ids.iter().enumerate().map(|(i, id)| tenant_id(&format!("selector.tenant_ids[{i}]"), id)).collect::<Result<_, _>>().map(Selector::Ids)
+    s.tenant_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| tenant_id(&format!("selector.tenant_ids[{i}]"), id))
+        .collect::<Result<_, _>>()
+        .map(Selector::Ids)
 }
 
 pub fn target(field: &str, t: &str, direction: Direction) -> Result<String, FieldError> {
@@ -149,12 +197,23 @@ pub fn target(field: &str, t: &str, direction: Direction) -> Result<String, Fiel
     if t.is_empty() {
         return match direction {
             Direction::Upgrade => Ok("head".into()),
-            Direction::Downgrade => Err(field_error(field, "required for a downgrade: -N, a revision, or base")),
+            Direction::Downgrade => Err(field_error(
+                field,
+                "required for a downgrade: -N, a revision, or base",
+            )),
         };
     }
-    let ok = t.len() <= 80 && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+' | b'@'));
+    let ok = t.len() <= 80
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+' | b'@'));
     if !ok {
-        return Err(field_error(field, format!("{} is not a target (head, heads, base, a revision, label@head, +N, -N)", shown(t))));
+        return Err(field_error(
+            field,
+            format!(
+                "{} is not a target (head, heads, base, a revision, label@head, +N, -N)",
+                shown(t)
+            ),
+        ));
     }
     Ok(t.to_string())
 }
@@ -163,7 +222,10 @@ pub fn direction(field: &str, d: &str) -> Result<Direction, FieldError> {
     match d {
         "" | "upgrade" => Ok(Direction::Upgrade),
         "downgrade" => Ok(Direction::Downgrade),
-        other => Err(field_error(field, format!("{} is not a direction (upgrade, downgrade)", shown(other)))),
+        other => Err(field_error(
+            field,
+            format!("{} is not a direction (upgrade, downgrade)", shown(other)),
+        )),
     }
 }
 
@@ -171,22 +233,63 @@ fn tenant_event(e: TenantEvent) -> proto::tenant_event::Kind {
     use proto::tenant_event::Kind;
     match e {
         TenantEvent::Queued => Kind::Queued(proto::Queued {}),
-        TenantEvent::WaitingForLock { database_key } => Kind::WaitingForLock(proto::WaitingForLock { database_key }),
-        TenantEvent::Locked { fence_token, wait } => Kind::Locked(proto::Locked { fence_token, wait_ms: ms(wait) }),
-        TenantEvent::RevisionStarted { revision, direction } => Kind::RevisionStarted(proto::RevisionStarted { revision, direction: direction.to_string() }),
-        TenantEvent::RevisionApplied { revision, direction, duration, skipped_by_condition, attempts } => Kind::RevisionApplied(proto::RevisionApplied {
+        TenantEvent::WaitingForLock { database_key } => {
+            Kind::WaitingForLock(proto::WaitingForLock { database_key })
+        }
+        TenantEvent::Locked { fence_token, wait } => Kind::Locked(proto::Locked {
+            fence_token,
+            wait_ms: ms(wait),
+        }),
+        TenantEvent::RevisionStarted {
+            revision,
+            direction,
+        } => Kind::RevisionStarted(proto::RevisionStarted {
+            revision,
+            direction: direction.to_string(),
+        }),
+        TenantEvent::RevisionApplied {
+            revision,
+            direction,
+            duration,
+            skipped_by_condition,
+            attempts,
+        } => Kind::RevisionApplied(proto::RevisionApplied {
             revision,
             direction: direction.to_string(),
             duration_ms: ms(duration),
             skipped_by_condition: skipped_by_condition.unwrap_or_default(),
             attempts,
         }),
-        TenantEvent::LockRetry { revision, attempt, delay } => Kind::LockRetry(proto::LockRetry { revision, attempt, delay_ms: ms(delay) }),
+        TenantEvent::LockRetry {
+            revision,
+            attempt,
+            delay,
+        } => Kind::LockRetry(proto::LockRetry {
+            revision,
+            attempt,
+            delay_ms: ms(delay),
+        }),
         TenantEvent::UpToDate { revisions } => Kind::UpToDate(proto::UpToDate { revisions }),
-        TenantEvent::Done { revisions, applied, duration } => Kind::Done(proto::Done { revisions, applied, duration_ms: ms(duration) }),
-        TenantEvent::Failed(f) => Kind::Failed(proto::Failed { revision: f.revision, sqlstate: f.sqlstate, message: f.message, location: f.location, applied: f.applied }),
+        TenantEvent::Done {
+            revisions,
+            applied,
+            duration,
+        } => Kind::Done(proto::Done {
+            revisions,
+            applied,
+            duration_ms: ms(duration),
+        }),
+        TenantEvent::Failed(f) => Kind::Failed(proto::Failed {
+            revision: f.revision,
+            sqlstate: f.sqlstate,
+            message: f.message,
+            location: f.location,
+            applied: f.applied,
+        }),
         TenantEvent::Skipped { reason } => Kind::Skipped(proto::Skipped { reason }),
-        TenantEvent::Interrupted { reason, applied } => Kind::Interrupted(proto::Interrupted { reason, applied }),
+        TenantEvent::Interrupted { reason, applied } => {
+            Kind::Interrupted(proto::Interrupted { reason, applied })
+        }
         TenantEvent::Planned { revisions, sql } => Kind::Planned(proto::Planned { revisions, sql }),
     }
 }
@@ -194,13 +297,31 @@ fn tenant_event(e: TenantEvent) -> proto::tenant_event::Kind {
 pub fn job_event(e: JobEvent) -> proto::MigrationEvent {
     use proto::migration_event::Event;
     let event = match e {
-        JobEvent::Accepted { job_id, app, target, direction, tenant_ids, dry_run } => {
-            Event::Accepted(proto::JobAccepted { job_id, app, target, direction: direction.to_string(), tenant_ids, dry_run })
-        }
-        JobEvent::Tenant { tenant_id, event } => Event::Tenant(proto::TenantEvent { tenant_id, kind: Some(tenant_event(event)) }),
+        JobEvent::Accepted {
+            job_id,
+            app,
+            target,
+            direction,
+            tenant_ids,
+            dry_run,
+        } => Event::Accepted(proto::JobAccepted {
+            job_id,
+            app,
+            target,
+            direction: direction.to_string(),
+            tenant_ids,
+            dry_run,
+        }),
+        JobEvent::Tenant { tenant_id, event } => Event::Tenant(proto::TenantEvent {
+            tenant_id,
+            kind: Some(tenant_event(event)),
+        }),
         JobEvent::Summary(s) => Event::Summary(summary(s)),
     };
-    proto::MigrationEvent { at: Some(timestamp(Utc::now())), event: Some(event) }
+    proto::MigrationEvent {
+        at: Some(timestamp(Utc::now())),
+        event: Some(event),
+    }
 }
 
 fn summary(s: fleet::Summary) -> proto::JobSummary {

@@ -25,10 +25,19 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::MigrationEvent, S
 const MAX_REQUESTED_CONCURRENCY: u32 = 10_000;
 
 impl MigrationsService {
-    async fn migrate(&self, request: Request<proto::MigrateRequest>, direction: Direction) -> Result<Response<EventStream>, Status> {
+    async fn migrate(
+        &self,
+        request: Request<proto::MigrateRequest>,
+        direction: Direction,
+    ) -> Result<Response<EventStream>, Status> {
         let r = request.into_inner();
         if r.concurrency > MAX_REQUESTED_CONCURRENCY {
-            return Err(invalid(field_error("concurrency", format!("at most {MAX_REQUESTED_CONCURRENCY} (the server also caps it by its own limits)"))));
+            return Err(invalid(field_error(
+                "concurrency",
+                format!(
+                    "at most {MAX_REQUESTED_CONCURRENCY} (the server also caps it by its own limits)"
+                ),
+            )));
         }
         let spec = JobSpec {
             app: convert::app_name("app", &r.app).map_err(invalid)?,
@@ -51,32 +60,58 @@ impl proto::migrations_server::Migrations for MigrationsService {
     type UpgradeStream = EventStream;
     type DowngradeStream = EventStream;
 
-    async fn upgrade(&self, request: Request<proto::MigrateRequest>) -> Result<Response<EventStream>, Status> {
+    async fn upgrade(
+        &self,
+        request: Request<proto::MigrateRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         self.migrate(request, Direction::Upgrade).await
     }
 
-    async fn downgrade(&self, request: Request<proto::MigrateRequest>) -> Result<Response<EventStream>, Status> {
+    async fn downgrade(
+        &self,
+        request: Request<proto::MigrateRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         self.migrate(request, Direction::Downgrade).await
     }
 
-    async fn cancel(&self, request: Request<proto::CancelRequest>) -> Result<Response<proto::CancelResponse>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::CancelResponse>, Status> {
         let id = request.into_inner().job_id;
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(invalid(field_error("job_id", "required: the job id from the accepted event")));
+            return Err(invalid(field_error(
+                "job_id",
+                "required: the job id from the accepted event",
+            )));
         }
-        Ok(Response::new(proto::CancelResponse { cancelled: self.fleet.cancel(&id)? }))
+        Ok(Response::new(proto::CancelResponse {
+            cancelled: self.fleet.cancel(&id)?,
+        }))
     }
 
-    async fn current(&self, request: Request<proto::CurrentRequest>) -> Result<Response<proto::CurrentResponse>, Status> {
+    async fn current(
+        &self,
+        request: Request<proto::CurrentRequest>,
+    ) -> Result<Response<proto::CurrentResponse>, Status> {
         let r = request.into_inner();
         let app = convert::app_name("app", &r.app).map_err(invalid)?;
-        let selector = if r.selector.is_none() { crate::fleet::Selector::All } else { convert::selector(r.selector).map_err(invalid)? };
+        let selector = if r.selector.is_none() {
+            crate::fleet::Selector::All
+        } else {
+            convert::selector(r.selector).map_err(invalid)?
+        };
         let report = self.fleet.current(&app, &selector).await?;
         Ok(Response::new(proto::CurrentResponse {
             tenants: report
                 .tenants
                 .into_iter()
-                .map(|t| proto::TenantVersion { tenant_id: t.tenant_id, revisions: t.revisions, at_head: t.at_head, error: t.error.unwrap_or_default() })
+                .map(|t| proto::TenantVersion {
+                    tenant_id: t.tenant_id,
+                    revisions: t.revisions,
+                    at_head: t.at_head,
+                    error: t.error.unwrap_or_default(),
+                })
                 .collect(),
             tenants_by_version: report.by_version.into_iter().collect(),
             heads: report.heads,
@@ -86,7 +121,10 @@ impl proto::migrations_server::Migrations for MigrationsService {
         }))
     }
 
-    async fn history(&self, request: Request<proto::HistoryRequest>) -> Result<Response<proto::HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        request: Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryResponse>, Status> {
         let r = request.into_inner();
         let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
         let limit = match r.limit {
@@ -114,7 +152,10 @@ impl proto::migrations_server::Migrations for MigrationsService {
         }))
     }
 
-    async fn heads(&self, request: Request<proto::HeadsRequest>) -> Result<Response<proto::HeadsResponse>, Status> {
+    async fn heads(
+        &self,
+        request: Request<proto::HeadsRequest>,
+    ) -> Result<Response<proto::HeadsResponse>, Status> {
         let app = convert::app_name("app", &request.into_inner().app).map_err(invalid)?;
         let app = self.fleet.app(&app)?;
         let g = &app.graph;
@@ -135,22 +176,36 @@ impl proto::migrations_server::Migrations for MigrationsService {
         }))
     }
 
-    async fn plan(&self, request: Request<proto::PlanRequest>) -> Result<Response<proto::PlanResponse>, Status> {
+    async fn plan(
+        &self,
+        request: Request<proto::PlanRequest>,
+    ) -> Result<Response<proto::PlanResponse>, Status> {
         let r = request.into_inner();
         let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
         let direction = convert::direction("direction", &r.direction).map_err(invalid)?;
         let target = convert::target("target", &r.target, direction).map_err(invalid)?;
         let plan = self.fleet.plan(&id, direction, &target).await?;
-        Ok(Response::new(proto::PlanResponse { current: plan.current, revisions: plan.revisions, sql: plan.sql }))
+        Ok(Response::new(proto::PlanResponse {
+            current: plan.current,
+            revisions: plan.revisions,
+            sql: plan.sql,
+        }))
     }
 
-    async fn stamp(&self, request: Request<proto::StampRequest>) -> Result<Response<proto::StampResponse>, Status> {
+    async fn stamp(
+        &self,
+        request: Request<proto::StampRequest>,
+    ) -> Result<Response<proto::StampResponse>, Status> {
         let r = request.into_inner();
         let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
         if r.revision.is_empty() {
-            return Err(invalid(field_error("revision", "required: a revision, head, heads, label@head or base")));
+            return Err(invalid(field_error(
+                "revision",
+                "required: a revision, head, heads, label@head or base",
+            )));
         }
-        let revision = convert::target("revision", &r.revision, Direction::Upgrade).map_err(invalid)?;
+        let revision =
+            convert::target("revision", &r.revision, Direction::Upgrade).map_err(invalid)?;
         let revisions = self.fleet.stamp(&id, &revision, r.purge).await?;
         tracing::info!(tenant = %id, ?revisions, purge = r.purge, "tenant stamped");
         Ok(Response::new(proto::StampResponse { revisions }))

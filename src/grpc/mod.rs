@@ -14,11 +14,18 @@ pub mod proto {
 }
 
 /// The file descriptor set served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fleetmig_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fleetmig_descriptor.bin"));
 
 /// RFC 3339 for protobuf timestamps in JSON output.
-pub fn serialize_timestamp<S: serde::Serializer>(t: &Option<prost_types::Timestamp>, s: S) -> Result<S::Ok, S::Error> {
-    match t.as_ref().and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)) {
+pub fn serialize_timestamp<S: serde::Serializer>(
+    t: &Option<prost_types::Timestamp>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+    {
         Some(dt) => s.serialize_str(&dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         None => s.serialize_none(),
     }

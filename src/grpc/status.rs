@@ -17,7 +17,9 @@ pub fn invalid(e: FieldError) -> Status {
 fn plan_code(e: &PlanError) -> Code {
     match e {
         PlanError::Resolve(ResolveError::MultipleHeads { .. }) => Code::FailedPrecondition,
-        PlanError::Resolve(_) | PlanError::BadUpgradeTarget(_) | PlanError::BadDowngradeTarget(_) => Code::InvalidArgument,
+        PlanError::Resolve(_)
+        | PlanError::BadUpgradeTarget(_)
+        | PlanError::BadDowngradeTarget(_) => Code::InvalidArgument,
         PlanError::UnknownInDatabase(_)
         | PlanError::RelativeTooFar { .. }
         | PlanError::Ambiguous(_)
@@ -30,9 +32,15 @@ fn engine_code(e: &EngineError) -> Code {
     match e {
         EngineError::Connect(_) | EngineError::Database { .. } => Code::Unavailable,
         EngineError::Plan(p) => plan_code(p),
-        EngineError::Render(_) | EngineError::ChecksumMismatch(_) | EngineError::Setting { .. } => Code::FailedPrecondition,
-        EngineError::StepFailed { .. } | EngineError::IndexInvalid { .. } | EngineError::StateChanged(_) => Code::Aborted,
-        EngineError::LockHeld | EngineError::StaleFence { .. } | EngineError::Stopped { .. } => Code::Aborted,
+        EngineError::Render(_) | EngineError::ChecksumMismatch(_) | EngineError::Setting { .. } => {
+            Code::FailedPrecondition
+        }
+        EngineError::StepFailed { .. }
+        | EngineError::IndexInvalid { .. }
+        | EngineError::StateChanged(_) => Code::Aborted,
+        EngineError::LockHeld | EngineError::StaleFence { .. } | EngineError::Stopped { .. } => {
+            Code::Aborted
+        }
     }
 }
 
@@ -62,7 +70,9 @@ impl From<RegistryError> for Status {
 impl From<FleetError> for Status {
     fn from(e: FleetError) -> Status {
         let code = match &e {
-            FleetError::UnknownApp { .. } | FleetError::Selector(_) | FleetError::WrongApp { .. } => Code::InvalidArgument,
+            FleetError::UnknownApp { .. }
+            | FleetError::Selector(_)
+            | FleetError::WrongApp { .. } => Code::InvalidArgument,
             FleetError::Target(p) => plan_code(p),
             FleetError::Registry(r) => registry_code(r),
             FleetError::UnknownJob(_) => Code::NotFound,

@@ -21,18 +21,30 @@ const MAX_PAGE: u32 = 1000;
 
 #[tonic::async_trait]
 impl proto::tenants_server::Tenants for TenantsService {
-    async fn register(&self, request: Request<proto::RegisterTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
-        let t = request.into_inner().tenant.ok_or_else(|| invalid(field_error("tenant", "required")))?;
+    async fn register(
+        &self,
+        request: Request<proto::RegisterTenantRequest>,
+    ) -> Result<Response<proto::Tenant>, Status> {
+        let t = request
+            .into_inner()
+            .tenant
+            .ok_or_else(|| invalid(field_error("tenant", "required")))?;
         let id = convert::tenant_id("tenant.id", &t.id).map_err(invalid)?;
         let app_name = convert::app_name("tenant.app", &t.app).map_err(invalid)?;
-        let app = self.fleet.app(&app_name).map_err(|e| invalid(field_error("tenant.app", e.to_string().trim_start_matches("app: "))))?;
+        let app = self.fleet.app(&app_name).map_err(|e| {
+            invalid(field_error(
+                "tenant.app",
+                e.to_string().trim_start_matches("app: "),
+            ))
+        })?;
         let now = Utc::now();
         let tenant = Tenant {
             id,
             app: app_name,
             connection: convert::connection(t.connection, "tenant.connection").map_err(invalid)?,
             labels: convert::labels(t.labels, "tenant.labels").map_err(invalid)?,
-            placeholders: convert::placeholders(app, t.placeholders, "tenant.placeholders").map_err(invalid)?,
+            placeholders: convert::placeholders(app, t.placeholders, "tenant.placeholders")
+                .map_err(invalid)?,
             created_at: now,
             updated_at: now,
         };
@@ -41,46 +53,107 @@ impl proto::tenants_server::Tenants for TenantsService {
         Ok(Response::new(tenant_to_proto(&tenant)))
     }
 
-    async fn get(&self, request: Request<proto::GetTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
+    async fn get(
+        &self,
+        request: Request<proto::GetTenantRequest>,
+    ) -> Result<Response<proto::Tenant>, Status> {
         let id = convert::tenant_id("id", &request.into_inner().id).map_err(invalid)?;
-        Ok(Response::new(tenant_to_proto(&self.fleet.registry().get(&id).await?)))
+        Ok(Response::new(tenant_to_proto(
+            &self.fleet.registry().get(&id).await?,
+        )))
     }
 
-    async fn list(&self, request: Request<proto::ListTenantsRequest>) -> Result<Response<proto::ListTenantsResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<proto::ListTenantsRequest>,
+    ) -> Result<Response<proto::ListTenantsResponse>, Status> {
         let r = request.into_inner();
-        let app = if r.app.is_empty() { None } else { Some(convert::app_name("app", &r.app).map_err(invalid)?) };
+        let app = if r.app.is_empty() {
+            None
+        } else {
+            Some(convert::app_name("app", &r.app).map_err(invalid)?)
+        };
         let labels = convert::labels(r.labels, "labels").map_err(invalid)?;
         let page_size = match r.page_size {
             0 => DEFAULT_PAGE,
             n if n <= MAX_PAGE => n,
-            _ => return Err(invalid(field_error("page_size", format!("at most {MAX_PAGE}")))),
+            _ => {
+                return Err(invalid(field_error(
+                    "page_size",
+                    format!("at most {MAX_PAGE}"),
+                )));
+            }
         };
-        let after = if r.page_token.is_empty() { None } else { Some(convert::tenant_id("page_token", &r.page_token).map_err(invalid)?) };
-        let (tenants, more) = self.fleet.registry().list(app.as_deref(), &labels, page_size as usize, after.as_ref()).await?;
-        let next_page_token = if more { tenants.last().map(|t| t.id.to_string()).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(proto::ListTenantsResponse { tenants: tenants.iter().map(tenant_to_proto).collect(), next_page_token }))
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(convert::tenant_id("page_token", &r.page_token).map_err(invalid)?)
+        };
+        let (tenants, more) = self
+            .fleet
+            .registry()
+            .list(app.as_deref(), &labels, page_size as usize, after.as_ref())
+            .await?;
+        let next_page_token = if more {
+            tenants.last().map(|t| t.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListTenantsResponse {
+            tenants: tenants.iter().map(tenant_to_proto).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn update(&self, request: Request<proto::UpdateTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
+    async fn update(
+        &self,
+        request: Request<proto::UpdateTenantRequest>,
+    ) -> Result<Response<proto::Tenant>, Status> {
         let r = request.into_inner();
-        let t = r.tenant.ok_or_else(|| invalid(field_error("tenant", "required")))?;
+        let t = r
+            .tenant
+            .ok_or_else(|| invalid(field_error("tenant", "required")))?;
         let id = convert::tenant_id("tenant.id", &t.id).map_err(invalid)?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let all = paths.is_empty();
         for (i, p) in paths.iter().enumerate() {
             if !matches!(p.as_str(), "connection" | "labels" | "placeholders") {
-                return Err(invalid(field_error(format!("update_mask.paths[{i}]"), format!("{} cannot be updated (connection, labels, placeholders)", crate::registry::tenant::shown(p)))));
+                return Err(invalid(field_error(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{} cannot be updated (connection, labels, placeholders)",
+                        crate::registry::tenant::shown(p)
+                    ),
+                )));
             }
         }
         let wants = |f: &str| all || paths.iter().any(|p| p == f);
         let existing = self.fleet.registry().get(&id).await?;
         if !t.app.is_empty() && t.app != existing.app {
-            return Err(invalid(field_error("tenant.app", "cannot change a tenant's app: deregister and register again")));
+            return Err(invalid(field_error(
+                "tenant.app",
+                "cannot change a tenant's app: deregister and register again",
+            )));
         }
         let app = self.fleet.app(&existing.app)?;
-        let connection = if wants("connection") { Some(convert::connection(t.connection, "tenant.connection").map_err(invalid)?) } else { None };
-        let labels = if wants("labels") { Some(convert::labels(t.labels, "tenant.labels").map_err(invalid)?) } else { None };
-        let placeholders = if wants("placeholders") { Some(convert::placeholders(app, t.placeholders, "tenant.placeholders").map_err(invalid)?) } else { None };
+        let connection = if wants("connection") {
+            Some(convert::connection(t.connection, "tenant.connection").map_err(invalid)?)
+        } else {
+            None
+        };
+        let labels = if wants("labels") {
+            Some(convert::labels(t.labels, "tenant.labels").map_err(invalid)?)
+        } else {
+            None
+        };
+        let placeholders = if wants("placeholders") {
+            Some(
+                convert::placeholders(app, t.placeholders, "tenant.placeholders")
+                    .map_err(invalid)?,
+            )
+        } else {
+            None
+        };
         let updated = self
             .fleet
             .registry()
@@ -102,10 +175,15 @@ impl proto::tenants_server::Tenants for TenantsService {
         Ok(Response::new(tenant_to_proto(&updated)))
     }
 
-    async fn deregister(&self, request: Request<proto::DeregisterTenantRequest>) -> Result<Response<proto::DeregisterTenantResponse>, Status> {
+    async fn deregister(
+        &self,
+        request: Request<proto::DeregisterTenantRequest>,
+    ) -> Result<Response<proto::DeregisterTenantResponse>, Status> {
         let id = convert::tenant_id("id", &request.into_inner().id).map_err(invalid)?;
         let removed = self.fleet.registry().deregister(&id).await?;
         tracing::info!(tenant = %removed.id, "tenant deregistered (its database is untouched)");
-        Ok(Response::new(proto::DeregisterTenantResponse { tenant: Some(tenant_to_proto(&removed)) }))
+        Ok(Response::new(proto::DeregisterTenantResponse {
+            tenant: Some(tenant_to_proto(&removed)),
+        }))
     }
 }

@@ -13,7 +13,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,21 +40,41 @@ pub struct EtcdSession {
 
 impl EtcdSession {
     /// Grant the lease and start its keep-alive loop (owned by `tracker`, stopped by `stop`).
-    pub async fn start(client: Client, prefix: &str, ttl: Duration, owner: &str, tracker: &TaskTracker, stop: CancellationToken) -> Result<Arc<EtcdSession>, LockError> {
+    pub async fn start(
+        client: Client,
+        prefix: &str,
+        ttl: Duration,
+        owner: &str,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Arc<EtcdSession>, LockError> {
         let ttl_secs = ttl.as_secs().max(2) as i64;
         let sent = Instant::now();
-        let grant = client.clone().lease_grant(ttl_secs, None).await.map_err(unavailable)?;
+        let grant = client
+            .clone()
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(unavailable)?;
         let session = Arc::new(EtcdSession {
             client,
             lease: grant.id(),
             prefix: format!("{prefix}locks/"),
             owner: owner.to_string(),
             lost: CancellationToken::new(),
-            safe_until: Arc::new(Mutex::new(sent + Duration::from_secs(grant.ttl().max(0) as u64))),
+            safe_until: Arc::new(Mutex::new(
+                sent + Duration::from_secs(grant.ttl().max(0) as u64),
+            )),
         });
-        tracing::info!(lease = format!("{:x}", session.lease), ttl_secs, "etcd lease granted");
+        tracing::info!(
+            lease = format!("{:x}", session.lease),
+            ttl_secs,
+            "etcd lease granted"
+        );
         let s = session.clone();
-        tracker.spawn(async move { s.keep_alive(Duration::from_secs(ttl_secs as u64), stop).await });
+        tracker.spawn(async move {
+            s.keep_alive(Duration::from_secs(ttl_secs as u64), stop)
+                .await
+        });
         Ok(session)
     }
 
@@ -90,10 +112,14 @@ impl EtcdSession {
             .await;
             match round {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                    *self.safe_until.lock().unwrap() = sent + Duration::from_secs(resp.ttl() as u64);
+                    *self.safe_until.lock().unwrap() =
+                        sent + Duration::from_secs(resp.ttl() as u64);
                 }
                 Ok(Ok(Some(_))) => {
-                    tracing::error!(lease = format!("{:x}", self.lease), "etcd says the lease has expired: lease lost, stopping all tenant work");
+                    tracing::error!(
+                        lease = format!("{:x}", self.lease),
+                        "etcd says the lease has expired: lease lost, stopping all tenant work"
+                    );
                     self.lost.cancel();
                     return;
                 }
@@ -113,9 +139,17 @@ impl EtcdSession {
     /// Revoke the lease: every lock key goes with it. Called at shutdown.
     pub async fn revoke(&self) {
         self.lost.cancel();
-        match tokio::time::timeout(Duration::from_secs(2), self.client.clone().lease_revoke(self.lease)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.clone().lease_revoke(self.lease),
+        )
+        .await
+        {
             Ok(Ok(_)) => tracing::info!(lease = format!("{:x}", self.lease), "etcd lease revoked"),
-            _ => tracing::warn!(lease = format!("{:x}", self.lease), "could not revoke the etcd lease; it expires by its TTL"),
+            _ => tracing::warn!(
+                lease = format!("{:x}", self.lease),
+                "could not revoke the etcd lease; it expires by its TTL"
+            ),
         }
     }
 
@@ -133,12 +167,24 @@ impl EtcdSession {
                 return Err(LockError::SessionLost);
             }
             let txn = Txn::new()
-                .when([Compare::create_revision(lock_key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(lock_key.clone(), self.owner.clone(), Some(PutOptions::new().with_lease(self.lease)))])
+                .when([Compare::create_revision(
+                    lock_key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    lock_key.clone(),
+                    self.owner.clone(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )])
                 .or_else([TxnOp::get(lock_key.clone(), None)]);
             let resp = tokio::time::timeout_at(deadline, client.txn(txn))
                 .await
-                .map_err(|_| LockError::Timeout { key: key.clone(), waited: started.elapsed(), holder: "(etcd did not answer)".into() })?
+                .map_err(|_| LockError::Timeout {
+                    key: key.clone(),
+                    waited: started.elapsed(),
+                    holder: "(etcd did not answer)".into(),
+                })?
                 .map_err(unavailable)?;
             if resp.succeeded() {
                 let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
@@ -156,18 +202,37 @@ impl EtcdSession {
                 .op_responses()
                 .into_iter()
                 .find_map(|op| match op {
-                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).to_string(), kv.mod_revision())),
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                        (
+                            String::from_utf8_lossy(kv.value()).to_string(),
+                            kv.mod_revision(),
+                        )
+                    }),
                     _ => None,
                 })
                 .unwrap_or_default();
             let header_rev = resp.header().map(|h| h.revision()).unwrap_or(seen);
-            let mut watch = tokio::time::timeout_at(deadline, client.watch(lock_key.clone(), Some(WatchOptions::new().with_start_revision(header_rev + 1))))
-                .await
-                .map_err(|_| LockError::Timeout { key: key.clone(), waited: started.elapsed(), holder: holder.clone() })?
-                .map_err(unavailable)?;
+            let mut watch = tokio::time::timeout_at(
+                deadline,
+                client.watch(
+                    lock_key.clone(),
+                    Some(WatchOptions::new().with_start_revision(header_rev + 1)),
+                ),
+            )
+            .await
+            .map_err(|_| LockError::Timeout {
+                key: key.clone(),
+                waited: started.elapsed(),
+                holder: holder.clone(),
+            })?
+            .map_err(unavailable)?;
             let deleted = async {
                 while let Ok(Some(msg)) = watch.message().await {
-                    if msg.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                    if msg
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete)
+                    {
                         return;
                     }
                 }
@@ -186,15 +251,27 @@ impl EtcdSession {
 /// Delete the lock key if it is still ours (same create revision).
 async fn release(mut client: Client, lock_key: String, revision: i64) {
     let txn = Txn::new()
-        .when([Compare::create_revision(lock_key.clone(), CompareOp::Equal, revision)])
+        .when([Compare::create_revision(
+            lock_key.clone(),
+            CompareOp::Equal,
+            revision,
+        )])
         .and_then([TxnOp::delete(lock_key.clone(), None)]);
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.txn(txn)).await.map_err(|_| "timeout".to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.txn(txn))
+        .await
+        .map_err(|_| "timeout".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
         tracing::warn!(key = %lock_key, error = %e, "could not release the lock; it goes with the lease");
     }
 }
 
 impl DistributedLock for EtcdSession {
-    fn lock<'a>(&'a self, key: &'a DatabaseKey, timeout: Duration) -> BoxFuture<'a, Result<LockGuard, LockError>> {
+    fn lock<'a>(
+        &'a self,
+        key: &'a DatabaseKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<LockGuard, LockError>> {
         Box::pin(self.acquire(key, timeout))
     }
 

@@ -33,7 +33,11 @@ impl MemoryLocks {
 }
 
 impl DistributedLock for MemoryLocks {
-    fn lock<'a>(&'a self, key: &'a DatabaseKey, timeout: Duration) -> BoxFuture<'a, Result<LockGuard, LockError>> {
+    fn lock<'a>(
+        &'a self,
+        key: &'a DatabaseKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<LockGuard, LockError>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
@@ -47,7 +51,8 @@ impl DistributedLock for MemoryLocks {
                         s.next_token += 1;
                         let token = s.next_token;
                         s.held.insert(key.clone(), token);
-                        let (state, released, k) = (self.state.clone(), self.released.clone(), key.clone());
+                        let (state, released, k) =
+                            (self.state.clone(), self.released.clone(), key.clone());
                         return Ok(LockGuard::new(
                             key.clone(),
                             FenceToken(token),
@@ -62,7 +67,11 @@ impl DistributedLock for MemoryLocks {
                     }
                 }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    return Err(LockError::Timeout { key: key.clone(), waited: timeout, holder: "another holder".into() });
+                    return Err(LockError::Timeout {
+                        key: key.clone(),
+                        waited: timeout,
+                        holder: "another holder".into(),
+                    });
                 }
             }
         })
@@ -82,7 +91,10 @@ mod tests {
         let locks = MemoryLocks::default();
         let key = DatabaseKey("h:5432/db".into());
         let a = locks.lock(&key, Duration::from_millis(10)).await.unwrap();
-        assert!(matches!(locks.lock(&key, Duration::from_millis(20)).await, Err(LockError::Timeout { .. })));
+        assert!(matches!(
+            locks.lock(&key, Duration::from_millis(20)).await,
+            Err(LockError::Timeout { .. })
+        ));
         let t = a.token();
         a.release().await;
         let b = locks.lock(&key, Duration::from_millis(10)).await.unwrap();

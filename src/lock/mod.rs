@@ -19,7 +19,11 @@ use crate::registry::DatabaseKey;
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("timed out after {waited:?} waiting for the lock on {key} (held by {holder})")]
-    Timeout { key: DatabaseKey, waited: Duration, holder: String },
+    Timeout {
+        key: DatabaseKey,
+        waited: Duration,
+        holder: String,
+    },
     #[error("this daemon's etcd lease is lost: it holds no locks and takes none until restarted")]
     SessionLost,
     #[error("etcd is unavailable: {0}")]
@@ -37,8 +41,18 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    pub fn new(key: DatabaseKey, token: FenceToken, lost: CancellationToken, releaser: Releaser) -> LockGuard {
-        LockGuard { key, token, lost, releaser: Some(releaser) }
+    pub fn new(
+        key: DatabaseKey,
+        token: FenceToken,
+        lost: CancellationToken,
+        releaser: Releaser,
+    ) -> LockGuard {
+        LockGuard {
+            key,
+            token,
+            lost,
+            releaser: Some(releaser),
+        }
     }
 
     pub fn key(&self) -> &DatabaseKey {
@@ -79,7 +93,11 @@ impl Drop for LockGuard {
 /// A lock service: one lock per database key.
 pub trait DistributedLock: Send + Sync + 'static {
     /// Wait up to `timeout` for the lock on `key`.
-    fn lock<'a>(&'a self, key: &'a DatabaseKey, timeout: Duration) -> BoxFuture<'a, Result<LockGuard, LockError>>;
+    fn lock<'a>(
+        &'a self,
+        key: &'a DatabaseKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<LockGuard, LockError>>;
 
     /// Fires when every lock of this service is lost (the session's lease).
     fn session_lost(&self) -> CancellationToken;

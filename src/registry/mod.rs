@@ -5,6 +5,6 @@ pub mod pools;
 pub mod store;
 pub mod tenant;
 
-pub use pools::{Pools, PoolError};
+pub use pools::{PoolError, Pools};
 pub use store::{Registry, RegistryError};
 pub use tenant::{ConnectionSpec, DatabaseKey, FieldError, PasswordRef, SslMode, Tenant, TenantId};

@@ -19,14 +19,20 @@ use super::tenant::{ConnectionSpec, DatabaseKey, PasswordRef, SslMode};
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("password for {user}@{key}: {problem}")]
-    Password { user: String, key: DatabaseKey, problem: String },
-    #[error("connecting to {key}: {source}")]
+    Password {
+        user: String,
+        key: DatabaseKey,
+        problem: String,
+    },
+    #[error("connecting to {key}: {}", crate::engine::error::describe_pg(source))]
     Connect {
         key: DatabaseKey,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("connecting to {key}: timed out waiting for a connection (host limit reached or server unreachable)")]
+    #[error(
+        "connecting to {key}: timed out waiting for a connection (host limit reached or server unreachable)"
+    )]
     Timeout { key: DatabaseKey },
 }
 
@@ -78,13 +84,36 @@ impl bb8::ManageConnection for BudgetedManager {
     type Error = PoolError;
 
     async fn connect(&self) -> Result<Budgeted, PoolError> {
-        let permit = self.host.clone().acquire_owned().await.expect("host semaphores are never closed");
-        let client = self.inner.connect().await.map_err(|source| PoolError::Connect { key: self.key.clone(), source })?;
-        Ok(Budgeted { client, _permit: permit, poisoned: false })
+        let permit = self
+            .host
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("host semaphores are never closed");
+        let client = self
+            .inner
+            .connect()
+            .await
+            .map_err(|source| PoolError::Connect {
+                key: self.key.clone(),
+                source,
+            })?;
+        Ok(Budgeted {
+            client,
+            _permit: permit,
+            poisoned: false,
+        })
     }
 
     async fn is_valid(&self, conn: &mut Budgeted) -> Result<(), PoolError> {
-        conn.client.simple_query("").await.map(|_| ()).map_err(|source| PoolError::Connect { key: self.key.clone(), source })
+        conn.client
+            .simple_query("")
+            .await
+            .map(|_| ())
+            .map_err(|source| PoolError::Connect {
+                key: self.key.clone(),
+                source,
+            })
     }
 
     fn has_broken(&self, conn: &mut Budgeted) -> bool {
@@ -106,8 +135,29 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
 }
 
+/// Receives bb8's connect errors (bb8 itself only reports a timeout to the waiter), so a
+/// bad password or a missing database is reported at once, with its cause.
+#[derive(Debug, Clone, Default)]
+struct ConnectErrors {
+    last: Arc<Mutex<Option<PoolError>>>,
+    arrived: Arc<tokio::sync::Notify>,
+}
+
+impl bb8::ErrorSink<PoolError> for ConnectErrors {
+    fn sink(&self, error: PoolError) {
+        *self.last.lock().unwrap() = Some(error);
+        self.arrived.notify_waiters();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<PoolError>> {
+        Box::new(self.clone())
+    }
+}
+
 struct Entry {
     pool: bb8::Pool<BudgetedManager>,
+    errors: ConnectErrors,
+    host: String,
     last_used: Instant,
 }
 
@@ -119,26 +169,45 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(limits: PoolLimits) -> Pools {
-        Pools { limits, databases: Mutex::default(), hosts: Mutex::default() }
+        Pools {
+            limits,
+            databases: Mutex::default(),
+            hosts: Mutex::default(),
+        }
     }
 
     fn host_budget(&self, host: &str) -> Arc<Semaphore> {
-        self.hosts.lock().unwrap().entry(host.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_host))).clone()
+        self.hosts
+            .lock()
+            .unwrap()
+            .entry(host.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_host)))
+            .clone()
     }
 
     /// A connection to the tenant's database, as its configured user.
     pub async fn get(&self, spec: &ConnectionSpec) -> Result<PooledClient, PoolError> {
         let key = spec.database_key();
-        let pool = {
+        // Idle connections of other databases hold host permits: when the host's budget is
+        // spent, close the pools of that host that nobody is using.
+        let host = spec.host_key();
+        if self.host_budget(&host).available_permits() == 0 {
+            self.release_unused(&host, &key);
+        }
+        let (pool, errors) = {
             let existing = self.databases.lock().unwrap().get_mut(&key).map(|e| {
                 e.last_used = Instant::now();
-                e.pool.clone()
+                (e.pool.clone(), e.errors.clone())
             });
             match existing {
                 Some(p) => p,
                 None => {
+                    let errors = ConnectErrors::default();
                     let manager = BudgetedManager {
-                        inner: PostgresConnectionManager::new(pg_config(spec, self.limits.connect_timeout)?, NoTls),
+                        inner: PostgresConnectionManager::new(
+                            pg_config(spec, self.limits.connect_timeout)?,
+                            NoTls,
+                        ),
                         host: self.host_budget(&spec.host_key()),
                         key: key.clone(),
                     };
@@ -148,15 +217,46 @@ impl Pools {
                         .idle_timeout(Some(self.limits.idle_timeout))
                         .connection_timeout(self.limits.connect_timeout)
                         .test_on_check_out(false)
+                        // Report a failed connect (bad password, no such database) at once, with its cause.
+                        .retry_connection(false)
+                        .error_sink(Box::new(errors.clone()))
                         .build_unchecked(manager);
-                    self.databases.lock().unwrap().entry(key.clone()).or_insert(Entry { pool, last_used: Instant::now() }).pool.clone()
+                    let mut dbs = self.databases.lock().unwrap();
+                    let entry = dbs.entry(key.clone()).or_insert(Entry {
+                        pool,
+                        errors,
+                        host: spec.host_key(),
+                        last_used: Instant::now(),
+                    });
+                    (entry.pool.clone(), entry.errors.clone())
                 }
             }
         };
-        pool.get_owned().await.map_err(|e| match e {
+        let failed = errors.arrived.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        let got = tokio::select! {
+            got = pool.get_owned() => got,
+            _ = &mut failed => Err(bb8::RunError::TimedOut),
+        };
+        got.map_err(|e| match e {
             bb8::RunError::User(e) => e,
-            bb8::RunError::TimedOut => PoolError::Timeout { key },
+            bb8::RunError::TimedOut => errors
+                .last
+                .lock()
+                .unwrap()
+                .take()
+                .unwrap_or(PoolError::Timeout { key }),
         })
+    }
+
+    /// Drop the pools of `host` with no connection checked out (except `keep`'s).
+    fn release_unused(&self, host: &str, keep: &DatabaseKey) {
+        let mut dbs = self.databases.lock().unwrap();
+        dbs.retain(|k, e| {
+            let state = e.pool.state();
+            k == keep || e.host != host || state.connections > state.idle_connections
+        });
     }
 
     /// Drop pools unused for longer than the idle timeout (their connections close).
@@ -179,7 +279,10 @@ impl Pools {
 }
 
 /// The libpq-style config for a tenant, password resolved from its reference.
-pub fn pg_config(spec: &ConnectionSpec, connect_timeout: Duration) -> Result<tokio_postgres::Config, PoolError> {
+pub fn pg_config(
+    spec: &ConnectionSpec,
+    connect_timeout: Duration,
+) -> Result<tokio_postgres::Config, PoolError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&spec.host)
@@ -192,19 +295,29 @@ pub fn pg_config(spec: &ConnectionSpec, connect_timeout: Duration) -> Result<tok
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         });
-    let problem = |p: String| PoolError::Password { user: spec.user.clone(), key: spec.database_key(), problem: p };
+    let problem = |p: String| PoolError::Password {
+        user: spec.user.clone(),
+        key: spec.database_key(),
+        problem: p,
+    };
     match &spec.password {
         None => {}
         Some(PasswordRef::Env(var)) => {
-            let pw = std::env::var(var).map_err(|_| problem(format!("environment variable {var} is not set in the daemon's environment")))?;
+            let pw = std::env::var(var).map_err(|_| {
+                problem(format!(
+                    "environment variable {var} is not set in the daemon's environment"
+                ))
+            })?;
             config.password(pw);
         }
         Some(PasswordRef::File(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read {}: {}", path.display(), e.kind())))?;
-            config.password(text.lines().next().unwrap_or_default().to_string());
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| problem(format!("cannot read {}: {}", path.display(), e.kind())))?;
+            config.password(text.lines().next().unwrap_or_default());
         }
         Some(PasswordRef::Passfile) => {
-            let file = passfile_path().ok_or_else(|| problem("no passfile: set PGPASSFILE or create ~/.pgpass".into()))?;
+            let file = passfile_path()
+                .ok_or_else(|| problem("no passfile: set PGPASSFILE or create ~/.pgpass".into()))?;
             let pw = passfile_lookup(&file, &spec.host, spec.port, &spec.dbname, &spec.user)
                 .ok_or_else(|| problem(format!("no matching entry in {}", file.display())))?;
             config.password(pw);
@@ -214,14 +327,19 @@ pub fn pg_config(spec: &ConnectionSpec, connect_timeout: Duration) -> Result<tok
 }
 
 fn passfile_path() -> Option<PathBuf> {
-    std::env::var_os("PGPASSFILE").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))
+    std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))
 }
 
 /// libpq's passfile rules: `host:port:db:user:password`, `*` matches anything, `\` escapes.
 pub fn passfile_lookup(file: &Path, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
     let port = port.to_string();
-    for line in text.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+    {
         let mut fields = Vec::with_capacity(5);
         let mut cur = String::new();
         let mut chars = line.chars();
@@ -233,7 +351,12 @@ pub fn passfile_lookup(file: &Path, host: &str, port: u16, db: &str, user: &str)
             }
         }
         fields.push(cur);
-        if fields.len() == 5 && [host, port.as_str(), db, user].iter().zip(&fields).all(|(want, f)| f == "*" || f == want) {
+        if fields.len() == 5
+            && [host, port.as_str(), db, user]
+                .iter()
+                .zip(&fields)
+                .all(|(want, f)| f == "*" || f == want)
+        {
             return Some(fields.pop().unwrap());
         }
     }
@@ -247,9 +370,19 @@ mod tests {
     #[test]
     fn passfile_follows_libpq_rules() {
         let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), "# comment\ndb1:5432:other:app:nope\ndb1:*:t42:app:s3cr\\:et\n*:*:*:*:fallback\n").unwrap();
-        assert_eq!(passfile_lookup(f.path(), "db1", 5433, "t42", "app").as_deref(), Some("s3cr:et"));
-        assert_eq!(passfile_lookup(f.path(), "db2", 5432, "x", "y").as_deref(), Some("fallback"));
+        std::fs::write(
+            f.path(),
+            "# comment\ndb1:5432:other:app:nope\ndb1:*:t42:app:s3cr\\:et\n*:*:*:*:fallback\n",
+        )
+        .unwrap();
+        assert_eq!(
+            passfile_lookup(f.path(), "db1", 5433, "t42", "app").as_deref(),
+            Some("s3cr:et")
+        );
+        assert_eq!(
+            passfile_lookup(f.path(), "db2", 5432, "x", "y").as_deref(),
+            Some("fallback")
+        );
     }
 
     #[test]
@@ -263,7 +396,9 @@ mod tests {
             schema: None,
             password: Some(PasswordRef::Env("FLEETMIG_UNIT_TEST_UNSET_VAR".into())),
         };
-        let e = pg_config(&spec, Duration::from_secs(1)).unwrap_err().to_string();
+        let e = pg_config(&spec, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("FLEETMIG_UNIT_TEST_UNSET_VAR is not set"), "{e}");
     }
 }

@@ -43,7 +43,10 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
 
 impl Registry {
     pub fn new(client: Client, prefix: &str) -> Registry {
-        Registry { client, prefix: format!("{prefix}tenants/") }
+        Registry {
+            client,
+            prefix: format!("{prefix}tenants/"),
+        }
     }
 
     fn key(&self, id: &TenantId) -> String {
@@ -51,20 +54,32 @@ impl Registry {
     }
 
     fn decode(key: &[u8], value: &[u8]) -> Result<Tenant, RegistryError> {
-        serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt { key: String::from_utf8_lossy(key).into(), message: e.to_string() })
+        serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt {
+            key: String::from_utf8_lossy(key).into(),
+            message: e.to_string(),
+        })
     }
 
     pub async fn register(&self, tenant: Tenant) -> Result<Tenant, RegistryError> {
         let key = self.key(&tenant.id);
         let value = serde_json::to_vec(&tenant).expect("tenants serialize");
-        let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(key, value, None)]);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
         let resp = self.client.clone().txn(txn).await?;
-        if resp.succeeded() { Ok(tenant) } else { Err(RegistryError::AlreadyExists(tenant.id)) }
+        if resp.succeeded() {
+            Ok(tenant)
+        } else {
+            Err(RegistryError::AlreadyExists(tenant.id))
+        }
     }
 
     async fn get_with_revision(&self, id: &TenantId) -> Result<(Tenant, i64), RegistryError> {
         let resp = self.client.clone().get(self.key(id), None).await?;
-        let kv = resp.kvs().first().ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+        let kv = resp
+            .kvs()
+            .first()
+            .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
         Ok((Self::decode(kv.key(), kv.value())?, kv.mod_revision()))
     }
 
@@ -73,19 +88,38 @@ impl Registry {
     }
 
     /// Replace a record with `change(old)`, failing on a concurrent change.
-    pub async fn update(&self, id: &TenantId, change: impl FnOnce(Tenant) -> Tenant) -> Result<Tenant, RegistryError> {
+    pub async fn update(
+        &self,
+        id: &TenantId,
+        change: impl FnOnce(Tenant) -> Tenant,
+    ) -> Result<Tenant, RegistryError> {
         let (old, revision) = self.get_with_revision(id).await?;
         let new = change(old);
         let key = self.key(id);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
-            .and_then([TxnOp::put(key, serde_json::to_vec(&new).expect("tenants serialize"), None)]);
-        if self.client.clone().txn(txn).await?.succeeded() { Ok(new) } else { Err(RegistryError::Conflict(id.clone())) }
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::put(
+                key,
+                serde_json::to_vec(&new).expect("tenants serialize"),
+                None,
+            )]);
+        if self.client.clone().txn(txn).await?.succeeded() {
+            Ok(new)
+        } else {
+            Err(RegistryError::Conflict(id.clone()))
+        }
     }
 
     pub async fn deregister(&self, id: &TenantId) -> Result<Tenant, RegistryError> {
         let key = self.key(id);
-        let txn = Txn::new().and_then([TxnOp::delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))]);
+        let txn = Txn::new().and_then([TxnOp::delete(
+            key,
+            Some(etcd_client::DeleteOptions::new().with_prev_key()),
+        )]);
         let resp = self.client.clone().txn(txn).await?;
         for op in resp.op_responses() {
             if let TxnOpResponse::Delete(d) = op
@@ -99,12 +133,25 @@ impl Registry {
 
     /// Tenants after `after` (exclusive) in id order, filtered; at most `limit`, and whether
     /// more match.
-    pub async fn list(&self, app: Option<&str>, labels: &BTreeMap<String, String>, limit: usize, after: Option<&TenantId>) -> Result<(Vec<Tenant>, bool), RegistryError> {
+    pub async fn list(
+        &self,
+        app: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        limit: usize,
+        after: Option<&TenantId>,
+    ) -> Result<(Vec<Tenant>, bool), RegistryError> {
         let start = match after {
             Some(id) => format!("{}\0", self.key(id)),
             None => self.prefix.clone(),
         };
-        let resp = self.client.clone().get(start, Some(GetOptions::new().with_range(prefix_end(&self.prefix)))).await?;
+        let resp = self
+            .client
+            .clone()
+            .get(
+                start,
+                Some(GetOptions::new().with_range(prefix_end(&self.prefix))),
+            )
+            .await?;
         let mut out = Vec::new();
         for kv in resp.kvs() {
             let t = Self::decode(kv.key(), kv.value())?;
@@ -119,7 +166,11 @@ impl Registry {
     }
 
     /// Every tenant of `app` with these labels.
-    pub async fn select(&self, app: &str, labels: &BTreeMap<String, String>) -> Result<Vec<Tenant>, RegistryError> {
+    pub async fn select(
+        &self,
+        app: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Tenant>, RegistryError> {
         Ok(self.list(Some(app), labels, usize::MAX, None).await?.0)
     }
 }

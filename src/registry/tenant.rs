@@ -17,13 +17,20 @@ pub struct FieldError {
 }
 
 pub fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), message: message.into() }
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Show at most 64 characters of hostile input in messages.
 pub fn shown(s: &str) -> String {
     let cut: String = s.chars().take(64).collect();
-    format!("{:?}{}", cut, if s.chars().count() > 64 { "..." } else { "" })
+    format!(
+        "{:?}{}",
+        cut,
+        if s.chars().count() > 64 { "..." } else { "" }
+    )
 }
 
 /// A tenant id: 1-63 of a-z 0-9 _ -, starting with a letter or digit.
@@ -37,11 +44,18 @@ impl TenantId {
         let ok = !b.is_empty()
             && b.len() <= 63
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
         if ok {
             Ok(TenantId(s.to_string()))
         } else {
-            Err(field_error(field, format!("{} is not a tenant id: use 1-63 characters from a-z 0-9 _ -, starting with a letter or digit", shown(s))))
+            Err(field_error(
+                field,
+                format!(
+                    "{} is not a tenant id: use 1-63 characters from a-z 0-9 _ -, starting with a letter or digit",
+                    shown(s)
+                ),
+            ))
         }
     }
 
@@ -105,7 +119,10 @@ impl fmt::Display for DatabaseKey {
 }
 
 fn is_name(s: &str, extra: &[u8]) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || extra.contains(&c))
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || extra.contains(&c))
 }
 
 impl ConnectionSpec {
@@ -113,38 +130,84 @@ impl ConnectionSpec {
     pub fn validate(&self, at: &str) -> Result<(), FieldError> {
         let host_ok = !self.host.is_empty()
             && self.host.len() <= 253
-            && self.host.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
+            && self
+                .host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
             && !self.host.starts_with('-');
         if !host_ok {
-            return Err(field_error(format!("{at}.host"), format!("{} is not a host name or IP address", shown(&self.host))));
+            return Err(field_error(
+                format!("{at}.host"),
+                format!("{} is not a host name or IP address", shown(&self.host)),
+            ));
         }
         if self.port == 0 {
             return Err(field_error(format!("{at}.port"), "must be 1-65535"));
         }
         if !is_name(&self.dbname, b"-") {
-            return Err(field_error(format!("{at}.dbname"), format!("{} is not a database name: use 1-63 characters from A-Z a-z 0-9 _ -", shown(&self.dbname))));
+            return Err(field_error(
+                format!("{at}.dbname"),
+                format!(
+                    "{} is not a database name: use 1-63 characters from A-Z a-z 0-9 _ -",
+                    shown(&self.dbname)
+                ),
+            ));
         }
         if !is_name(&self.user, b"-") {
-            return Err(field_error(format!("{at}.user"), format!("{} is not a role name: use 1-63 characters from A-Z a-z 0-9 _ -", shown(&self.user))));
+            return Err(field_error(
+                format!("{at}.user"),
+                format!(
+                    "{} is not a role name: use 1-63 characters from A-Z a-z 0-9 _ -",
+                    shown(&self.user)
+                ),
+            ));
         }
         if let Some(schema) = &self.schema
             && !crate::revision::placeholder::is_safe_identifier(schema)
         {
-            return Err(field_error(format!("{at}.schema"), format!("{} is not a schema name: use 1-63 characters from A-Z a-z 0-9 _, not starting with a digit", shown(schema))));
+            return Err(field_error(
+                format!("{at}.schema"),
+                format!(
+                    "{} is not a schema name: use 1-63 characters from A-Z a-z 0-9 _, not starting with a digit",
+                    shown(schema)
+                ),
+            ));
         }
         match &self.password {
-            Some(PasswordRef::Env(var)) if var.is_empty() || var.len() > 128 || !var.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_') => {
-                Err(field_error(format!("{at}.password.env"), format!("{} is not an environment variable name (A-Z 0-9 _)", shown(var))))
+            Some(PasswordRef::Env(var))
+                if var.is_empty()
+                    || var.len() > 128
+                    || !var
+                        .bytes()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_') =>
+            {
+                Err(field_error(
+                    format!("{at}.password.env"),
+                    format!(
+                        "{} is not an environment variable name (A-Z 0-9 _)",
+                        shown(var)
+                    ),
+                ))
             }
-            Some(PasswordRef::File(path)) if !path.is_absolute() || path.as_os_str().len() > 4096 => {
-                Err(field_error(format!("{at}.password.file"), "must be an absolute path"))
+            Some(PasswordRef::File(path))
+                if !path.is_absolute() || path.as_os_str().len() > 4096 =>
+            {
+                Err(field_error(
+                    format!("{at}.password.file"),
+                    "must be an absolute path",
+                ))
             }
             _ => Ok(()),
         }
     }
 
     pub fn database_key(&self) -> DatabaseKey {
-        let mut k = format!("{}:{}/{}", self.host.to_ascii_lowercase(), self.port, self.dbname);
+        let mut k = format!(
+            "{}:{}/{}",
+            self.host.to_ascii_lowercase(),
+            self.port,
+            self.dbname
+        );
         if let Some(s) = &self.schema {
             k.push('/');
             k.push_str(s);
@@ -175,12 +238,31 @@ pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result
         return Err(field_error(field, "at most 64 labels"));
     }
     for (k, v) in labels {
-        let key_ok = !k.is_empty() && k.len() <= 63 && k.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-' | b'/'));
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes().all(|c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, b'_' | b'.' | b'-' | b'/')
+            });
         if !key_ok {
-            return Err(field_error(format!("{field}[{}]", shown(k)), "label keys are 1-63 characters from a-z 0-9 _ . - /"));
+            return Err(field_error(
+                format!("{field}[{}]", shown(k)),
+                "label keys are 1-63 characters from a-z 0-9 _ . - /",
+            ));
         }
-        if v.len() > 63 || !v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')) {
-            return Err(field_error(format!("{field}[{k}]"), format!("{} is not a label value: up to 63 characters from A-Z a-z 0-9 _ . -", shown(v))));
+        if v.len() > 63
+            || !v
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        {
+            return Err(field_error(
+                format!("{field}[{k}]"),
+                format!(
+                    "{} is not a label value: up to 63 characters from A-Z a-z 0-9 _ . -",
+                    shown(v)
+                ),
+            ));
         }
     }
     Ok(())
@@ -188,7 +270,8 @@ pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result
 
 impl Tenant {
     pub fn matches(&self, app: Option<&str>, labels: &BTreeMap<String, String>) -> bool {
-        app.is_none_or(|a| a == self.app) && labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+        app.is_none_or(|a| a == self.app)
+            && labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
 }
 
@@ -211,19 +294,51 @@ mod tests {
     #[test]
     fn ids_and_names_use_allowlists() {
         assert!(TenantId::parse("id", "acme-42").is_ok());
-        for bad in ["", "Acme", "a b", "a;drop", "-x", "a\0", &"a".repeat(64), "ａcme"] {
+        for bad in [
+            "",
+            "Acme",
+            "a b",
+            "a;drop",
+            "-x",
+            "a\0",
+            &"a".repeat(64),
+            "ａcme",
+        ] {
             let e = TenantId::parse("tenant.id", bad).unwrap_err();
             assert_eq!(e.field, "tenant.id");
         }
         assert!(conn().validate("c").is_ok());
         for (mutate, field) in [
-            (Box::new(|c: &mut ConnectionSpec| c.host = "h'; --".into()) as Box<dyn Fn(&mut ConnectionSpec)>, "c.host"),
+            (
+                Box::new(|c: &mut ConnectionSpec| c.host = "h'; --".into())
+                    as Box<dyn Fn(&mut ConnectionSpec)>,
+                "c.host",
+            ),
             (Box::new(|c: &mut ConnectionSpec| c.port = 0), "c.port"),
-            (Box::new(|c: &mut ConnectionSpec| c.dbname = "db\"x".into()), "c.dbname"),
-            (Box::new(|c: &mut ConnectionSpec| c.user = "".into()), "c.user"),
-            (Box::new(|c: &mut ConnectionSpec| c.schema = Some("1bad".into())), "c.schema"),
-            (Box::new(|c: &mut ConnectionSpec| c.password = Some(PasswordRef::Env("lower".into()))), "c.password.env"),
-            (Box::new(|c: &mut ConnectionSpec| c.password = Some(PasswordRef::File("relative".into()))), "c.password.file"),
+            (
+                Box::new(|c: &mut ConnectionSpec| c.dbname = "db\"x".into()),
+                "c.dbname",
+            ),
+            (
+                Box::new(|c: &mut ConnectionSpec| c.user = "".into()),
+                "c.user",
+            ),
+            (
+                Box::new(|c: &mut ConnectionSpec| c.schema = Some("1bad".into())),
+                "c.schema",
+            ),
+            (
+                Box::new(|c: &mut ConnectionSpec| {
+                    c.password = Some(PasswordRef::Env("lower".into()))
+                }),
+                "c.password.env",
+            ),
+            (
+                Box::new(|c: &mut ConnectionSpec| {
+                    c.password = Some(PasswordRef::File("relative".into()))
+                }),
+                "c.password.file",
+            ),
         ] {
             let mut c = conn();
             mutate(&mut c);
@@ -245,6 +360,9 @@ mod tests {
         let ok = BTreeMap::from([("tier".to_string(), "free".to_string())]);
         assert!(validate_labels("l", &ok).is_ok());
         let bad = BTreeMap::from([("tier".to_string(), "free; drop".to_string())]);
-        assert_eq!(validate_labels("tenant.labels", &bad).unwrap_err().field, "tenant.labels[tier]");
+        assert_eq!(
+            validate_labels("tenant.labels", &bad).unwrap_err().field,
+            "tenant.labels[tier]"
+        );
     }
 }

@@ -146,6 +146,14 @@ fn start_postgres() -> Option<Postgres> {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Roles named pw_* must authenticate with a password (tests of secret handling); others trust.
+    let hba = data.join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all /^pw_ 127.0.0.1/32 scram-sha-256\n{rest}"),
+    )
+    .unwrap();
     let port = free_port();
     let log = dir.join("postgres.log");
     spawn_watched(

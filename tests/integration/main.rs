@@ -1,7 +1,10 @@
 //! Integration tests against real PostgreSQL (with pgvector) and etcd, started by the harness.
 
+mod daemon_harness;
 mod harness;
 
 mod cli;
+mod daemon;
+mod daemon_e2e;
 mod engine;
 mod services;

@@ -1,0 +1,657 @@
+//! The daemon against real etcd and Postgres: parallel jobs, two daemons racing, lease loss,
+//! bad input, grpcurl, and secrets.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fleetmig::grpc::proto::{self, migration_event::Event, tenant_event::Kind};
+use tokio_postgres::Client;
+use tonic::Code;
+
+use crate::daemon_harness::{self as dh, InProcess};
+use crate::harness;
+
+struct Fleet {
+    daemon: InProcess,
+    prefix: String,
+    urls: BTreeMap<String, String>,
+}
+
+/// `n` empty databases registered as tenants `<hint>-<i>` of `app`, and a daemon.
+async fn fleet(hint: &str, app: &str, n: usize, migrations: &std::path::Path) -> Option<Fleet> {
+    let pg = harness::postgres()?;
+    let etcd = harness::etcd()?;
+    let prefix = etcd.prefix(hint);
+    let daemon = dh::start(dh::config(&etcd.endpoint, &prefix, migrations)).await;
+    let mut tenants = daemon.tenants().await;
+    let mut urls = BTreeMap::new();
+    for i in 0..n {
+        let (url, db) = pg.database(&format!("{hint}{i}")).await;
+        let id = format!("{hint}-{i}");
+        let dim = (64 * (1 + i % 4)).to_string();
+        let placeholders: Vec<(&str, &str)> = if app == "aletheia" {
+            vec![("EMBEDDING_DIM", dim.as_str())]
+        } else {
+            vec![]
+        };
+        let t = dh::tenant(
+            &id,
+            app,
+            &db,
+            &[("tier", if i % 2 == 0 { "free" } else { "paid" })],
+            &placeholders,
+        );
+        tenants
+            .register(proto::RegisterTenantRequest { tenant: Some(t) })
+            .await
+            .unwrap();
+        urls.insert(id, url);
+    }
+    Some(Fleet {
+        daemon,
+        prefix,
+        urls,
+    })
+}
+
+fn all(app: &str, target: &str, concurrency: u32) -> proto::MigrateRequest {
+    proto::MigrateRequest {
+        app: app.into(),
+        target: target.into(),
+        selector: Some(proto::Selector {
+            all: true,
+            ..Default::default()
+        }),
+        concurrency,
+        ..Default::default()
+    }
+}
+
+async fn history(url: &str) -> Vec<(String, String, Option<i64>)> {
+    let c = fleetmig::engine::connect(url).await.unwrap();
+    if !c
+        .query_one("SELECT to_regclass('fleetmig_history') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        return vec![];
+    }
+    c.query(
+        "SELECT direction, revision::text, fence_token FROM fleetmig_history ORDER BY id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+fn tenant_events(events: &[proto::MigrationEvent]) -> Vec<(String, Kind)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Tenant(t)) => Some((t.tenant_id.clone(), t.kind.clone().unwrap())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fifty_tenants_up_to_head_and_back_to_base() {
+    let Some(f) = fleet("fifty", "aletheia", 50, &harness::repo_migrations()).await else {
+        return;
+    };
+    let mut m = f.daemon.migrations().await;
+    let events = dh::collect(
+        m.upgrade(all("aletheia", "head", 8))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let Some(Event::Accepted(accepted)) = &events[0].event else {
+        panic!("the first event is accepted: {:?}", events[0])
+    };
+    assert_eq!(accepted.tenant_ids.len(), 50);
+    let s = dh::summary(&events);
+    assert_eq!((s.tenants, s.done, s.failed), (50, 50, 0), "{s:?}");
+    let current = m
+        .current(proto::CurrentRequest {
+            app: "aletheia".into(),
+            selector: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.at_head, 50);
+    assert_eq!(current.tenants_by_version.get("0003"), Some(&50));
+    let events = dh::collect(
+        m.downgrade(all("aletheia", "base", 8))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(dh::summary(&events).done, 50);
+    let plan = [
+        "upgrade 0001",
+        "upgrade 0002",
+        "upgrade 0003",
+        "downgrade 0003",
+        "downgrade 0002",
+        "downgrade 0001",
+    ];
+    for (id, url) in &f.urls {
+        let h = history(url).await;
+        let got: Vec<String> = h.iter().map(|(d, r, _)| format!("{d} {r}")).collect();
+        assert_eq!(got, plan, "{id}: history is exactly its plan");
+        assert!(
+            h.iter().all(|(_, _, t)| t.is_some()),
+            "{id}: every row carries a fence token"
+        );
+    }
+    // Per-tenant placeholder values reached the schema.
+    let c = fleetmig::engine::connect(&f.urls["fifty-1"]).await.unwrap();
+    c.batch_execute("SELECT 1").await.unwrap();
+    let dims: String = c.query_one("SELECT placeholders->>'EMBEDDING_DIM' FROM fleetmig_history WHERE revision = '0001' LIMIT 1", &[]).await.unwrap().get(0);
+    assert_eq!(dims, "128");
+    f.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_daemons_racing_apply_each_revision_once() {
+    let Some(f) = fleet("race", "aletheia", 10, &harness::repo_migrations()).await else {
+        return;
+    };
+    let etcd = harness::etcd().unwrap();
+    let other = dh::start(dh::config(
+        &etcd.endpoint,
+        &f.prefix,
+        &harness::repo_migrations(),
+    ))
+    .await;
+    let (mut a, mut b) = (f.daemon.migrations().await, other.migrations().await);
+    let (ra, rb) = tokio::join!(
+        a.upgrade(all("aletheia", "head", 10)),
+        b.upgrade(all("aletheia", "head", 10))
+    );
+    let (ea, eb) = tokio::join!(
+        dh::collect(ra.unwrap().into_inner()),
+        dh::collect(rb.unwrap().into_inner())
+    );
+    let (sa, sb) = (dh::summary(&ea), dh::summary(&eb));
+    assert_eq!(sa.failed + sb.failed, 0, "{sa:?} {sb:?}");
+    assert_eq!(
+        sa.done + sb.done,
+        10,
+        "each tenant migrated by exactly one daemon: {sa:?} {sb:?}"
+    );
+    assert_eq!(sa.up_to_date + sb.up_to_date, 10);
+    for (id, url) in &f.urls {
+        let h = history(url).await;
+        let revs: Vec<&str> = h.iter().map(|(_, r, _)| r.as_str()).collect();
+        assert_eq!(
+            revs,
+            ["0001", "0002", "0003"],
+            "{id}: each revision applied once"
+        );
+        let tokens: Vec<i64> = h.iter().map(|(_, _, t)| t.unwrap()).collect();
+        assert!(
+            tokens.windows(2).all(|w| w[0] <= w[1]),
+            "{id}: fence tokens non-decreasing: {tokens:?}"
+        );
+    }
+    other.shutdown().await.unwrap();
+    f.daemon.shutdown().await.unwrap();
+}
+
+/// Four slow revisions (${SLEEP} seconds each) that log (fence token, clock time) of every write.
+fn slow_app() -> (tempfile::TempDir, std::path::PathBuf) {
+    let rev = |id: &str, parent: &str| {
+        format!(
+            "-- revision: {id}\n-- down_revision: {parent}\n-- +upgrade\nCREATE TABLE IF NOT EXISTS writes (token bigint, revision text, at timestamptz);\nSELECT pg_sleep(${{SLEEP}});\nCREATE TABLE t_{id} (x int);\nINSERT INTO writes SELECT token, '{id}', clock_timestamp() FROM fleetmig_fence;\n-- +downgrade\nDROP TABLE t_{id};\n"
+        )
+    };
+    let (a, b, c, d) = (
+        rev("s1", ""),
+        rev("s2", "s1"),
+        rev("s3", "s2"),
+        rev("s4", "s3"),
+    );
+    harness::scratch_app(
+        "slow",
+        "[placeholders.SLEEP]\ntype = \"string\"\ndefault = \"0.3\"\n",
+        &[
+            ("s1.sql", &a),
+            ("s2.sql", &b),
+            ("s3.sql", &c),
+            ("s4.sql", &d),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
+    let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
+        return;
+    };
+    let (_tmp, root) = slow_app();
+    let prefix = etcd.prefix("leaseloss");
+    let proxy = dh::Proxy::start(&etcd.endpoint).await;
+    let doomed = dh::start(dh::config(&proxy.endpoint, &prefix, &root)).await;
+    let mut reg = doomed.tenants().await;
+    let mut urls = vec![];
+    for i in 0..4 {
+        let (url, db) = pg.database(&format!("leaseloss{i}")).await;
+        reg.register(proto::RegisterTenantRequest {
+            tenant: Some(dh::tenant(
+                &format!("ll-{i}"),
+                "slow",
+                &db,
+                &[],
+                &[("SLEEP", "1")],
+            )),
+        })
+        .await
+        .unwrap();
+        urls.push(url);
+    }
+    let mut m = doomed.migrations().await;
+    let mut stream = m
+        .upgrade(all("slow", "head", 4))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait until the first revision is applied somewhere, then cut the daemon off etcd.
+    let mut doomed_tokens = vec![];
+    loop {
+        let e = stream.message().await.unwrap().unwrap();
+        if let Some(Event::Tenant(t)) = &e.event {
+            match &t.kind {
+                Some(Kind::Locked(l)) => doomed_tokens.push(l.fence_token),
+                Some(Kind::RevisionApplied(_)) => break,
+                _ => {}
+            }
+        }
+    }
+    let cut_at = chrono::Utc::now();
+    proxy.cut();
+    // Its deadline is at most one lease TTL (2 s) after the last acknowledged keep-alive.
+    let deadline = cut_at + chrono::Duration::milliseconds(2000);
+    let rest = dh::collect(stream).await;
+    let interrupted = tenant_events(&rest)
+        .iter()
+        .filter(|(_, k)| matches!(k, Kind::Interrupted(_)))
+        .count();
+    assert!(
+        interrupted > 0,
+        "tenants in flight are reported interrupted: {rest:?}"
+    );
+    assert!(
+        doomed.shutdown().await.is_err(),
+        "a daemon whose lease is lost exits with an error"
+    );
+    // No write of the doomed daemon after its deadline.
+    for url in &urls {
+        let c = fleetmig::engine::connect(url).await.unwrap();
+        if c.query_one("SELECT to_regclass('writes') IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            for r in c.query("SELECT token, at FROM writes", &[]).await.unwrap() {
+                let (token, at): (i64, chrono::DateTime<chrono::Utc>) = (r.get(0), r.get(1));
+                if doomed_tokens.contains(&token) {
+                    assert!(
+                        at <= deadline,
+                        "write with token {token} at {at}, after the deadline {deadline}"
+                    );
+                }
+            }
+        }
+    }
+    // Another daemon completes every tenant (after the old lease expires); nothing twice, nothing half.
+    let rescuer = dh::start(dh::config(&etcd.endpoint, &prefix, &root)).await;
+    let events = dh::collect(
+        rescuer
+            .migrations()
+            .await
+            .upgrade(all("slow", "head", 4))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    let s = dh::summary(&events);
+    assert_eq!(s.failed + s.interrupted, 0, "{s:?}");
+    for url in &urls {
+        let h = history(url).await;
+        assert_eq!(
+            h.iter().map(|(_, r, _)| r.as_str()).collect::<Vec<_>>(),
+            ["s1", "s2", "s3", "s4"]
+        );
+        let c: Client = fleetmig::engine::connect(url).await.unwrap();
+        let writes: Vec<String> = c
+            .query("SELECT revision FROM writes ORDER BY at", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            writes,
+            ["s1", "s2", "s3", "s4"],
+            "every revision's writes happened exactly once"
+        );
+        let tables: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE tablename LIKE 't\\_s%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tables, 4);
+    }
+    rescuer.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_code_and_names_the_field() {
+    let Some(f) = fleet("badinput", "aletheia", 1, &harness::repo_migrations()).await else {
+        return;
+    };
+    let mut t = f.daemon.tenants().await;
+    let mut m = f.daemon.migrations().await;
+    let reg = |tenant: proto::Tenant| proto::RegisterTenantRequest {
+        tenant: Some(tenant),
+    };
+    let base = || dh::tenant("ok-tenant", "aletheia", "postgres", &[], &[]);
+    let cases: Vec<(proto::Tenant, &str)> = vec![
+        (
+            proto::Tenant {
+                id: "Bad Id".into(),
+                ..base()
+            },
+            "tenant.id",
+        ),
+        (
+            proto::Tenant {
+                id: "x".repeat(300),
+                ..base()
+            },
+            "tenant.id",
+        ),
+        (
+            proto::Tenant {
+                id: "a'; DROP TABLE t; --".into(),
+                ..base()
+            },
+            "tenant.id",
+        ),
+        (
+            proto::Tenant {
+                app: "nope".into(),
+                ..base()
+            },
+            "tenant.app",
+        ),
+        (
+            proto::Tenant {
+                connection: None,
+                ..base()
+            },
+            "tenant.connection",
+        ),
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    port: 70000,
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.port",
+        ),
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    dbname: "db\"; --".into(),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.dbname",
+        ),
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    host: "".into(),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.host",
+        ),
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    sslmode: "verify-full".into(),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.sslmode",
+        ),
+        (
+            proto::Tenant {
+                labels: [("tier".to_string(), "a b".to_string())].into(),
+                ..base()
+            },
+            "tenant.labels[tier]",
+        ),
+        (
+            proto::Tenant {
+                placeholders: [("EMBEDDING_DIM".to_string(), "big".to_string())].into(),
+                ..base()
+            },
+            "tenant.placeholders[EMBEDDING_DIM]",
+        ),
+        (
+            proto::Tenant {
+                placeholders: [("NOT_DECLARED".to_string(), "1".to_string())].into(),
+                ..base()
+            },
+            "tenant.placeholders[NOT_DECLARED]",
+        ),
+    ];
+    for (tenant, field) in cases {
+        let e = t.register(reg(tenant)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        assert!(
+            e.message().starts_with(field),
+            "message names {field}: {}",
+            e.message()
+        );
+    }
+    let dup = t
+        .register(reg(dh::tenant(
+            "badinput-0",
+            "aletheia",
+            "postgres",
+            &[],
+            &[],
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let missing = t
+        .get(proto::GetTenantRequest {
+            id: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let bad_page = t
+        .list(proto::ListTenantsRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(bad_page.message().starts_with("page_size"), "{bad_page:?}");
+    // Jobs
+    let e = m.upgrade(all("nope", "head", 0)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message().starts_with("app")),
+        (Code::InvalidArgument, true),
+        "{e:?}"
+    );
+    let e = m.upgrade(all("aletheia", "zz99", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("target")
+            && e.message()
+                .contains("Can't locate revision identified by 'zz99'"),
+        "{e:?}"
+    );
+    let e = m.downgrade(all("aletheia", "", 0)).await.unwrap_err();
+    assert!(e.message().starts_with("target"), "{e:?}");
+    let e = m
+        .upgrade(proto::MigrateRequest {
+            app: "aletheia".into(),
+            selector: None,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("selector"), "{e:?}");
+    let both = proto::Selector {
+        all: true,
+        tenant_ids: vec!["badinput-0".into()],
+        ..Default::default()
+    };
+    let e = m
+        .upgrade(proto::MigrateRequest {
+            app: "aletheia".into(),
+            selector: Some(both),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("selector"), "{e:?}");
+    let ids = proto::Selector {
+        tenant_ids: vec!["nobody".into()],
+        ..Default::default()
+    };
+    let e = m
+        .upgrade(proto::MigrateRequest {
+            app: "aletheia".into(),
+            selector: Some(ids),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = m
+        .cancel(proto::CancelRequest {
+            job_id: "feedfacefeedface".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // ... and the daemon keeps serving.
+    let events = dh::collect(
+        m.upgrade(all("aletheia", "head", 0))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(dh::summary(&events).done, 1);
+    f.daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn dry_run_plans_and_cancel_stops_a_job() {
+    let (_tmp, root) = slow_app();
+    let Some(f) = fleet("dryrun", "slow", 6, &root).await else {
+        return;
+    };
+    let mut m = f.daemon.migrations().await;
+    let events = dh::collect(
+        m.upgrade(proto::MigrateRequest {
+            dry_run: true,
+            ..all("slow", "head", 2)
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+    )
+    .await;
+    let planned: Vec<_> = tenant_events(&events)
+        .into_iter()
+        .filter_map(|(_, k)| {
+            if let Kind::Planned(p) = k {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(planned.len(), 6);
+    assert_eq!(planned[0].revisions, ["s1", "s2", "s3", "s4"]);
+    assert!(planned[0].sql.contains("pg_sleep('0.3')"));
+    assert!(
+        history(&f.urls["dryrun-0"]).await.is_empty(),
+        "a dry run applies nothing"
+    );
+    // A job at concurrency 1 over 6 slow tenants, cancelled early: later tenants are skipped.
+    let mut stream = m
+        .upgrade(all("slow", "head", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Event::Accepted(a)) = stream.message().await.unwrap().unwrap().event else {
+        panic!()
+    };
+    let started = Instant::now();
+    assert!(
+        m.cancel(proto::CancelRequest {
+            job_id: a.job_id.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .cancelled
+    );
+    let rest = dh::collect(stream).await;
+    let s = dh::summary(&rest);
+    assert!(s.cancelled && s.skipped >= 4, "{s:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        !m.cancel(proto::CancelRequest { job_id: a.job_id })
+            .await
+            .unwrap()
+            .into_inner()
+            .cancelled,
+        "already finished"
+    );
+    // Nothing half-applied: every tenant is at a whole revision.
+    for url in f.urls.values() {
+        let h = history(url).await;
+        let c = fleetmig::engine::connect(url).await.unwrap();
+        let tables: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE tablename LIKE 't\\_s%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(tables as usize, h.len());
+    }
+    f.daemon.shutdown().await.unwrap();
+}
