@@ -1,48 +1,94 @@
 #!/usr/bin/env bash
-# make demo: a local Postgres with pgvector, both example apps upgraded to head with the
-# fleetmig CLI, their state and history shown, then one step down and back up.
+# make demo: the main job. Starts PostgreSQL (with pgvector) and etcd on loopback, starts the
+# fleetmig daemon, registers 20 tenant databases across both example apps (with different
+# EMBEDDING_DIM values), upgrades them all through grpcurl with the progress streamed, and
+# shows the fleet's versions. Everything it starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FLEETMIG=${FLEETMIG:-target/debug/fleetmig}
 DEMO_DIR=${DEMO_DIR:-/tmp/fleetmig-demo}
-PORT=${DEMO_PG_PORT:-55432}
+PG_PORT=${DEMO_PG_PORT:-55432}
+ETCD_PORT=${DEMO_ETCD_PORT:-23790}
+GRPC=${DEMO_GRPC:-127.0.0.1:50051}
 PSQL="${FLEETMIG_PG_BIN:?run through make demo}/psql"
+GRPCURL=${FLEETMIG_GRPCURL:-grpcurl}
+ETCD=${FLEETMIG_ETCD_BIN:-etcd}
+export FLEETMIG_SERVER="http://$GRPC"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+cleanup() {
+  [ -n "${DAEMON_PID:-}" ] && kill -TERM "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null || true
+  [ -n "${ETCD_PID:-}" ] && kill "$ETCD_PID" 2>/dev/null && wait "$ETCD_PID" 2>/dev/null || true
+  bash scripts/pg-local.sh stop "$DEMO_DIR/pg" "$PG_PORT" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
-step "Starting PostgreSQL (with pgvector) on 127.0.0.1:$PORT, data in $DEMO_DIR"
-bash scripts/pg-local.sh start "$DEMO_DIR" "$PORT"
-ADMIN=$(bash scripts/pg-local.sh url "$DEMO_DIR" "$PORT")
-for db in demo_aletheia demo_truthgraph; do
-  "$PSQL" -X -q -d "$ADMIN" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+rm -rf "$DEMO_DIR" && mkdir -p "$DEMO_DIR"
+step "Starting PostgreSQL 18 + pgvector on 127.0.0.1:$PG_PORT and etcd on 127.0.0.1:$ETCD_PORT"
+bash scripts/pg-local.sh start "$DEMO_DIR/pg" "$PG_PORT"
+ADMIN=$(bash scripts/pg-local.sh url "$DEMO_DIR/pg" "$PG_PORT")
+"$ETCD" --name demo --data-dir "$DEMO_DIR/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+  --initial-cluster "demo=http://127.0.0.1:$((ETCD_PORT + 1))" >"$DEMO_DIR/etcd.log" 2>&1 &
+ETCD_PID=$!
+for _ in $(seq 100); do
+  kill -0 "$ETCD_PID" 2>/dev/null || { echo "etcd did not start (port $ETCD_PORT busy? set DEMO_ETCD_PORT):"; tail -5 "$DEMO_DIR/etcd.log"; exit 1; }
+  ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && break
+  sleep 0.1
 done
-base=${ADMIN%/*}
 
-step "aletheia: check, then upgrade to head (EMBEDDING_DIM=768 from the environment)"
-export DATABASE_URL="$base/demo_aletheia"
-"$FLEETMIG" --app aletheia check
-EMBEDDING_DIM=768 "$FLEETMIG" --app aletheia upgrade head
+step "A developer's laptop: the CLI on one DATABASE_URL"
+"$PSQL" -X -q -d "$ADMIN" -c "CREATE DATABASE laptop"
+DATABASE_URL="${ADMIN%/*}/laptop" EMBEDDING_DIM=768 "$FLEETMIG" --app aletheia upgrade head
+DATABASE_URL="${ADMIN%/*}/laptop" "$FLEETMIG" --app aletheia history
 
-step "truthgraph: upgrade to head with the IVFFlat index switched off (-x)"
-DATABASE_URL="$base/demo_truthgraph" "$FLEETMIG" --app truthgraph -x PGVECTOR_ENABLE_IVFFLAT=false upgrade head
+step "Starting the daemon on $GRPC (logs in $DEMO_DIR/daemon.log)"
+FLEETMIG_LOG=info "$FLEETMIG" serve --config config/fleetmig.toml --listen "$GRPC" \
+  --etcd "http://127.0.0.1:$ETCD_PORT" >"$DEMO_DIR/daemon.log" 2>&1 &
+DAEMON_PID=$!
+for _ in $(seq 100); do grep -q "listening on" "$DEMO_DIR/daemon.log" && break; sleep 0.1; done
+grep -q "listening on" "$DEMO_DIR/daemon.log" || { cat "$DEMO_DIR/daemon.log"; exit 1; }
+"$GRPCURL" -plaintext "$GRPC" list
 
-step "fleetmig current --verbose (aletheia)"
-"$FLEETMIG" --app aletheia current --verbose
+step "Registering 20 tenant databases (12 aletheia with EMBEDDING_DIM 384/768/1024, 8 truthgraph)"
+dims=(384 768 1024)
+for i in $(seq -w 1 20); do
+  "$PSQL" -X -q -d "$ADMIN" -c "CREATE DATABASE tenant_$i"
+  if [ "$i" -le 12 ]; then
+    tier=$([ $((10#$i % 3)) -eq 0 ] && echo enterprise || echo free)
+    "$FLEETMIG" tenants add "acme-$i" --app aletheia --port "$PG_PORT" --dbname "tenant_$i" \
+      -l "tier=$tier" -p "EMBEDDING_DIM=${dims[$((10#$i % 3))]}" >/dev/null
+  else
+    "$FLEETMIG" tenants add "globex-$i" --app truthgraph --port "$PG_PORT" --dbname "tenant_$i" -l tier=free >/dev/null
+  fi
+done
+"$FLEETMIG" tenants ls
 
-step "fleetmig history (the graph) and history --applied (what the database recorded)"
-"$FLEETMIG" --app aletheia history
-"$FLEETMIG" --app aletheia history --applied
+step "grpcurl: Upgrade every aletheia tenant to head (the stream, abridged: first events, then the summary)"
+"$GRPCURL" -plaintext -d '{"app": "aletheia", "target": "head", "selector": {"all": true}, "concurrency": 4}' \
+  "$GRPC" fleetmig.v1.Migrations/Upgrade >"$DEMO_DIR/upgrade.json"
+head -n 60 "$DEMO_DIR/upgrade.json"
+echo "  ... ($(grep -c '"at"' "$DEMO_DIR/upgrade.json") events in all) ..."
+grep -A 12 '"summary"' "$DEMO_DIR/upgrade.json"
 
-step "The embedding column as the database has it"
-"$PSQL" -X -d "$DATABASE_URL" -c '\d memory_shards' | grep -E 'embedding|ivfflat'
+step "The CLI client: upgrade truthgraph tenants with live progress"
+"$FLEETMIG" fleet upgrade --app truthgraph --concurrency 4
 
-step "downgrade -1 (drops the IVFFlat index CONCURRENTLY), then upgrade again"
-"$FLEETMIG" --app aletheia downgrade -1
-"$FLEETMIG" --app aletheia current
-"$FLEETMIG" --app aletheia upgrade
+step "fleetmig fleet current (per tenant, and the version skew)"
+"$FLEETMIG" fleet current --app aletheia
+"$FLEETMIG" fleet current --app truthgraph
 
-step "Offline SQL for truthgraph (first lines)"
-"$FLEETMIG" --app truthgraph upgrade --sql | head -n 25
+step "A tenant's embedding column follows its own EMBEDDING_DIM"
+for t in 01 02 03; do
+  printf 'tenant_%s: ' "$t"
+  "$PSQL" -X -qAt -d "${ADMIN%/*}/tenant_$t" -c "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'memory_shards'::regclass AND attname = 'embedding'"
+done
 
-step "Done. The server keeps running: stop it with: bash scripts/pg-local.sh stop $DEMO_DIR $PORT"
+step "Roll the enterprise tier back one revision, then forward again"
+"$FLEETMIG" fleet downgrade -1 --app aletheia -l tier=enterprise
+"$FLEETMIG" fleet current --app aletheia | tail -n 4
+"$FLEETMIG" fleet upgrade --app aletheia -l tier=enterprise
+
+step "Done: stopping the daemon (SIGTERM: graceful), etcd and PostgreSQL"

@@ -77,6 +77,8 @@ pub struct BudgetedManager {
     inner: PostgresConnectionManager<NoTls>,
     host: Arc<Semaphore>,
     key: DatabaseKey,
+    /// Closes other databases' idle pools on this host when the budget is spent.
+    release_idle: Box<dyn Fn() + Send + Sync>,
 }
 
 impl bb8::ManageConnection for BudgetedManager {
@@ -84,12 +86,17 @@ impl bb8::ManageConnection for BudgetedManager {
     type Error = PoolError;
 
     async fn connect(&self) -> Result<Budgeted, PoolError> {
-        let permit = self
-            .host
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("host semaphores are never closed");
+        let permit = match self.host.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                (self.release_idle)();
+                self.host
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("host semaphores are never closed")
+            }
+        };
         let client = self
             .inner
             .connect()
@@ -163,7 +170,7 @@ struct Entry {
 
 pub struct Pools {
     limits: PoolLimits,
-    databases: Mutex<HashMap<DatabaseKey, Entry>>,
+    databases: Arc<Mutex<HashMap<DatabaseKey, Entry>>>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -171,7 +178,7 @@ impl Pools {
     pub fn new(limits: PoolLimits) -> Pools {
         Pools {
             limits,
-            databases: Mutex::default(),
+            databases: Arc::default(),
             hosts: Mutex::default(),
         }
     }
@@ -188,12 +195,6 @@ impl Pools {
     /// A connection to the tenant's database, as its configured user.
     pub async fn get(&self, spec: &ConnectionSpec) -> Result<PooledClient, PoolError> {
         let key = spec.database_key();
-        // Idle connections of other databases hold host permits: when the host's budget is
-        // spent, close the pools of that host that nobody is using.
-        let host = spec.host_key();
-        if self.host_budget(&host).available_permits() == 0 {
-            self.release_unused(&host, &key);
-        }
         let (pool, errors) = {
             let existing = self.databases.lock().unwrap().get_mut(&key).map(|e| {
                 e.last_used = Instant::now();
@@ -210,6 +211,18 @@ impl Pools {
                         ),
                         host: self.host_budget(&spec.host_key()),
                         key: key.clone(),
+                        release_idle: {
+                            let (dbs, host, keep) = (
+                                Arc::downgrade(&self.databases),
+                                spec.host_key(),
+                                key.clone(),
+                            );
+                            Box::new(move || {
+                                if let Some(dbs) = dbs.upgrade() {
+                                    release_unused(&mut dbs.lock().unwrap(), &host, &keep);
+                                }
+                            })
+                        },
                     };
                     let pool = bb8::Pool::builder()
                         .max_size(self.limits.per_database)
@@ -250,15 +263,6 @@ impl Pools {
         })
     }
 
-    /// Drop the pools of `host` with no connection checked out (except `keep`'s).
-    fn release_unused(&self, host: &str, keep: &DatabaseKey) {
-        let mut dbs = self.databases.lock().unwrap();
-        dbs.retain(|k, e| {
-            let state = e.pool.state();
-            k == keep || e.host != host || state.connections > state.idle_connections
-        });
-    }
-
     /// Drop pools unused for longer than the idle timeout (their connections close).
     pub fn evict_idle(&self) -> usize {
         let idle = self.limits.idle_timeout;
@@ -276,6 +280,16 @@ impl Pools {
     pub fn open_pools(&self) -> usize {
         self.databases.lock().unwrap().len()
     }
+}
+
+/// Drop the pools of `host` with no connection checked out (except `keep`'s): their idle
+/// connections close and give their host permits back. A pool still in use elsewhere closes
+/// when its last user is done.
+fn release_unused(dbs: &mut HashMap<DatabaseKey, Entry>, host: &str, keep: &DatabaseKey) {
+    dbs.retain(|k, e| {
+        let state = e.pool.state();
+        k == keep || e.host != host || state.connections > state.idle_connections
+    });
 }
 
 /// The libpq-style config for a tenant, password resolved from its reference.

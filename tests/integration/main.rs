@@ -7,4 +7,5 @@ mod cli;
 mod daemon;
 mod daemon_e2e;
 mod engine;
+mod pools;
 mod services;
