@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bb8_postgres::PostgresConnectionManager;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_postgres::{Client, NoTls};
 
 use super::tenant::{ConnectionSpec, DatabaseKey, PasswordRef, SslMode};
@@ -45,10 +44,10 @@ impl PoolError {
     }
 }
 
-/// A pooled connection and the host permit it holds.
+/// A pooled connection. Its host permit lives in the task driving its socket, so the permit
+/// is returned only once the connection is really closed.
 pub struct Budgeted {
     client: Client,
-    _permit: OwnedSemaphorePermit,
     poisoned: bool,
 }
 
@@ -74,7 +73,7 @@ impl DerefMut for Budgeted {
 }
 
 pub struct BudgetedManager {
-    inner: PostgresConnectionManager<NoTls>,
+    config: tokio_postgres::Config,
     host: Arc<Semaphore>,
     key: DatabaseKey,
     /// Closes other databases' idle pools on this host when the budget is spent.
@@ -97,17 +96,23 @@ impl bb8::ManageConnection for BudgetedManager {
                     .expect("host semaphores are never closed")
             }
         };
-        let client = self
-            .inner
-            .connect()
-            .await
-            .map_err(|source| PoolError::Connect {
-                key: self.key.clone(),
-                source,
-            })?;
+        let (client, connection) =
+            self.config
+                .connect(NoTls)
+                .await
+                .map_err(|source| PoolError::Connect {
+                    key: self.key.clone(),
+                    source,
+                })?;
+        let key = self.key.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(database = %key, error = %e, "tenant connection ended");
+            }
+            drop(permit);
+        });
         Ok(Budgeted {
             client,
-            _permit: permit,
             poisoned: false,
         })
     }
@@ -205,10 +210,7 @@ impl Pools {
                 None => {
                     let errors = ConnectErrors::default();
                     let manager = BudgetedManager {
-                        inner: PostgresConnectionManager::new(
-                            pg_config(spec, self.limits.connect_timeout)?,
-                            NoTls,
-                        ),
+                        config: pg_config(spec, self.limits.connect_timeout)?,
                         host: self.host_budget(&spec.host_key()),
                         key: key.clone(),
                         release_idle: {

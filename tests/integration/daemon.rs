@@ -655,3 +655,128 @@ async fn dry_run_plans_and_cancel_stops_a_job() {
     }
     f.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_job_outlives_its_stream_and_unary_queries_answer() {
+    let Some(f) = fleet("outlive", "aletheia", 3, &harness::repo_migrations()).await else {
+        return;
+    };
+    let mut m = f.daemon.migrations().await;
+    // The client goes away right after `accepted`: the job carries on to the end.
+    let mut stream = m
+        .upgrade(all("aletheia", "head", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        stream.message().await.unwrap().unwrap().event,
+        Some(Event::Accepted(_))
+    ));
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = m
+            .current(proto::CurrentRequest {
+                app: "aletheia".into(),
+                selector: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if c.at_head == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish without its client: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let heads = m
+        .heads(proto::HeadsRequest {
+            app: "aletheia".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        heads
+            .heads
+            .iter()
+            .map(|h| h.revision.as_str())
+            .collect::<Vec<_>>(),
+        ["0003"]
+    );
+    let h = m
+        .history(proto::HistoryRequest {
+            tenant_id: "outlive-0".into(),
+            limit: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.entries
+            .iter()
+            .map(|e| e.revision.as_str())
+            .collect::<Vec<_>>(),
+        ["0002", "0003"],
+        "the newest two, oldest first"
+    );
+    assert!(
+        h.entries
+            .iter()
+            .all(|e| e.fence_token > 0 && e.applied_by.contains("fleetmig"))
+    );
+    let plan = m
+        .plan(proto::PlanRequest {
+            tenant_id: "outlive-0".into(),
+            target: "-1".into(),
+            direction: "downgrade".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (plan.current, plan.revisions),
+        (vec!["0003".to_string()], vec!["0003".to_string()])
+    );
+    assert!(plan.sql.contains("DROP INDEX CONCURRENTLY"), "{}", plan.sql);
+    let stamped = m
+        .stamp(proto::StampRequest {
+            tenant_id: "outlive-0".into(),
+            revision: "0002".into(),
+            purge: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stamped.revisions, ["0002"]);
+    let c = m
+        .current(proto::CurrentRequest {
+            app: "aletheia".into(),
+            selector: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (c.at_head, c.behind, c.tenants_by_version.get("0002")),
+        (2, 1, Some(&1))
+    );
+    let h = history(&f.urls["outlive-0"]).await;
+    assert_eq!(
+        h.last().map(|(d, r, _)| (d.as_str(), r.as_str())),
+        Some(("stamp", "0002"))
+    );
+    let e = m
+        .stamp(proto::StampRequest {
+            tenant_id: "outlive-0".into(),
+            revision: "nope".into(),
+            purge: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    f.daemon.shutdown().await.unwrap();
+}
