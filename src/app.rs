@@ -61,6 +61,28 @@ async fn signalled() {
     }
 }
 
+/// The server span of one gRPC call (OpenTelemetry rpc conventions), continuing the caller's
+/// `traceparent`. Health checks and reflection get none.
+fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path().trim_start_matches('/');
+    let Some((service, method)) = path
+        .split_once('/')
+        .filter(|(s, _)| s.starts_with("fleetmig."))
+    else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    crate::telemetry::continue_trace(&span, request.headers());
+    span
+}
+
 /// Serve until SIGTERM/SIGINT (or the etcd lease is lost).
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     serve_until(config, signalled(), |_| {}).await
@@ -181,6 +203,7 @@ pub async fn serve_until(
         });
     }
     let server = Server::builder()
+        .trace_fn(rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -26,6 +26,7 @@ pub struct Config {
     pub etcd: EtcdConfig,
     pub fleet: FleetConfig,
     pub pools: PoolsConfig,
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `[server]`: the daemon's gRPC endpoint.
@@ -129,6 +130,7 @@ impl Default for Config {
             etcd: EtcdConfig::default(),
             fleet: FleetConfig::default(),
             pools: PoolsConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }

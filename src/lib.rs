@@ -14,6 +14,8 @@ pub mod engine;
 pub mod fleet;
 pub mod grpc;
 pub mod lock;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod revision;
+pub mod telemetry;

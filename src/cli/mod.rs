@@ -279,6 +279,9 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     // .env fills the environment (never overriding what is set) before anything reads it.
     let _ = dotenvy::dotenv();
+    if !matches!(cli.command, Command::Serve(_)) {
+        crate::telemetry::init_logs(cli.global.log_json, "warn");
+    }
     // Client commands need no local configuration.
     match cli.command {
         Command::Tenants { command, connect } => return client::tenants(&connect, command).await,
@@ -301,10 +304,20 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stamp(args) => local::stamp(&ctx, args).await,
         Command::Current(args) => local::current(&ctx, args).await,
         Command::Fingerprint => local::fingerprint(&ctx).await,
-        Command::Serve(_) => crate::app::serve(ctx.config).await.map_err(|e| Failure {
-            code: 1,
-            message: format!("{e:#}"),
-        }),
+        Command::Serve(_) => serve(ctx.config, cli.global.log_json).await,
         Command::Tenants { .. } | Command::Fleet { .. } => unreachable!("handled above"),
     }
+}
+
+/// `fleetmig serve`: telemetry first (it owns logging), then the daemon, then a bounded flush.
+async fn serve(config: Config, log_json: bool) -> Result<(), Failure> {
+    let telemetry = crate::telemetry::Telemetry::init(&config.telemetry, log_json)
+        .map_err(|e| Failure::input(format!("telemetry: {e:#}")))?;
+    let flush = config.telemetry.export_timeout + std::time::Duration::from_secs(1);
+    let result = crate::app::serve(config).await;
+    telemetry.shutdown(flush).await;
+    result.map_err(|e| Failure {
+        code: 1,
+        message: format!("{e:#}"),
+    })
 }

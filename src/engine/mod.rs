@@ -25,6 +25,9 @@ use crate::revision::placeholder::{quote_ident, quote_literal};
 use crate::revision::plan::{self, Target};
 use crate::revision::{App, Node, Resolved};
 
+/// The tracing target of per-statement spans (exported only when telemetry asks for them).
+pub const STATEMENT_TARGET: &str = "fleetmig::statement";
+
 /// How the engine behaves on every database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use tokio_postgres::{Client, GenericClient};
+use tracing::Instrument;
 
 use super::error::{EngineError, StepFailure};
 use super::record::{self, HistoryRow};
@@ -79,6 +80,11 @@ pub(crate) async fn fence(
         .ok()
         .flatten()
         .map_or(-1, |r| r.get::<_, i64>(0));
+    tracing::warn!(
+        ours = token.0,
+        theirs,
+        "fence rejected: a newer lock holder has written to this database"
+    );
     Err(StepError::Engine(EngineError::StaleFence {
         ours: token,
         theirs,
@@ -153,6 +159,56 @@ fn record_sql(
 }
 
 pub(crate) async fn apply(
+    engine: &Engine<'_>,
+    client: &mut Client,
+    node: Node,
+    direction: Direction,
+    recorded_skip: Option<bool>,
+    opts: &RunOptions<'_>,
+) -> Result<Applied, StepError> {
+    let rev = engine.app.graph.revision(node);
+    let span = tracing::info_span!(
+        "revision",
+        otel.name = %format!("{direction} {}", rev.id),
+        fleetmig.revision.id = %rev.id,
+        fleetmig.revision.direction = %direction,
+        fleetmig.revision.transactional = rev.transaction == TransactionMode::Revision,
+        fleetmig.revision.attempts = tracing::field::Empty,
+        fleetmig.revision.skipped_by = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        db.response.status_code = tracing::field::Empty,
+    );
+    let result = apply_in_span(engine, client, node, direction, recorded_skip, opts)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(a) => {
+            span.record("fleetmig.revision.attempts", a.attempts);
+            if let Some(cond) = &a.skipped_by {
+                span.record("fleetmig.revision.skipped_by", cond.as_str());
+            }
+        }
+        Err(e) => {
+            span.record("otel.status_code", "error");
+            match e {
+                StepError::Failed(f) => {
+                    span.record("otel.status_message", f.message.as_str());
+                    span.record("fleetmig.revision.attempts", f.attempts);
+                    if let Some(code) = &f.sqlstate {
+                        span.record("db.response.status_code", code.as_str());
+                    }
+                }
+                StepError::Engine(e) => {
+                    span.record("otel.status_message", e.to_string().as_str());
+                }
+            }
+        }
+    }
+    result
+}
+
+async fn apply_in_span(
     engine: &Engine<'_>,
     client: &mut Client,
     node: Node,
@@ -285,12 +341,12 @@ async fn transactional_once(
         return Ok(());
     }
     for stmt in rendered.statements.iter() {
-        tx.batch_execute(&stmt.sql)
+        execute(&tx, &stmt.sql)
             .await
             .map_err(|e| Attempt::Sql(e, Some(rev.location(stmt.line))))?;
     }
     for analyze in &rendered.analyze {
-        tx.batch_execute(analyze)
+        execute(&tx, analyze)
             .await
             .map_err(|e| Attempt::Sql(e, Some(rev.location(1))))?;
     }
@@ -377,8 +433,7 @@ async fn autocommit(
         }
     }
     for analyze in &rendered.analyze {
-        client
-            .batch_execute(analyze)
+        execute(&*client, analyze)
             .await
             .map_err(|e| sql_err(e, Some(1), 1))?;
     }
@@ -420,13 +475,14 @@ async fn run_with_retries(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match client.batch_execute(sql).await {
+        match execute(client, sql).await {
             Ok(()) => return Ok(attempt),
             Err(e) if is_lock_timeout(&e) => match delays.next() {
                 Some(delay) => {
                     let message = e
                         .as_db_error()
                         .map_or_else(|| e.to_string(), |d| d.message().to_string());
+                    tracing::info!(revision = %rev.id, attempt, ?delay, %message, "lock timeout; retrying");
                     (opts.events)(Event::LockRetry {
                         revision: rev.id.clone(),
                         attempt,
@@ -479,12 +535,79 @@ async fn drop_invalid_leftover(
         crate::revision::placeholder::quote_ident(&build.index)
     );
     tracing::warn!(revision = %rev.id, index = %qualified, "dropping an INVALID index left by an earlier failed build");
-    client
-        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
-        .await?;
+    execute(
+        client,
+        &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
+    )
+    .await?;
     (opts.events)(Event::InvalidIndexDropped {
         revision: rev.id.clone(),
         index: build.index.clone(),
     });
     Ok(())
+}
+
+/// The operation a statement performs, for span names: keywords only, never identifiers or
+/// values (a statement may carry data).
+pub(crate) fn operation(sql: &str) -> String {
+    let w = crate::revision::sql::leading_keywords(sql, 4);
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    let op = match w.as_slice() {
+        ["CREATE", "OR", "REPLACE", kind, ..] => format!("CREATE {kind}"),
+        ["CREATE", "UNIQUE", "INDEX", ..] => "CREATE INDEX".into(),
+        [
+            verb @ ("CREATE" | "ALTER" | "DROP" | "COMMENT" | "REINDEX" | "REFRESH"),
+            kind,
+            ..,
+        ] => format!("{verb} {kind}"),
+        [first, ..] => first.to_string(),
+        [] => "EMPTY".into(),
+    };
+    // Keep only keyword-like words (a quoted identifier would carry its own spelling).
+    if op.bytes().all(|b| b.is_ascii_uppercase() || b == b' ') {
+        op
+    } else {
+        "STATEMENT".into()
+    }
+}
+
+/// Run one statement in a span named by its operation (never its text).
+async fn execute(client: &impl GenericClient, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let op = operation(sql);
+    let span = tracing::debug_span!(
+        target: super::STATEMENT_TARGET,
+        "statement",
+        otel.name = %op,
+        db.system.name = "postgresql",
+        db.operation.name = %op,
+        otel.status_code = tracing::field::Empty,
+        db.response.status_code = tracing::field::Empty,
+    );
+    let result = client.batch_execute(sql).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        span.record("otel.status_code", "error");
+        if let Some(code) = e.code() {
+            span.record("db.response.status_code", code.code());
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn operations_name_statements_without_their_data() {
+        use super::operation;
+        assert_eq!(operation("CREATE TABLE t (x int)"), "CREATE TABLE");
+        assert_eq!(
+            operation("create unique index concurrently i on t (x)"),
+            "CREATE INDEX"
+        );
+        assert_eq!(operation("INSERT INTO t VALUES ('secret')"), "INSERT");
+        assert_eq!(
+            operation("CREATE OR REPLACE FUNCTION f() ..."),
+            "CREATE FUNCTION"
+        );
+        assert_eq!(operation("ALTER \"Weird\" x"), "STATEMENT");
+    }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use events::{JobEvent, Outcome, Summary, TenantEvent};
 pub use queries::{CurrentReport, HistoryEntry, TenantPlan, TenantVersion};
@@ -256,11 +257,29 @@ impl Fleet {
         let (tx, rx) = mpsc::unbounded_channel();
         let fleet = self.clone();
         tracing::info!(job = %job_id, app = %spec.app, target = %target, direction = %spec.direction, tenants = tenants.len(), dry_run = spec.dry_run, "job accepted");
-        self.tracker.spawn(async move {
-            fleet
-                .run_job(job_id, spec, target, app, tenants, control, tx)
-                .await
-        });
+        // One trace per job, continuing the caller's (the RPC span is its parent): the job's
+        // tenants, locks, revisions and statements hang below it.
+        let job_span = tracing::info_span!(
+            "job",
+            otel.name = %format!("{} {} to {}", spec.direction, spec.app, target),
+            fleetmig.job.id = %job_id,
+            fleetmig.app = %spec.app,
+            fleetmig.target = %target,
+            fleetmig.direction = %spec.direction,
+            fleetmig.tenants = tenants.len(),
+            fleetmig.dry_run = spec.dry_run,
+            fleetmig.job.done = tracing::field::Empty,
+            fleetmig.job.failed = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        self.tracker.spawn(
+            async move {
+                fleet
+                    .run_job(job_id, spec, target, app, tenants, control, tx)
+                    .await
+            }
+            .instrument(job_span),
+        );
         Ok(JobStream {
             accepted,
             events: rx,
@@ -303,6 +322,7 @@ impl Fleet {
         tx: mpsc::UnboundedSender<JobEvent>,
     ) {
         let started = Instant::now();
+        crate::metrics::metrics().jobs_running.add(1, &[]);
         let emit = |tenant_id: &TenantId, event: TenantEvent| {
             let _ = tx.send(JobEvent::Tenant {
                 tenant_id: tenant_id.to_string(),
@@ -354,11 +374,15 @@ impl Fleet {
                 cancel: control.cancel.clone(),
                 tx: tx.clone(),
             };
-            running.spawn(async move {
-                let outcome = run.run(tenant).await;
-                drop(permits);
-                outcome
-            });
+            // Spawned tasks do not inherit the current span: hand the job's span over.
+            running.spawn(
+                async move {
+                    let outcome = run.run(tenant).await;
+                    drop(permits);
+                    outcome
+                }
+                .instrument(tracing::Span::current()),
+            );
             // Reap finished tenants as we go, so counts stay current.
             while let Some(done) = running.try_join_next() {
                 summary.count(done.unwrap_or(Outcome::Failed));
@@ -380,6 +404,13 @@ impl Fleet {
             }));
         }
         summary.wall_time = started.elapsed();
+        crate::metrics::metrics().jobs_running.add(-1, &[]);
+        let span = tracing::Span::current();
+        span.record("fleetmig.job.done", summary.done + summary.up_to_date);
+        span.record("fleetmig.job.failed", summary.failed + summary.interrupted);
+        if summary.failed + summary.interrupted > 0 {
+            span.record("otel.status_code", "error");
+        }
         summary.cancelled = control.cancel.is_cancelled();
         tracing::info!(job = %job_id, done = summary.done, up_to_date = summary.up_to_date, failed = summary.failed, skipped = summary.skipped, interrupted = summary.interrupted, wall_ms = summary.wall_time.as_millis() as u64, "job finished");
         control.finished.store(true, Ordering::SeqCst);

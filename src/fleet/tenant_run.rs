@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::events::{Failure, JobEvent, Outcome, TenantEvent};
 use super::{Fleet, JobSpec};
@@ -48,12 +49,58 @@ impl TenantRun {
     }
 
     fn fail(&self, tenant: &Tenant, failure: Failure) -> Outcome {
-        tracing::warn!(tenant = %tenant.id, revision = %failure.revision, sqlstate = %failure.sqlstate, message = %failure.message, "tenant failed");
+        let span = tracing::Span::current();
+        span.record("otel.status_message", failure.message.as_str());
+        if !failure.sqlstate.is_empty() {
+            span.record("db.response.status_code", failure.sqlstate.as_str());
+        }
+        tracing::warn!(tenant = %tenant.id, revision = %failure.revision, sqlstate = %failure.sqlstate, error = %failure.message, "tenant failed");
         self.emit(tenant, TenantEvent::Failed(failure));
         Outcome::Failed
     }
 
     pub async fn run(self, tenant: Tenant) -> Outcome {
+        let c = &tenant.connection;
+        let span = tracing::info_span!(
+            "tenant",
+            otel.name = %format!("tenant {}", tenant.id),
+            fleetmig.tenant.id = %tenant.id,
+            fleetmig.app = %tenant.app,
+            server.address = %c.host,
+            server.port = c.port,
+            db.namespace = %c.dbname,
+            fleetmig.revision.from = tracing::field::Empty,
+            fleetmig.revision.to = tracing::field::Empty,
+            fleetmig.outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+            db.response.status_code = tracing::field::Empty,
+        );
+        let m = crate::metrics::metrics();
+        m.tenants_in_flight.add(1, &[]);
+        let app = tenant.app.clone();
+        let outcome = self.run_in_span(tenant).instrument(span.clone()).await;
+        m.tenants_in_flight.add(-1, &[]);
+        let name = match outcome {
+            Outcome::Done => "done",
+            Outcome::UpToDate => "up_to_date",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Planned => "planned",
+        };
+        span.record("fleetmig.outcome", name);
+        if matches!(outcome, Outcome::Failed | Outcome::Interrupted) {
+            span.record("otel.status_code", "error");
+        }
+        m.tenants.add(
+            1,
+            &crate::metrics::attrs(&[("app", &app), ("outcome", name)]),
+        );
+        outcome
+    }
+
+    async fn run_in_span(self, tenant: Tenant) -> Outcome {
         if self.cancel.is_cancelled() {
             self.emit(
                 &tenant,
@@ -90,13 +137,38 @@ impl TenantRun {
             },
         );
         let waiting = Instant::now();
+        let lock_span = tracing::info_span!(
+            "lock",
+            otel.name = %format!("lock {key}"),
+            fleetmig.database_key = %key,
+            fleetmig.lock.wait_ms = tracing::field::Empty,
+            fleetmig.fence_token = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let guard = tokio::select! {
-            g = self.fleet.locks.lock(&key, self.fleet.limits.lock_wait) => g,
+            g = self.fleet.locks.lock(&key, self.fleet.limits.lock_wait).instrument(lock_span.clone()) => g,
             _ = self.cancel.cancelled() => {
                 self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
                 return Outcome::Skipped;
             }
         };
+        let waited = waiting.elapsed();
+        lock_span.record("fleetmig.lock.wait_ms", waited.as_millis() as u64);
+        crate::metrics::metrics().lock_wait.record(
+            waited.as_secs_f64(),
+            &crate::metrics::attrs(&[("app", &tenant.app)]),
+        );
+        match &guard {
+            Ok(g) => {
+                lock_span.record("fleetmig.fence_token", g.token().0);
+            }
+            Err(e) => {
+                lock_span.record("otel.status_code", "error");
+                let _enter = lock_span.enter();
+                tracing::warn!(error = %e, "lock not acquired");
+            }
+        }
+        drop(lock_span);
         let guard = match guard {
             Ok(g) => g,
             Err(e @ crate::lock::LockError::SessionLost) => {
@@ -142,6 +214,7 @@ impl TenantRun {
         };
         let started = Instant::now();
         let tx = self.tx.clone();
+        let app_name = self.app.name.clone();
         let tenant_id = tenant.id.to_string();
         let events = move |e: Event| {
             let event = match e {
@@ -152,13 +225,22 @@ impl TenantRun {
                     revision: revision.to_string(),
                     direction,
                 },
-                Event::RevisionDone(a) => TenantEvent::RevisionApplied {
-                    revision: a.revision.to_string(),
-                    direction: a.direction,
-                    duration: a.duration,
-                    skipped_by_condition: a.skipped_by,
-                    attempts: a.attempts,
-                },
+                Event::RevisionDone(a) => {
+                    crate::metrics::metrics().revision_duration.record(
+                        a.duration.as_secs_f64(),
+                        &crate::metrics::attrs(&[
+                            ("app", app_name.as_str()),
+                            ("direction", a.direction.as_str()),
+                        ]),
+                    );
+                    TenantEvent::RevisionApplied {
+                        revision: a.revision.to_string(),
+                        direction: a.direction,
+                        duration: a.duration,
+                        skipped_by_condition: a.skipped_by,
+                        attempts: a.attempts,
+                    }
+                }
                 Event::LockRetry {
                     revision,
                     attempt,
@@ -189,6 +271,14 @@ impl TenantRun {
             stop: &stop,
         };
         let engine = Engine::new(&self.app, &values, &settings);
+        if let Ok(before) = engine.state(&conn).await {
+            let from = if before.rows.is_empty() {
+                "base".to_string()
+            } else {
+                ids(before.rows).join(",")
+            };
+            tracing::Span::current().record("fleetmig.revision.from", from.as_str());
+        }
         let cancel_query = conn.cancel_token();
         let result = tokio::select! {
             r = engine.migrate(&mut conn, self.spec.direction, &self.target, &opts) => Some(r),
@@ -211,14 +301,27 @@ impl TenantRun {
             );
             return Outcome::Interrupted;
         };
-        let state = match &result {
+        let state: Vec<String> = match &result {
             Ok(_) => engine
                 .state(&conn)
                 .await
                 .map(|s| ids(s.rows))
                 .unwrap_or_default(),
-            Err(_) => vec![],
+            Err(_) => engine
+                .state(&conn)
+                .await
+                .map(|s| ids(s.rows))
+                .unwrap_or_default(),
         };
+        tracing::Span::current().record(
+            "fleetmig.revision.to",
+            if state.is_empty() {
+                "base".to_string()
+            } else {
+                state.join(",")
+            }
+            .as_str(),
+        );
         drop(conn);
         guard.release().await;
         match result {

@@ -129,6 +129,7 @@ impl EtcdSession {
                         Err(_) => "no answer within the round timeout".into(),
                         _ => "keep-alive stream closed".into(),
                     };
+                    crate::metrics::metrics().keepalive_failures.add(1, &[]);
                     tracing::warn!(lease = format!("{:x}", self.lease), %why, "etcd keep-alive failed; retrying until the lease deadline");
                     channel = None;
                 }

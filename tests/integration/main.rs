@@ -9,3 +9,4 @@ mod daemon_e2e;
 mod engine;
 mod pools;
 mod services;
+mod telemetry;
