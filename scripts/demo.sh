@@ -91,4 +91,14 @@ step "Roll the enterprise tier back one revision, then forward again"
 "$FLEETMIG" fleet current --app aletheia | tail -n 4
 "$FLEETMIG" fleet upgrade --app aletheia -l tier=enterprise
 
+step "Traces"
+if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
+  echo "Traces and metrics went to the OTLP collector at $OTEL_EXPORTER_OTLP_ENDPOINT (service fleetmig)."
+else
+  echo "No OTLP collector configured, so no traces were exported (and none were paid for)."
+  echo "Run with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 make demo to send them to a collector,"
+  echo "or 'docker compose -f deploy/docker-compose.yml up' for fleetmig + Jaeger (UI on http://localhost:16686)."
+fi
+echo "Log lines of this run (with trace ids when tracing is on): $DEMO_DIR/daemon.log"
+
 step "Done: stopping the daemon (SIGTERM: graceful), etcd and PostgreSQL"
