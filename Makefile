@@ -4,6 +4,7 @@
 #   make build                 cargo build
 #   make lint                  rustfmt check, clippy -D warnings, yamllint deploy/
 #   make test                  setup + lint + cargo test (the harness starts Postgres and etcd)
+#   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
 #   make demo                  setup + build + scripts/demo.sh
 #   make migrate-rev m="add users" [app=NAME]
 #   make migrate-up [app=NAME] / make migrate-down [app=NAME]   (DATABASE_URL from env or .env)
@@ -35,7 +36,7 @@ export PATH := $(TOOLS_DIR)/bin:$(PATH)
 
 APP_ARG = $(if $(app),--app '$(app)')
 
-.PHONY: setup build lint test demo migrate-rev migrate-up migrate-down clean-tools
+.PHONY: setup build lint test bench demo migrate-rev migrate-up migrate-down clean-tools
 
 setup:
 	bash scripts/setup.sh
@@ -51,7 +52,12 @@ lint: setup
 	else echo "yamllint: no yaml files under deploy/, skipped"; fi
 
 test: setup lint
-	$(CARGO) test --locked $(CARGO_TEST_ARGS)
+	$(CARGO) test --locked --all-targets $(CARGO_TEST_ARGS)
+
+# The fleet benchmark (release build). Sizes and concurrency: BENCH_SIZES=50,200
+# BENCH_CONCURRENCY=1,2,8 BENCH_RUNS=3 BENCH_APPS=aletheia,truthgraph BENCH_REGISTRY=10000.
+bench: setup
+	$(CARGO) bench --locked --bench fleet
 
 demo: setup build
 	bash scripts/demo.sh
