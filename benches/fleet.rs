@@ -27,7 +27,11 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
-    std::env::var(name).unwrap_or_else(|_| default.to_string()).split(',').filter_map(|s| s.trim().parse().ok()).collect()
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
 }
 
 struct Opts {
@@ -76,6 +80,9 @@ struct Report {
     registry: Option<RegistryScale>,
 }
 
+/// Per direction: daemon times, floor times, etcd requests and connections per tenant (summed over runs), failures.
+type Samples = (Vec<f64>, Vec<f64>, f64, f64, u32);
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -95,8 +102,11 @@ fn rss_mb(pid: u32, field: &str) -> f64 {
 async fn etcd_messages(endpoint: &str) -> f64 {
     let url = format!("{}/metrics", endpoint.trim_end_matches('/'));
     let body = tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("curl").args(["-s", &url]).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default()
+        let out = std::process::Command::new("curl")
+            .args(["-s", &url])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
     })
     .await
     .unwrap();
@@ -106,25 +116,53 @@ async fn etcd_messages(endpoint: &str) -> f64 {
         .sum()
 }
 
-/// Sessions ever opened on these databases (pg_stat_database.sessions, PostgreSQL 14+).
+/// Connections ever opened to these databases: sessions that ended
+/// (pg_stat_database.sessions, PostgreSQL 14+) plus those open now.
 async fn sessions(admin: &tokio_postgres::Client, dbs: &[String]) -> f64 {
-    admin.query_one("SELECT coalesce(sum(sessions), 0)::float8 FROM pg_stat_database WHERE datname = ANY($1)", &[&dbs]).await.unwrap().get(0)
+    admin
+        .query_one(
+            "SELECT (SELECT coalesce(sum(sessions), 0) FROM pg_stat_database WHERE datname = ANY($1))::float8
+                  + (SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1))::float8",
+            &[&dbs],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
-async fn migrate(channel: &Channel, app: &str, label: &str, target: &str, down: bool, concurrency: u32) -> (f64, u32) {
+async fn migrate(
+    channel: &Channel,
+    app: &str,
+    label: &str,
+    target: &str,
+    down: bool,
+    concurrency: u32,
+) -> (f64, u32) {
     let mut m = proto::migrations_client::MigrationsClient::new(channel.clone());
     let request = proto::MigrateRequest {
         app: app.into(),
         target: target.into(),
-        selector: Some(proto::Selector { labels: [("bench".to_string(), label.to_string())].into(), ..Default::default() }),
+        selector: Some(proto::Selector {
+            labels: [("bench".to_string(), label.to_string())].into(),
+            ..Default::default()
+        }),
         concurrency,
         ..Default::default()
     };
     let started = Instant::now();
-    let stream = if down { m.downgrade(request).await } else { m.upgrade(request).await }.unwrap().into_inner();
+    let stream = if down {
+        m.downgrade(request).await
+    } else {
+        m.upgrade(request).await
+    }
+    .unwrap()
+    .into_inner();
     let events = dh::collect(stream).await;
     let s = dh::summary(&events);
-    (started.elapsed().as_secs_f64() * 1000.0, s.failed + s.interrupted)
+    (
+        started.elapsed().as_secs_f64() * 1000.0,
+        s.failed + s.interrupted,
+    )
 }
 
 /// `psql -f file` per database, `concurrency` at a time; wall time in ms.
@@ -133,11 +171,25 @@ async fn floor(psql: &Path, urls: &[String], file: &Path, concurrency: u32) -> f
     let started = Instant::now();
     let mut tasks = vec![];
     for url in urls {
-        let (slots, psql, url, file) = (slots.clone(), psql.to_path_buf(), url.clone(), file.to_path_buf());
+        let (slots, psql, url, file) = (
+            slots.clone(),
+            psql.to_path_buf(),
+            url.clone(),
+            file.to_path_buf(),
+        );
         tasks.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await.unwrap();
-            let out = tokio::process::Command::new(psql).args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-f"]).arg(&file).output().await.unwrap();
-            assert!(out.status.success(), "psql -f failed: {}", String::from_utf8_lossy(&out.stderr));
+            let out = tokio::process::Command::new(psql)
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-f"])
+                .arg(&file)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "psql -f failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }));
     }
     for t in tasks {
@@ -154,7 +206,11 @@ fn offline_sql(app: &str, args: &[&str], path: &Path) {
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(path, out.stdout).unwrap();
 }
 
@@ -162,22 +218,42 @@ async fn bench(opts: &Opts) -> Report {
     let pg = harness::postgres().expect("PostgreSQL is needed: run `make setup`");
     let etcd = harness::etcd().expect("etcd is needed: run `make setup`");
     let psql = pg.bin.join("psql");
-    let max_c = opts.concurrency.iter().max().copied().unwrap_or(8).to_string();
+    let max_c = opts
+        .concurrency
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(8)
+        .to_string();
     let env = [
         ("FLEETMIG_FLEET__GLOBAL_CONCURRENCY", max_c.as_str()),
         ("FLEETMIG_FLEET__MAX_JOB_CONCURRENCY", max_c.as_str()),
         ("FLEETMIG_POOLS__PER_HOST_CONNECTIONS", "64"),
         ("FLEETMIG_LOG", "warn"),
     ];
-    let mut daemon = dh::Process::start(&etcd.endpoint, &etcd.prefix("bench"), &harness::repo_migrations(), &env);
-    let channel = Channel::from_shared(format!("http://{}", daemon.addr)).unwrap().connect().await.unwrap();
-    let admin = fleetmig::engine::connect(&pg.url("postgres")).await.unwrap();
+    let mut daemon = dh::Process::start(
+        &etcd.endpoint,
+        &etcd.prefix("bench"),
+        &harness::repo_migrations(),
+        &env,
+    );
+    let channel = Channel::from_shared(format!("http://{}", daemon.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let admin = fleetmig::engine::connect(&pg.url("postgres"))
+        .await
+        .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let mut rows = vec![];
     for &size in &opts.sizes {
         for app in &opts.apps {
             let label = format!("{app}-{size}");
-            let (up, down) = (scratch.path().join(format!("{app}-up.sql")), scratch.path().join(format!("{app}-down.sql")));
+            let (up, down) = (
+                scratch.path().join(format!("{app}-up.sql")),
+                scratch.path().join(format!("{app}-down.sql")),
+            );
             offline_sql(app, &["upgrade", "--sql", "base:head"], &up);
             offline_sql(app, &["downgrade", "--sql", "head:base"], &down);
             let mut tenants = proto::tenants_client::TenantsClient::new(channel.clone());
@@ -186,17 +262,29 @@ async fn bench(opts: &Opts) -> Report {
             for i in 0..size {
                 let (_, db) = pg.database(&format!("b{size}{app}d{i}")).await;
                 let t = dh::tenant(&format!("{label}-{i}"), app, &db, &[("bench", &label)], &[]);
-                tenants.register(proto::RegisterTenantRequest { tenant: Some(t) }).await.unwrap();
+                tenants
+                    .register(proto::RegisterTenantRequest { tenant: Some(t) })
+                    .await
+                    .unwrap();
                 daemon_dbs.push(db);
                 floor_urls.push(pg.database(&format!("b{size}{app}f{i}")).await.0);
             }
             for &c in &opts.concurrency {
-                let mut m: BTreeMap<&str, (Vec<f64>, Vec<f64>, f64, f64, u32)> = BTreeMap::new();
+                let mut m: BTreeMap<&str, Samples> = BTreeMap::new();
                 for _ in 0..opts.runs {
-                    for (direction, target, down, file) in [("up", "head", false, &up), ("down", "base", true, &down)] {
-                        let (etcd0, sess0) = (etcd_messages(&etcd.endpoint).await, sessions(&admin, &daemon_dbs).await);
-                        let (d_ms, failures) = migrate(&channel, app, &label, target, down, c).await;
-                        let (etcd1, sess1) = (etcd_messages(&etcd.endpoint).await, sessions(&admin, &daemon_dbs).await);
+                    for (direction, target, down, file) in
+                        [("up", "head", false, &up), ("down", "base", true, &down)]
+                    {
+                        let (etcd0, sess0) = (
+                            etcd_messages(&etcd.endpoint).await,
+                            sessions(&admin, &daemon_dbs).await,
+                        );
+                        let (d_ms, failures) =
+                            migrate(&channel, app, &label, target, down, c).await;
+                        let (etcd1, sess1) = (
+                            etcd_messages(&etcd.endpoint).await,
+                            sessions(&admin, &daemon_dbs).await,
+                        );
                         let f_ms = floor(&psql, &floor_urls, file, c).await;
                         let e = m.entry(direction).or_default();
                         e.0.push(d_ms);
@@ -233,9 +321,18 @@ async fn bench(opts: &Opts) -> Report {
         }
     }
     let daemon_peak_rss_mb = rss_mb(daemon.child.id(), "VmHWM:");
-    let registry = if opts.registry > 0 { Some(registry_scale(&channel, opts.registry, daemon.child.id()).await) } else { None };
+    let registry = if opts.registry > 0 {
+        Some(registry_scale(&channel, opts.registry, daemon.child.id()).await)
+    } else {
+        None
+    };
     daemon.terminate();
-    Report { machine: machine(), rows, daemon_peak_rss_mb, registry }
+    Report {
+        machine: machine(),
+        rows,
+        daemon_peak_rss_mb,
+        registry,
+    }
 }
 
 async fn registry_scale(channel: &Channel, n: usize, pid: u32) -> RegistryScale {
@@ -251,11 +348,23 @@ async fn registry_scale(channel: &Channel, n: usize, pid: u32) -> RegistryScale 
             let t = proto::Tenant {
                 id: format!("scale-{i:06}"),
                 app: "aletheia".into(),
-                connection: Some(proto::Connection { host: "db-scale.internal".into(), port: 5432, dbname: format!("t{i}"), user: "app".into(), ..Default::default() }),
-                labels: [("tier".to_string(), tier.to_string()), ("scale".to_string(), "yes".to_string())].into(),
+                connection: Some(proto::Connection {
+                    host: "db-scale.internal".into(),
+                    port: 5432,
+                    dbname: format!("t{i}"),
+                    user: "app".into(),
+                    ..Default::default()
+                }),
+                labels: [
+                    ("tier".to_string(), tier.to_string()),
+                    ("scale".to_string(), "yes".to_string()),
+                ]
+                .into(),
                 ..Default::default()
             };
-            c.register(proto::RegisterTenantRequest { tenant: Some(t) }).await.unwrap();
+            c.register(proto::RegisterTenantRequest { tenant: Some(t) })
+                .await
+                .unwrap();
         }));
     }
     for t in tasks {
@@ -266,7 +375,12 @@ async fn registry_scale(channel: &Channel, n: usize, pid: u32) -> RegistryScale 
     for _ in 0..7 {
         let t = Instant::now();
         let page = client
-            .list(proto::ListTenantsRequest { app: "aletheia".into(), labels: [("tier".to_string(), "enterprise".to_string())].into(), page_size: 500, page_token: String::new() })
+            .list(proto::ListTenantsRequest {
+                app: "aletheia".into(),
+                labels: [("tier".to_string(), "enterprise".to_string())].into(),
+                page_size: 500,
+                page_token: String::new(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -276,14 +390,27 @@ async fn registry_scale(channel: &Channel, n: usize, pid: u32) -> RegistryScale 
     let mut get = vec![];
     for i in 0..25 {
         let t = Instant::now();
-        client.get(proto::GetTenantRequest { id: format!("scale-{:06}", (i * 397) % n) }).await.unwrap();
+        client
+            .get(proto::GetTenantRequest {
+                id: format!("scale-{:06}", (i * 397) % n),
+            })
+            .await
+            .unwrap();
         get.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    RegistryScale { tenants: n, register_s, list_filtered_page500_ms_median: median(&mut list), get_ms_median: median(&mut get), daemon_rss_mb: rss_mb(pid, "VmRSS:") }
+    RegistryScale {
+        tenants: n,
+        register_s,
+        list_filtered_page500_ms_median: median(&mut list),
+        get_ms_median: median(&mut get),
+        daemon_rss_mb: rss_mb(pid, "VmRSS:"),
+    }
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -296,19 +423,40 @@ fn machine() -> String {
 }
 
 fn markdown(r: &Report) -> String {
-    let mut s = format!("Machine: {}. Daemon peak RSS: {:.0} MB.\n\n", r.machine, r.daemon_peak_rss_mb);
+    let mut s = format!(
+        "Machine: {}. Daemon peak RSS: {:.0} MB.\n\n",
+        r.machine, r.daemon_peak_rss_mb
+    );
     s += "| app | direction | tenants | concurrency | daemon ms (median, min-max) | psql floor ms (median, min-max) | daemon / floor | tenants/s | ms/tenant | etcd req/tenant | connections/tenant |\n";
     s += "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|\n";
     for x in &r.rows {
         s += &format!(
             "| {} | {} | {} | {} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
-            x.app, x.direction, x.tenants, x.concurrency, x.daemon_ms_median, x.daemon_ms_min, x.daemon_ms_max, x.floor_ms_median, x.floor_ms_min, x.floor_ms_max, x.ratio, x.daemon_tenants_per_s, x.daemon_ms_per_tenant, x.etcd_requests_per_tenant, x.connections_per_tenant
+            x.app,
+            x.direction,
+            x.tenants,
+            x.concurrency,
+            x.daemon_ms_median,
+            x.daemon_ms_min,
+            x.daemon_ms_max,
+            x.floor_ms_median,
+            x.floor_ms_min,
+            x.floor_ms_max,
+            x.ratio,
+            x.daemon_tenants_per_s,
+            x.daemon_ms_per_tenant,
+            x.etcd_requests_per_tenant,
+            x.connections_per_tenant
         );
     }
     if let Some(g) = &r.registry {
         s += &format!(
             "\nRegistry: {} tenants registered in {:.1} s; List (label filter, page 500) {:.1} ms median; Get {:.2} ms median; daemon RSS {:.0} MB.\n",
-            g.tenants, g.register_s, g.list_filtered_page500_ms_median, g.get_ms_median, g.daemon_rss_mb
+            g.tenants,
+            g.register_s,
+            g.list_filtered_page500_ms_median,
+            g.get_ms_median,
+            g.daemon_rss_mb
         );
     }
     s
@@ -323,17 +471,38 @@ fn main() {
             concurrency: env_list("BENCH_CONCURRENCY", "1,2,8"),
             runs: env_list("BENCH_RUNS", "3").first().copied().unwrap_or(3),
             apps: env_list("BENCH_APPS", "aletheia,truthgraph"),
-            registry: env_list("BENCH_REGISTRY", "10000").first().copied().unwrap_or(10000),
-            out: std::env::var("BENCH_OUT").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/fleet.json")),
+            registry: env_list("BENCH_REGISTRY", "10000")
+                .first()
+                .copied()
+                .unwrap_or(10000),
+            out: std::env::var("BENCH_OUT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/fleet.json")
+                }),
         }
     } else {
         if harness::postgres().is_none() || harness::etcd().is_none() {
             return;
         }
-        Opts { sizes: vec![3], concurrency: vec![2], runs: 1, apps: vec!["aletheia".into()], registry: 50, out: std::env::temp_dir().join("fleetmig-bench-smoke.json") }
+        Opts {
+            sizes: vec![3],
+            concurrency: vec![2],
+            runs: 1,
+            apps: vec!["aletheia".into()],
+            registry: 50,
+            out: std::env::temp_dir().join("fleetmig-bench-smoke.json"),
+        }
     };
-    let report = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(bench(&opts));
-    assert!(report.rows.iter().all(|r| r.failures == 0), "every tenant migrated");
+    let report = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench(&opts));
+    assert!(
+        report.rows.iter().all(|r| r.failures == 0),
+        "every tenant migrated"
+    );
     let table = markdown(&report);
     println!("{table}");
     if let Some(dir) = opts.out.parent() {

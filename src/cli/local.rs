@@ -100,6 +100,7 @@ fn print_event(app: &App, event: Event) {
                 g.revision(node).message
             );
         }
+        Event::Planned { .. } => {}
         Event::LockRetry {
             revision,
             attempt,
@@ -168,15 +169,14 @@ pub async fn migrate(
     eprintln!("Database {what}, app {}", app.name);
     let started = Instant::now();
     let engine = Engine::new(&app, &values, &settings);
-    let done = engine
+    let run = engine
         .migrate(&mut client, direction, &target, &opts)
         .await?;
-    let state = engine.state(&client).await?;
-    let now = if state.rows.is_empty() {
+    let done = run.applied;
+    let now = if run.after.is_empty() {
         "base".to_string()
     } else {
-        state
-            .rows
+        run.after
             .iter()
             .map(|r| r.to_string())
             .collect::<Vec<_>>()

@@ -116,6 +116,11 @@ impl Settings {
 /// Progress of a run, for display (CLI) or streaming (daemon).
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The run's starting point and plan, before any revision.
+    Planned {
+        before: Vec<RevisionId>,
+        steps: Vec<RevisionId>,
+    },
     RevisionStarted {
         revision: RevisionId,
         direction: Direction,
@@ -154,6 +159,39 @@ pub struct RunOptions<'a> {
     pub events: &'a (dyn Fn(Event) + Send + Sync),
     /// Checked before each revision: true stops the run there (job cancelled, shutdown).
     pub stop: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+/// What a run did: the revisions applied, and the version rows before and after.
+#[derive(Debug, Clone)]
+pub struct Migrated {
+    pub applied: Vec<Applied>,
+    pub before: Vec<RevisionId>,
+    pub after: Vec<RevisionId>,
+}
+
+/// The bookkeeping state read at the start of a run.
+struct Snapshot {
+    all_tables: bool,
+    rows: Vec<RevisionId>,
+    recorded: HashMap<String, Recorded>,
+}
+
+/// Rows of a multi-statement simple query whose first column tags them.
+pub(crate) fn tagged<'r>(
+    rows: &'r [Vec<Option<String>>],
+    tag: &'r str,
+) -> impl Iterator<Item = &'r Vec<Option<String>>> + 'r {
+    rows.iter()
+        .filter(move |r| r.first().and_then(|c| c.as_deref()) == Some(tag))
+}
+
+fn parse_revision(s: Option<&str>) -> Result<RevisionId, EngineError> {
+    let s = s.unwrap_or_default();
+    s.parse().map_err(|_| {
+        EngineError::StateChanged(format!(
+            "the version table holds {s:?}, which is not a revision id"
+        ))
+    })
 }
 
 /// What the version table says.
@@ -217,8 +255,11 @@ impl<'a> Engine<'a> {
         i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 
-    /// Session settings for a migration connection.
-    async fn prepare_session(&self, client: &Client) -> Result<(), EngineError> {
+    /// Session settings for a migration connection, and the local migration lock, in one
+    /// round trip. The lock is non-blocking and session-level: a second fleetmig on the same
+    /// database fails fast instead of queueing (a blocking advisory lock can deadlock with
+    /// CREATE INDEX CONCURRENTLY).
+    async fn open(&self, client: &Client) -> Result<(), EngineError> {
         let path = self
             .settings
             .search_path
@@ -226,36 +267,76 @@ impl<'a> Engine<'a> {
             .map(|s| quote_ident(s))
             .collect::<Vec<_>>()
             .join(", ");
-        client
-            .batch_execute(&format!(
-                "SET application_name = 'fleetmig'; SET standard_conforming_strings = on; SET search_path = {path}; SET idle_in_transaction_session_timeout = '{}ms'",
-                self.settings.idle_in_transaction_timeout.as_millis()
+        let messages = client
+            .simple_query(&format!(
+                "SET application_name = 'fleetmig'; SET standard_conforming_strings = on; SET search_path = {path}; SET idle_in_transaction_session_timeout = '{}ms'; SELECT pg_try_advisory_lock({})",
+                self.settings.idle_in_transaction_timeout.as_millis(),
+                self.lock_key()
             ))
             .await
-            .map_err(EngineError::db("preparing the session"))
-    }
-
-    /// Non-blocking, session-level: a second fleetmig on the same database fails fast instead of
-    /// queueing (a blocking advisory lock can deadlock with CREATE INDEX CONCURRENTLY).
-    async fn try_lock(&self, client: &Client) -> Result<(), EngineError> {
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.lock_key()])
-            .await
-            .map_err(EngineError::db("taking the migration lock"))?;
-        if row.get::<_, bool>(0) {
-            Ok(())
-        } else {
-            Err(EngineError::LockHeld)
+            .map_err(EngineError::db("preparing the session"))?;
+        match rows_of(&messages).first().and_then(|r| r[0].as_deref()) {
+            Some("t") => Ok(()),
+            _ => Err(EngineError::LockHeld),
         }
     }
 
     async fn unlock(&self, client: &Client) {
         if let Err(e) = client
-            .execute("SELECT pg_advisory_unlock($1)", &[&self.lock_key()])
+            .simple_query(&format!("SELECT pg_advisory_unlock({})", self.lock_key()))
             .await
         {
             tracing::debug!(error = %e, "advisory unlock failed (the session end releases it)");
         }
+    }
+
+    /// Which bookkeeping tables exist, the version rows and what history recorded: two round trips.
+    async fn snapshot(&self, client: &Client) -> Result<Snapshot, EngineError> {
+        let tables = &self.settings.tables;
+        let exists = client
+            .simple_query(&tables.exists_sql())
+            .await
+            .map_err(EngineError::db("looking for fleetmig's tables"))?;
+        let flags: Vec<bool> = rows_of(&exists)
+            .first()
+            .map(|r| r.iter().map(|c| c.as_deref() == Some("t")).collect())
+            .unwrap_or_default();
+        let (version, history) = (flags.first() == Some(&true), flags.get(1) == Some(&true));
+        let mut sql = String::new();
+        if version {
+            sql.push_str(&tables.tagged_versions_sql());
+            sql.push_str(";\n");
+        }
+        if history {
+            sql.push_str(&tables.applied_checksums_sql());
+        }
+        let rows = if sql.is_empty() {
+            vec![]
+        } else {
+            rows_of(
+                &client
+                    .simple_query(&sql)
+                    .await
+                    .map_err(EngineError::db("reading the version and history tables"))?,
+            )
+        };
+        Ok(Snapshot {
+            all_tables: flags.len() == 3 && flags.iter().all(|f| *f),
+            rows: tagged(&rows, "version")
+                .map(|r| parse_revision(r[1].as_deref()))
+                .collect::<Result<_, _>>()?,
+            recorded: tagged(&rows, "recorded")
+                .filter_map(|r| {
+                    Some((
+                        r[1].clone()?,
+                        Recorded {
+                            checksum: r[2].clone(),
+                            skipped: r[3].as_deref() == Some("t"),
+                        },
+                    ))
+                })
+                .collect(),
+        })
     }
 
     /// The version table's rows (empty when it does not exist).
@@ -280,16 +361,6 @@ impl<'a> Engine<'a> {
     }
 
     async fn ensure_tables(&self, client: &Client) -> Result<(), EngineError> {
-        let exists = client
-            .simple_query(&self.settings.tables.exists_sql())
-            .await
-            .map_err(EngineError::db("looking for fleetmig's tables"))?;
-        if rows_of(&exists)
-            .first()
-            .is_some_and(|r| r.iter().all(|c| c.as_deref() == Some("t")))
-        {
-            return Ok(());
-        }
         client
             .batch_execute(&format!(
                 "BEGIN;\n{}COMMIT;",
@@ -299,43 +370,13 @@ impl<'a> Engine<'a> {
             .map_err(EngineError::db("creating the version and history tables"))
     }
 
-    pub(crate) async fn recorded(
-        &self,
-        client: &Client,
-    ) -> Result<HashMap<String, Recorded>, EngineError> {
-        let exists = client
-            .simple_query(&self.settings.tables.exists_sql())
-            .await
-            .map_err(EngineError::db("looking for the history table"))?;
-        if rows_of(&exists).first().and_then(|r| r[1].as_deref()) != Some("t") {
-            return Ok(HashMap::new());
-        }
-        let rows = client
-            .simple_query(&self.settings.tables.applied_checksums_sql())
-            .await
-            .map_err(EngineError::db("reading the history table"))?;
-        Ok(rows_of(&rows)
-            .into_iter()
-            .filter_map(|r| {
-                let rev = r[0].clone()?;
-                Some((
-                    rev,
-                    Recorded {
-                        checksum: r[1].clone(),
-                        skipped: r[2].as_deref() == Some("t"),
-                    },
-                ))
-            })
-            .collect())
-    }
-
     /// Applied revisions whose files changed since.
     pub async fn changed_revisions(
         &self,
         client: &Client,
         applied: &BTreeSet<Node>,
     ) -> Result<Vec<ChangedRevision>, EngineError> {
-        let recorded = self.recorded(client).await?;
+        let recorded = self.snapshot(client).await?.recorded;
         Ok(self.changed_in(&recorded, applied))
     }
 
@@ -383,9 +424,8 @@ impl<'a> Engine<'a> {
         direction: Direction,
         target: &Target,
         opts: &RunOptions<'_>,
-    ) -> Result<Vec<Applied>, EngineError> {
-        self.prepare_session(client).await?;
-        self.try_lock(client).await?;
+    ) -> Result<Migrated, EngineError> {
+        self.open(client).await?;
         let result = self.migrate_locked(client, direction, target, opts).await;
         self.unlock(client).await;
         result
@@ -397,18 +437,38 @@ impl<'a> Engine<'a> {
         direction: Direction,
         target: &Target,
         opts: &RunOptions<'_>,
-    ) -> Result<Vec<Applied>, EngineError> {
-        let (state, steps) = self.plan(client, direction, target).await?;
+    ) -> Result<Migrated, EngineError> {
+        let g = &self.app.graph;
+        let snapshot = self.snapshot(client).await?;
+        let mut applied = plan::applied_from_rows(g, &snapshot.rows)?;
+        let steps = match direction {
+            Direction::Upgrade => plan::upgrade(g, &applied, target)?,
+            Direction::Downgrade => plan::downgrade(g, &applied, target)?,
+        };
+        let before = snapshot.rows.clone();
         if steps.is_empty() {
-            return Ok(vec![]);
+            return Ok(Migrated {
+                applied: vec![],
+                after: before.clone(),
+                before,
+            });
         }
-        let applied = plan::applied_from_rows(&self.app.graph, &state.rows)?;
-        let recorded = self.recorded(client).await?;
+        (opts.events)(Event::Planned {
+            before: before.clone(),
+            steps: steps.iter().map(|&n| g.revision(n).id.clone()).collect(),
+        });
+        let recorded = snapshot.recorded;
         let changed = self.changed_in(&recorded, &applied);
         if !changed.is_empty() && !opts.allow_changed {
             return Err(EngineError::ChecksumMismatch(changed));
         }
-        self.ensure_tables(client).await?;
+        if !snapshot.all_tables {
+            self.ensure_tables(client).await?;
+        }
+        let state = DbState {
+            version_table_exists: true,
+            rows: snapshot.rows,
+        };
         let fresh_database = state.rows.is_empty();
         let mut done: Vec<Applied> = Vec::with_capacity(steps.len());
         for node in steps {
@@ -421,9 +481,13 @@ impl<'a> Engine<'a> {
                 .get(self.app.graph.revision(node).id.as_str())
                 .map(|r| r.skipped);
             match step::apply(self, client, node, direction, recorded_skip, opts).await {
-                Ok(applied) => {
-                    (opts.events)(Event::RevisionDone(applied.clone()));
-                    done.push(applied);
+                Ok(step) => {
+                    match direction {
+                        Direction::Upgrade => applied.insert(node),
+                        Direction::Downgrade => applied.remove(&node),
+                    };
+                    (opts.events)(Event::RevisionDone(step.clone()));
+                    done.push(step);
                 }
                 Err(step::StepError::Failed(mut failure)) => {
                     if fresh_database
@@ -446,7 +510,16 @@ impl<'a> Engine<'a> {
                 Err(step::StepError::Engine(e)) => return Err(e),
             }
         }
-        Ok(done)
+        let after = g
+            .version_rows(&applied)
+            .into_iter()
+            .map(|n| g.revision(n).id.clone())
+            .collect();
+        Ok(Migrated {
+            applied: done,
+            before,
+            after,
+        })
     }
 
     /// Set the version table to `target` without running any SQL. `purge` first empties the
@@ -458,8 +531,7 @@ impl<'a> Engine<'a> {
         purge: bool,
         opts: &RunOptions<'_>,
     ) -> Result<Vec<RevisionId>, EngineError> {
-        self.prepare_session(client).await?;
-        self.try_lock(client).await?;
+        self.open(client).await?;
         let result = self.stamp_locked(client, target, purge, opts).await;
         self.unlock(client).await;
         result
@@ -482,7 +554,9 @@ impl<'a> Engine<'a> {
                 None => g.ancestors([g.resolve(t).map_err(plan::PlanError::from)?]),
             },
         };
-        self.ensure_tables(client).await?;
+        if !self.snapshot(client).await?.all_tables {
+            self.ensure_tables(client).await?;
+        }
         let tx = client
             .transaction()
             .await
@@ -523,7 +597,7 @@ impl<'a> Engine<'a> {
                     checksum: checksum.as_deref(),
                     placeholders: &json,
                     skipped: false,
-                    duration_ms: 0,
+                    duration: record::Duration::Millis(0),
                     applied_by: opts.applied_by,
                     fence: opts.fence,
                 },

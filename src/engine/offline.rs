@@ -133,7 +133,7 @@ pub fn render_from(
                 checksum: Some(&rev.checksum),
                 placeholders: &json,
                 skipped: rendered.skipped_by.is_some(),
-                duration_ms: 0,
+                duration: record::Duration::Millis(0),
                 applied_by: OFFLINE_APPLIED_BY,
                 fence: None,
             },

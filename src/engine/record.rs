@@ -9,6 +9,24 @@ use crate::revision::placeholder::quote_literal;
 
 use super::tables::Tables;
 
+/// How long a step took, as the history row records it.
+pub enum Duration {
+    Millis(i64),
+    /// Measured by the database: from the transaction's start to the history insert.
+    SinceTransactionStart,
+}
+
+impl Duration {
+    fn sql(&self) -> String {
+        match self {
+            Duration::Millis(ms) => ms.to_string(),
+            Duration::SinceTransactionStart => {
+                "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint".into()
+            }
+        }
+    }
+}
+
 /// What one history row says.
 pub struct HistoryRow<'a> {
     pub revision: &'a str,
@@ -17,7 +35,7 @@ pub struct HistoryRow<'a> {
     pub checksum: Option<&'a str>,
     pub placeholders: &'a serde_json::Value,
     pub skipped: bool,
-    pub duration_ms: i64,
+    pub duration: Duration,
     pub applied_by: &'a str,
     pub fence: Option<FenceToken>,
 }
@@ -54,7 +72,7 @@ pub fn history_sql(tables: &Tables, row: &HistoryRow<'_>) -> String {
         row.checksum.map_or("NULL".to_string(), quote_literal),
         quote_literal(&row.placeholders.to_string()),
         row.skipped,
-        row.duration_ms,
+        row.duration.sql(),
         quote_literal(row.applied_by),
         row.fence.map_or("NULL".to_string(), |t| t.0.to_string()),
     )

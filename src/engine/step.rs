@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::error::{EngineError, StepFailure};
 use super::record::{self, HistoryRow};
 use super::tables::Tables;
-use super::{Applied, Engine, Event, RunOptions, millis, parse_rows};
+use super::{Applied, Engine, Event, RunOptions, millis, parse_rows, rows_of, tagged};
 use crate::model::{Direction, FenceToken, TransactionMode};
 use crate::revision::plan;
 use crate::revision::render::{self, RenderedRevision};
@@ -67,11 +67,23 @@ pub(crate) async fn fence(
     tables: &Tables,
     token: FenceToken,
 ) -> Result<(), StepError> {
-    let n = client
-        .execute(&tables.fence_sql(), &[&token.0])
-        .await
-        .map_err(|e| StepError::Engine(EngineError::db("checking the fence token")(e)))?;
-    if n == 1 {
+    let rows = rows_of(
+        &client
+            .simple_query(&tables.fence_check_sql(token.0))
+            .await
+            .map_err(|e| StepError::Engine(EngineError::db("checking the fence token")(e)))?,
+    );
+    check_fence(client, tables, token, &rows).await
+}
+
+/// Given the rows of a fence check, fail as stale (reading the newer token) if it did not write.
+async fn check_fence(
+    client: &impl GenericClient,
+    tables: &Tables,
+    token: FenceToken,
+    rows: &[Vec<Option<String>>],
+) -> Result<(), StepError> {
+    if tagged(rows, "fence").any(|r| r.get(1).and_then(|c| c.as_deref()) == Some("1")) {
         return Ok(());
     }
     let theirs = client
@@ -125,7 +137,7 @@ fn record_sql(
     node: Node,
     direction: Direction,
     rendered: &RenderedRevision,
-    started: Instant,
+    started: Option<Instant>,
     opts: &RunOptions<'_>,
 ) -> Result<String, EngineError> {
     let g = &engine.app.graph;
@@ -150,7 +162,10 @@ fn record_sql(
             checksum: Some(&rev.checksum),
             placeholders: &engine.values.to_json(),
             skipped: rendered.skipped_by.is_some(),
-            duration_ms: started.elapsed().as_millis() as i64,
+            duration: match started {
+                Some(at) => record::Duration::Millis(at.elapsed().as_millis() as i64),
+                None => record::Duration::SinceTransactionStart,
+            },
             applied_by: opts.applied_by,
             fence: opts.fence,
         },
@@ -227,7 +242,7 @@ async fn apply_in_span(
     let attempts = if rev.transaction == TransactionMode::None && !rendered.statements.is_empty() {
         autocommit(engine, client, node, direction, &rendered, started, opts).await?
     } else {
-        transactional(engine, client, node, direction, &rendered, started, opts).await?
+        transactional(engine, client, node, direction, &rendered, opts).await?
     };
     Ok(Applied {
         revision: rev.id.clone(),
@@ -253,7 +268,6 @@ async fn transactional(
     node: Node,
     direction: Direction,
     rendered: &RenderedRevision,
-    started: Instant,
     opts: &RunOptions<'_>,
 ) -> Result<u32, StepError> {
     let rev = engine.app.graph.revision(node);
@@ -261,7 +275,7 @@ async fn transactional(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match transactional_once(engine, client, node, direction, rendered, started, opts).await {
+        match transactional_once(engine, client, node, direction, rendered, opts).await {
             Ok(()) => return Ok(attempt),
             Err(Attempt::Sql(e, location)) if is_lock_timeout(&e) => match delays.next() {
                 Some(delay) => {
@@ -316,7 +330,6 @@ async fn transactional_once(
     node: Node,
     direction: Direction,
     rendered: &RenderedRevision,
-    started: Instant,
     opts: &RunOptions<'_>,
 ) -> Result<(), Attempt> {
     let rev = engine.app.graph.revision(node);
@@ -325,35 +338,58 @@ async fn transactional_once(
         .transaction()
         .await
         .map_err(|e| Attempt::Sql(e, None))?;
-    tx.batch_execute(&local_timeouts(engine))
-        .await
-        .map_err(|e| Attempt::Sql(e, None))?;
+    // One round trip: timeouts, fence, and the version rows as this transaction sees them.
+    let mut preamble = local_timeouts(engine);
     if let Some(token) = opts.fence {
-        fence(&tx, tables, token).await?;
+        preamble.push_str(";\n");
+        preamble.push_str(&tables.fence_check_sql(token.0));
     }
-    let rows = parse_rows(
-        &tx.simple_query(&tables.select_versions_sql())
+    preamble.push_str(";\n");
+    preamble.push_str(&tables.tagged_versions_sql());
+    let rows = rows_of(
+        &tx.simple_query(&preamble)
             .await
             .map_err(|e| Attempt::Sql(e, None))?,
-    )?;
-    if !still_needed(engine, &rows, node, direction)? {
+    );
+    if let Some(token) = opts.fence {
+        check_fence(&tx, tables, token, &rows).await?;
+    }
+    let versions = tagged(&rows, "version")
+        .map(|r| r[1].as_deref().unwrap_or_default().parse())
+        .collect::<Result<Vec<crate::model::RevisionId>, _>>()
+        .map_err(|_| {
+            EngineError::StateChanged(
+                "the version table holds a value that is not a revision id".into(),
+            )
+        })?;
+    if !still_needed(engine, &versions, node, direction)? {
         tracing::info!(revision = %rev.id, %direction, "already done by another process; nothing to do");
         return Ok(());
     }
-    for stmt in rendered.statements.iter() {
-        execute(&tx, &stmt.sql)
-            .await
-            .map_err(|e| Attempt::Sql(e, Some(rev.location(stmt.line))))?;
+    // The statements, ANALYZE and the bookkeeping, pipelined on the connection: sent in order
+    // without waiting for each answer. After the first failure the server rejects the rest
+    // (25P02), so the first error in order is the one to report.
+    let bookkeeping = record_sql(engine, &versions, node, direction, rendered, None, opts)?;
+    let located = rendered
+        .statements
+        .iter()
+        .map(|stmt| (stmt.sql.as_str(), Some(rev.location(stmt.line))))
+        .chain(
+            rendered
+                .analyze
+                .iter()
+                .map(|a| (a.as_str(), Some(rev.location(1)))),
+        )
+        .chain(std::iter::once((bookkeeping.as_str(), None)));
+    let (sqls, locations): (Vec<&str>, Vec<Option<String>>) = located.unzip();
+    let results = futures::future::join_all(sqls.iter().map(|sql| execute(&tx, sql))).await;
+    if let Some((e, location)) = results
+        .into_iter()
+        .zip(locations)
+        .find_map(|(r, l)| r.err().map(|e| (e, l)))
+    {
+        return Err(Attempt::Sql(e, location));
     }
-    for analyze in &rendered.analyze {
-        execute(&tx, analyze)
-            .await
-            .map_err(|e| Attempt::Sql(e, Some(rev.location(1))))?;
-    }
-    let sql = record_sql(engine, &rows, node, direction, rendered, started, opts)?;
-    tx.batch_execute(&sql)
-        .await
-        .map_err(|e| Attempt::Sql(e, None))?;
     tx.commit().await.map_err(|e| Attempt::Sql(e, None))?;
     Ok(())
 }
@@ -455,7 +491,15 @@ async fn autocommit(
             .map_err(|e| sql_err(e, None, 1))?,
     )?;
     if still_needed(engine, &rows, node, direction)? {
-        let sql = record_sql(engine, &rows, node, direction, rendered, started, opts)?;
+        let sql = record_sql(
+            engine,
+            &rows,
+            node,
+            direction,
+            rendered,
+            Some(started),
+            opts,
+        )?;
         tx.batch_execute(&sql)
             .await
             .map_err(|e| sql_err(e, None, 1))?;

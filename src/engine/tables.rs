@@ -149,11 +149,12 @@ impl Tables {
         )
     }
 
-    /// Fence: succeeds (1 row) only if no newer token has been recorded. `$1` = token.
-    pub fn fence_sql(&self) -> String {
+    /// Fence: one row `('fence', n)`: n = 1 when our token was recorded, 0 when a newer
+    /// token is already there (we are stale).
+    pub fn fence_check_sql(&self, token: i64) -> String {
         let f = self.fence.sql();
         format!(
-            "INSERT INTO {f} AS f (id, token) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, updated_at = now() WHERE f.token <= EXCLUDED.token"
+            "WITH f AS (INSERT INTO {f} AS f (id, token) VALUES (1, {token}) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, updated_at = now() WHERE f.token <= EXCLUDED.token RETURNING 1) SELECT 'fence', count(*)::text FROM f"
         )
     }
 
@@ -161,19 +162,18 @@ impl Tables {
         format!("SELECT token FROM {} WHERE id = 1", self.fence.sql())
     }
 
-    /// `$1` revision, `$2` direction, `$3` checksum, `$4` placeholders jsonb, `$5` skipped,
-    /// `$6` duration_ms, `$7` applied_by, `$8` fence_token.
-    pub fn insert_history_sql(&self) -> String {
+    /// Rows `('version', version_num)`.
+    pub fn tagged_versions_sql(&self) -> String {
         format!(
-            "INSERT INTO {} (revision, direction, checksum, placeholders, skipped, duration_ms, applied_by, fence_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            self.history.sql()
+            "SELECT 'version', version_num FROM {} ORDER BY version_num",
+            self.version.sql()
         )
     }
 
-    /// The checksum each revision was last upgraded with.
+    /// Rows `('recorded', revision, checksum, skipped)`: what each revision was last upgraded with.
     pub fn applied_checksums_sql(&self) -> String {
         format!(
-            "SELECT DISTINCT ON (revision) revision, checksum, skipped FROM {} WHERE direction = 'upgrade' ORDER BY revision, id DESC",
+            "SELECT DISTINCT ON (revision) 'recorded', revision, checksum, skipped FROM {} WHERE direction = 'upgrade' ORDER BY revision, id DESC",
             self.history.sql()
         )
     }

@@ -218,6 +218,15 @@ impl TenantRun {
         let tenant_id = tenant.id.to_string();
         let events = move |e: Event| {
             let event = match e {
+                Event::Planned { before, .. } => {
+                    let from = if before.is_empty() {
+                        "base".to_string()
+                    } else {
+                        ids(&before).join(",")
+                    };
+                    tracing::Span::current().record("fleetmig.revision.from", from.as_str());
+                    return;
+                }
                 Event::RevisionStarted {
                     revision,
                     direction,
@@ -271,14 +280,6 @@ impl TenantRun {
             stop: &stop,
         };
         let engine = Engine::new(&self.app, &values, &settings);
-        if let Ok(before) = engine.state(&conn).await {
-            let from = if before.rows.is_empty() {
-                "base".to_string()
-            } else {
-                ids(before.rows).join(",")
-            };
-            tracing::Span::current().record("fleetmig.revision.from", from.as_str());
-        }
         let cancel_query = conn.cancel_token();
         let result = tokio::select! {
             r = engine.migrate(&mut conn, self.spec.direction, &self.target, &opts) => Some(r),
@@ -301,40 +302,35 @@ impl TenantRun {
             );
             return Outcome::Interrupted;
         };
-        let state: Vec<String> = match &result {
-            Ok(_) => engine
-                .state(&conn)
-                .await
-                .map(|s| ids(s.rows))
-                .unwrap_or_default(),
-            Err(_) => engine
-                .state(&conn)
-                .await
-                .map(|s| ids(s.rows))
-                .unwrap_or_default(),
-        };
-        tracing::Span::current().record(
-            "fleetmig.revision.to",
-            if state.is_empty() {
+        let label = |rows: &[crate::model::RevisionId]| {
+            if rows.is_empty() {
                 "base".to_string()
             } else {
-                state.join(",")
+                ids(rows).join(",")
             }
-            .as_str(),
-        );
+        };
+        if let Ok(run) = &result {
+            let span = tracing::Span::current();
+            span.record("fleetmig.revision.to", label(&run.after).as_str());
+        }
         drop(conn);
         guard.release().await;
         match result {
-            Ok(applied) if applied.is_empty() => {
-                self.emit(&tenant, TenantEvent::UpToDate { revisions: state });
+            Ok(run) if run.applied.is_empty() => {
+                self.emit(
+                    &tenant,
+                    TenantEvent::UpToDate {
+                        revisions: ids(run.after),
+                    },
+                );
                 Outcome::UpToDate
             }
-            Ok(applied) => {
+            Ok(run) => {
                 self.emit(
                     &tenant,
                     TenantEvent::Done {
-                        revisions: state,
-                        applied: applied.len() as u32,
+                        revisions: ids(run.after),
+                        applied: run.applied.len() as u32,
                         duration: started.elapsed(),
                     },
                 );

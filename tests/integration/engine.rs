@@ -57,6 +57,7 @@ impl<'a> Run<'a> {
         Engine::new(self.app, &self.values, &self.settings)
             .migrate(client, direction, &target.parse::<Target>().unwrap(), &opts)
             .await
+            .map(|m| m.applied)
     }
 
     pub async fn go_allow_changed(
@@ -80,6 +81,7 @@ impl<'a> Run<'a> {
                 &opts,
             )
             .await
+            .map(|m| m.applied)
     }
 
     pub async fn rows(&self, client: &Client) -> Vec<String> {
