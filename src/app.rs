@@ -28,6 +28,10 @@ use crate::revision::App;
 /// After the jobs are done, how long open client connections get to close by themselves.
 const SERVER_DRAIN: Duration = Duration::from_secs(2);
 
+/// After the grace period, how long abandoned tenants get to cancel their statements before the
+/// lease (and with it every lock) is revoked.
+const ABANDON_WAIT: Duration = Duration::from_secs(2);
+
 /// Who this daemon is, in history rows and lock values.
 pub fn owner() -> String {
     format!(
@@ -229,17 +233,28 @@ pub async fn serve_until(
     let lease_was_lost = lease_lost.is_cancelled();
     // Let running jobs finish their in-flight revisions (their streams end with them), within the grace period.
     let grace = config.server.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
+    // The server keeps being polled meanwhile, so health checks see NOT_SERVING.
+    let wait_for_jobs = async {
         while fleet.running_jobs() > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::select! {
+                _ = &mut server, if !server_done => server_done = true,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
-    })
-    .await;
-    if drained.is_err() {
+    };
+    if tokio::time::timeout(grace, wait_for_jobs).await.is_err() {
         tracing::warn!(
             ?grace,
-            "grace period over: abandoning in-flight work (open transactions roll back when their connections close; locks expire with the lease)"
+            "grace period over: abandoning in-flight work (statements are cancelled, open transactions roll back)"
         );
+        // Stop all tenant SQL first (as on a lease loss), and only then give the locks up.
+        session.abandon();
+        let _ = tokio::time::timeout(ABANDON_WAIT, async {
+            while fleet.running_jobs() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
     }
     // Jobs are done and their streams have ended: idle client connections need not hold us.
     if !server_done

@@ -126,6 +126,8 @@ pub enum FleetCommand {
     },
     /// Stop a job after the revisions in flight.
     Cancel { job_id: String },
+    /// Drift report: each tenant's live schema against what its revision should produce.
+    Verify(SelectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -401,6 +403,49 @@ pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
+        FleetCommand::Verify(s) => {
+            let r = client
+                .verify(proto::VerifyRequest {
+                    app: s.app.clone(),
+                    selector: Some(selector(&s)?),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if conn.output == Output::Json {
+                print_json(&r);
+            } else {
+                for t in &r.tenants {
+                    let at = if t.revisions.is_empty() {
+                        "base".into()
+                    } else {
+                        t.revisions.join(",")
+                    };
+                    if !t.error.is_empty() {
+                        println!("{:24} ERROR {}", t.tenant_id, t.error);
+                    } else if t.drifted || !t.invalid_indexes.is_empty() {
+                        println!("{:24} {at} DRIFTED", t.tenant_id);
+                        for d in t.differences.iter().chain(&t.invalid_indexes) {
+                            println!("    {d}");
+                        }
+                    } else {
+                        println!("{:24} {at} ok", t.tenant_id);
+                    }
+                }
+                println!(
+                    "\ndrifted: {} | invalid indexes: {} | unreachable: {}",
+                    r.drifted, r.with_invalid_indexes, r.unreachable
+                );
+            }
+            if r.drifted + r.with_invalid_indexes + r.unreachable > 0 {
+                Err(Failure {
+                    code: 3,
+                    message: "drift found".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
         FleetCommand::Cancel { job_id } => {
             let r = client
                 .cancel(proto::CancelRequest {
@@ -446,7 +491,7 @@ async fn migrate(
     let json = conn.output == Output::Json;
     let bar = ProgressBar::hidden();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut failed = 0u32;
+    let mut summary: Option<proto::JobSummary> = None;
     while let Some(event) = stream.message().await.map_err(status)? {
         if json {
             print_json(&event);
@@ -518,7 +563,7 @@ async fn migrate(
             }
             Some(Event::Summary(s)) => {
                 bar.finish_and_clear();
-                failed = s.failed + s.interrupted;
+                summary = Some(s.clone());
                 if !json {
                     eprintln!(
                         "job {}: {} tenant(s) in {:.1}s: {} done, {} up to date, {} failed, {} skipped, {} interrupted{}{}",
@@ -542,12 +587,11 @@ async fn migrate(
             _ => {}
         }
     }
-    if failed > 0 {
-        Err(Failure {
-            code: 1,
-            message: format!("{failed} tenant(s) failed or were interrupted"),
-        })
-    } else {
-        Ok(())
+    // Scripts read the exit code: only a job that finished every tenant is a success.
+    match summary {
+        None => Err(Failure { code: 1, message: "the stream ended without a summary: the daemon stopped or the connection broke; the job may still be running (fleet current shows where tenants are)".into() }),
+        Some(s) if s.failed + s.interrupted > 0 => Err(Failure { code: 1, message: format!("{} tenant(s) failed or were interrupted", s.failed + s.interrupted) }),
+        Some(s) if s.skipped > 0 => Err(Failure { code: 1, message: format!("{} tenant(s) were skipped (job cancelled or daemon shutting down)", s.skipped) }),
+        Some(_) => Ok(()),
     }
 }

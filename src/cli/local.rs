@@ -7,7 +7,7 @@ use clap::Args;
 use tokio_postgres::Client;
 
 use super::{Context, Failure, applied_by};
-use crate::engine::{self, Engine, Event, RunOptions};
+use crate::engine::{self, Engine, EngineError, Event, RunOptions};
 use crate::model::Direction;
 use crate::revision::App;
 use crate::revision::plan::Target;
@@ -319,4 +319,144 @@ pub async fn applied_history(ctx: &Context) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Stamp the matching revision (never stamps without an exact match).
+    #[arg(long)]
+    pub stamp: bool,
+}
+
+fn base_config(url: &str) -> Result<tokio_postgres::Config, Failure> {
+    url.parse()
+        .map_err(|_| Failure::input("DATABASE_URL is not a valid PostgreSQL URL"))
+}
+
+fn label(rows: &[crate::model::RevisionId]) -> String {
+    if rows.is_empty() {
+        "base".into()
+    } else {
+        rows.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `adopt`: which revision is a database without version rows at? Compares its schema
+/// fingerprint with each revision's (built on a scratch database); stamps only an exact match.
+pub async fn adopt(ctx: &Context, args: AdoptArgs) -> Result<(), Failure> {
+    let app = ctx.app()?;
+    let values = ctx.values(&app)?;
+    let settings = ctx.config.engine.settings();
+    let url = database_url()?;
+    let (mut client, what) = connect().await?;
+    let engine = Engine::new(&app, &values, &settings);
+    let state = engine.state(&client).await?;
+    if !state.rows.is_empty() {
+        println!(
+            "{what} is already under version control at {}: nothing to adopt",
+            label(&state.rows)
+        );
+        return Ok(());
+    }
+    let live = engine::fingerprint::fingerprint(&client, &settings.tables).await?;
+    let candidates =
+        engine::adopt::revision_fingerprints(&app, &values, &settings, &base_config(&url)?).await?;
+    if let Some((rows, _)) = candidates.iter().find(|(_, fp)| *fp == live) {
+        if rows.is_empty() {
+            println!(
+                "{what} has none of this app's schema (it matches base): run `fleetmig upgrade` instead"
+            );
+            return Ok(());
+        }
+        println!(
+            "{what} matches revision {} exactly (schema fingerprint {})",
+            label(rows),
+            &live.hash()[..12]
+        );
+        if args.stamp {
+            let who = applied_by();
+            let events = |_: Event| {};
+            let opts = RunOptions {
+                fence: None,
+                allow_changed: false,
+                applied_by: &who,
+                events: &events,
+                stop: &|| false,
+            };
+            for row in rows {
+                engine
+                    .stamp(&mut client, row.as_str(), false, &opts)
+                    .await?;
+            }
+            println!("Stamped {what} at {} (no migration ran)", label(rows));
+        } else {
+            println!(
+                "Run `fleetmig adopt --stamp` (or `fleetmig stamp {}`) to record it",
+                label(rows)
+            );
+        }
+        return Ok(());
+    }
+    let (rows, closest) = candidates
+        .iter()
+        .min_by_key(|(_, fp)| live.diff(fp).len())
+        .expect("base is always a candidate");
+    let diff = closest.diff(&live);
+    let mut message = format!(
+        "{what} matches no revision of app {}; the closest is {} ({} difference(s); - expected by the revision, + found in the database):",
+        app.name,
+        label(rows),
+        diff.len()
+    );
+    for line in diff {
+        message.push_str("\n  ");
+        message.push_str(&line);
+    }
+    message.push_str("\nNothing was stamped. Bring the schema in line with a revision (or check the placeholder values), then adopt again.");
+    Err(Failure { code: 3, message })
+}
+
+/// `verify`: does the live schema equal what its recorded revision(s) should produce?
+pub async fn verify(ctx: &Context) -> Result<(), Failure> {
+    let app = ctx.app()?;
+    let values = ctx.values(&app)?;
+    let settings = ctx.config.engine.settings();
+    let url = database_url()?;
+    let (client, what) = connect().await?;
+    let engine = Engine::new(&app, &values, &settings);
+    let state = engine.state(&client).await?;
+    crate::revision::plan::applied_from_rows(&app.graph, &state.rows).map_err(EngineError::from)?;
+    let live = engine::fingerprint::fingerprint(&client, &settings.tables).await?;
+    let expected =
+        engine::adopt::expected(&app, &values, &settings, &base_config(&url)?, &state.rows).await?;
+    let invalid: Vec<&String> = live
+        .lines
+        .iter()
+        .filter(|l| l.ends_with(" INVALID"))
+        .collect();
+    let diff = expected.diff(&live);
+    if diff.is_empty() && invalid.is_empty() {
+        println!(
+            "{what} at {}: schema as expected (fingerprint {})",
+            label(&state.rows),
+            &live.hash()[..12]
+        );
+        return Ok(());
+    }
+    let mut message = format!(
+        "{what} at {} has drifted ({} difference(s); - expected, + found):",
+        label(&state.rows),
+        diff.len()
+    );
+    for line in diff {
+        message.push_str("\n  ");
+        message.push_str(&line);
+    }
+    for line in invalid {
+        message.push_str(&format!("\n  INVALID index: {line}"));
+    }
+    Err(Failure { code: 3, message })
 }

@@ -76,6 +76,13 @@ pub enum Command {
     Check,
     /// Print the database's schema fingerprint (from pg_catalog).
     Fingerprint,
+    /// Find the revision a database without version rows is at (by schema fingerprint), and
+    /// stamp it with --stamp. Never stamps without an exact match.
+    Adopt(local::AdoptArgs),
+    /// Compare the live schema with what its recorded revision should produce (drift).
+    Verify,
+    /// Turn an Alembic project's offline SQL into revision files with the same ids and parents.
+    ImportAlembic(authoring::ImportArgs),
     /// Run the daemon: gRPC API, tenant registry and locks in etcd, parallel migrations.
     Serve(ServeArgs),
     /// Manage the daemon's tenant registry.
@@ -304,6 +311,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stamp(args) => local::stamp(&ctx, args).await,
         Command::Current(args) => local::current(&ctx, args).await,
         Command::Fingerprint => local::fingerprint(&ctx).await,
+        Command::ImportAlembic(args) => authoring::import_alembic(&ctx, args),
+        Command::Adopt(args) => local::adopt(&ctx, args).await,
+        Command::Verify => local::verify(&ctx).await,
         Command::Serve(_) => serve(ctx.config, cli.global.log_json).await,
         Command::Tenants { .. } | Command::Fleet { .. } => unreachable!("handled above"),
     }

@@ -3,6 +3,7 @@
 //! ones), records history, stamps, and renders offline SQL. Knows nothing of etcd or gRPC:
 //! callers that hold a distributed lock pass its fencing token.
 
+pub mod adopt;
 pub mod error;
 pub mod fingerprint;
 pub mod offline;
@@ -283,7 +284,12 @@ impl<'a> Engine<'a> {
 
     async fn unlock(&self, client: &Client) {
         if let Err(e) = client
-            .simple_query(&format!("SELECT pg_advisory_unlock({})", self.lock_key()))
+            .simple_query(&format!(
+                // A failed autocommit revision may have left session timeouts set: reset them
+                // before the connection goes back to its pool.
+                "RESET lock_timeout; RESET statement_timeout; SELECT pg_advisory_unlock({})",
+                self.lock_key()
+            ))
             .await
         {
             tracing::debug!(error = %e, "advisory unlock failed (the session end releases it)");
@@ -398,22 +404,6 @@ impl<'a> Engine<'a> {
                 })
             })
             .collect()
-    }
-
-    /// The plan from the database's current state, without applying anything.
-    pub async fn plan(
-        &self,
-        client: &Client,
-        direction: Direction,
-        target: &Target,
-    ) -> Result<(DbState, Vec<Node>), EngineError> {
-        let state = self.state(client).await?;
-        let applied = plan::applied_from_rows(&self.app.graph, &state.rows)?;
-        let steps = match direction {
-            Direction::Upgrade => plan::upgrade(&self.app.graph, &applied, target)?,
-            Direction::Downgrade => plan::downgrade(&self.app.graph, &applied, target)?,
-        };
-        Ok((state, steps))
     }
 
     /// Upgrade or downgrade to `target`. Stops at the first failure, leaving the database at

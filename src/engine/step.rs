@@ -444,17 +444,16 @@ async fn autocommit(
         .map_err(|e| sql_err(e, None, 1))?;
     let mut max_attempts = 1;
     for stmt in &rendered.statements {
-        if let Some(token) = opts.fence {
-            fence(&*client, tables, token).await?;
-        }
-        if let Some(build) = &stmt.index_build {
-            drop_invalid_leftover(client, rev, build, opts)
-                .await
-                .map_err(|e| sql_err(e, Some(stmt.line), 1))?;
-        }
-        let attempts = run_with_retries(engine, client, rev, &stmt.sql, opts)
-            .await
-            .map_err(|(e, n)| sql_err(e, Some(stmt.line), n))?;
+        let attempts = run_with_retries(
+            engine,
+            client,
+            rev,
+            &stmt.sql,
+            stmt.index_build.as_ref(),
+            opts,
+        )
+        .await
+        .map_err(|f| f.at(rev, direction, Some(stmt.line)))?;
         max_attempts = max_attempts.max(attempts);
         if let Some(build) = &stmt.index_build
             && index_validity(client, build)
@@ -469,9 +468,9 @@ async fn autocommit(
         }
     }
     for analyze in &rendered.analyze {
-        execute(&*client, analyze)
+        run_with_retries(engine, client, rev, analyze, None, opts)
             .await
-            .map_err(|e| sql_err(e, Some(1), 1))?;
+            .map_err(|f| f.at(rev, direction, Some(1)))?;
     }
     client
         .batch_execute("RESET lock_timeout; RESET statement_timeout")
@@ -508,17 +507,51 @@ async fn autocommit(
     Ok(max_attempts)
 }
 
+/// A failed autocommit statement: a fence/engine error, or SQL with its attempt count.
+enum StatementError {
+    Step(StepError),
+    Sql(tokio_postgres::Error, u32),
+}
+
+impl StatementError {
+    fn at(self, rev: &Revision, direction: Direction, line: Option<usize>) -> StepError {
+        match self {
+            StatementError::Step(e) => e,
+            StatementError::Sql(e, attempts) => StepError::Failed(failure(
+                rev,
+                direction,
+                line.map(|l| rev.location(l)),
+                &e,
+                attempts,
+            )),
+        }
+    }
+}
+
+/// One autocommit statement, retried on lock timeouts. Every attempt is fenced first, and an
+/// index build first drops an INVALID leftover (a build that timed out leaves one behind).
 async fn run_with_retries(
     engine: &Engine<'_>,
     client: &Client,
     rev: &Revision,
     sql: &str,
+    index_build: Option<&crate::revision::sql::ConcurrentIndexBuild>,
     opts: &RunOptions<'_>,
-) -> Result<u32, (tokio_postgres::Error, u32)> {
+) -> Result<u32, StatementError> {
     let mut delays = engine.settings.backoff();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        if let Some(token) = opts.fence {
+            fence(client, &engine.settings.tables, token)
+                .await
+                .map_err(StatementError::Step)?;
+        }
+        if let Some(build) = index_build {
+            drop_invalid_leftover(client, rev, build, opts)
+                .await
+                .map_err(|e| StatementError::Sql(e, attempt))?;
+        }
         match execute(client, sql).await {
             Ok(()) => return Ok(attempt),
             Err(e) if is_lock_timeout(&e) => match delays.next() {
@@ -535,9 +568,9 @@ async fn run_with_retries(
                     });
                     tokio::time::sleep(delay).await;
                 }
-                None => return Err((e, attempt)),
+                None => return Err(StatementError::Sql(e, attempt)),
             },
-            Err(e) => return Err((e, attempt)),
+            Err(e) => return Err(StatementError::Sql(e, attempt)),
         }
     }
 }

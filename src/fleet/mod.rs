@@ -6,6 +6,7 @@
 pub mod events;
 mod queries;
 mod tenant_run;
+mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use tracing::Instrument;
 
 pub use events::{JobEvent, Outcome, Summary, TenantEvent};
 pub use queries::{CurrentReport, HistoryEntry, TenantPlan, TenantVersion};
+pub use verify::{DriftReport, TenantDrift};
 
 use crate::engine::{EngineError, Settings};
 use crate::lock::{DistributedLock, LockError};

@@ -304,14 +304,19 @@ impl Fleet {
                     events: &events,
                     stop: &|| false,
                 };
-                Engine::new(app, &values, &settings)
-                    .stamp(&mut conn, revision, purge, &opts)
-                    .await
-                    .map(|rows| rows.iter().map(|r| r.to_string()).collect())
-                    .map_err(|source| FleetError::Engine {
-                        tenant: id.clone(),
-                        source: Box::new(source),
-                    })
+                let engine = Engine::new(app, &values, &settings);
+                let stamped = tokio::select! {
+                    r = engine.stamp(&mut conn, revision, purge, &opts) => r,
+                    // Lease lost: stop at once and never reuse this connection.
+                    _ = guard.lost() => {
+                        conn.poison();
+                        return Err(FleetError::Lock { tenant: id.clone(), source: crate::lock::LockError::SessionLost });
+                    }
+                };
+                stamped.map(|rows| rows.iter().map(|r| r.to_string()).collect()).map_err(|source| FleetError::Engine {
+                    tenant: id.clone(),
+                    source: Box::new(source),
+                })
             }
             .await;
         guard.release().await;

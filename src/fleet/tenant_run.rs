@@ -215,6 +215,9 @@ impl TenantRun {
         let started = Instant::now();
         let tx = self.tx.clone();
         let app_name = self.app.name.clone();
+        // What this run applied, as the engine reported it: the truth for interrupted runs too.
+        let applied_so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let applied_log = applied_so_far.clone();
         let tenant_id = tenant.id.to_string();
         let events = move |e: Event| {
             let event = match e {
@@ -235,6 +238,7 @@ impl TenantRun {
                     direction,
                 },
                 Event::RevisionDone(a) => {
+                    applied_log.lock().unwrap().push(a.revision.to_string());
                     crate::metrics::metrics().revision_duration.record(
                         a.duration.as_secs_f64(),
                         &crate::metrics::attrs(&[
@@ -293,13 +297,8 @@ impl TenantRun {
             self.fleet.pools.discard(&key);
             let reason = "this daemon lost its etcd lease; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();
             tracing::error!(tenant = %tenant.id, "interrupted: lease lost");
-            self.emit(
-                &tenant,
-                TenantEvent::Interrupted {
-                    reason,
-                    applied: vec![],
-                },
-            );
+            let applied = applied_so_far.lock().unwrap().clone();
+            self.emit(&tenant, TenantEvent::Interrupted { reason, applied });
             return Outcome::Interrupted;
         };
         let label = |rows: &[crate::model::RevisionId]| {
@@ -361,6 +360,7 @@ impl TenantRun {
                 Failure {
                     sqlstate: e.sqlstate().unwrap_or_default().to_string(),
                     message: e.to_string(),
+                    applied: applied_so_far.lock().unwrap().clone(),
                     ..Failure::default()
                 },
             ),

@@ -210,4 +210,36 @@ impl proto::migrations_server::Migrations for MigrationsService {
         tracing::info!(tenant = %id, ?revisions, purge = r.purge, "tenant stamped");
         Ok(Response::new(proto::StampResponse { revisions }))
     }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        let r = request.into_inner();
+        let app = convert::app_name("app", &r.app).map_err(invalid)?;
+        let selector = if r.selector.is_none() {
+            crate::fleet::Selector::All
+        } else {
+            convert::selector(r.selector).map_err(invalid)?
+        };
+        let report = self.fleet.verify(&app, &selector).await?;
+        Ok(Response::new(proto::VerifyResponse {
+            tenants: report
+                .tenants
+                .into_iter()
+                .map(|t| proto::TenantDrift {
+                    tenant_id: t.tenant_id,
+                    revisions: t.revisions,
+                    drifted: !t.differences.is_empty(),
+                    differences: t.differences,
+                    invalid_indexes: t.invalid_indexes,
+                    error: t.error.unwrap_or_default(),
+                })
+                .collect(),
+            tenants_by_version: report.by_version.into_iter().collect(),
+            drifted: report.drifted,
+            with_invalid_indexes: report.with_invalid_indexes,
+            unreachable: report.unreachable,
+        }))
+    }
 }

@@ -6,8 +6,9 @@
 //!   passes, or etcd says the lease is gone, the session is lost: every guard's `lost()` fires.
 //! - Acquire: a transaction creates `<prefix>locks/<database key>` with our lease only if it
 //!   does not exist; otherwise we watch it until it is deleted and try again, within our own
-//!   timeout. Nothing stays pending on the server when we give up (unlike etcd's Lock RPC,
-//!   which may grant a lock after the client timed out).
+//!   timeout. A transaction we stopped waiting for is still seen through: if the server
+//!   granted it, the key is deleted (unlike etcd's Lock RPC, whose late grant would otherwise
+//!   need the whole process lease revoked).
 //! - Fencing token: the lock key's create revision, which grows with every new holder.
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,9 @@ use tokio_util::task::TaskTracker;
 use super::{DistributedLock, LockError, LockGuard};
 use crate::model::FenceToken;
 use crate::registry::DatabaseKey;
+
+/// Pause before the next keep-alive attempt after a failed one.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(300);
 
 fn unavailable(e: etcd_client::Error) -> LockError {
     LockError::Unavailable(e.to_string())
@@ -78,30 +82,30 @@ impl EtcdSession {
         Ok(session)
     }
 
-    pub fn lease_id(&self) -> i64 {
-        self.lease
-    }
-
-    pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+    fn lose(&self, why: &str) {
+        tracing::error!(
+            lease = format!("{:x}", self.lease),
+            why,
+            "etcd lease lost: stopping all tenant work"
+        );
+        self.lost.cancel();
     }
 
     async fn keep_alive(&self, ttl: Duration, stop: CancellationToken) {
         let interval = ttl / 3;
+        let mut wait = interval;
         let mut channel = None;
         loop {
             let deadline = *self.safe_until.lock().unwrap();
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::error!(lease = format!("{:x}", self.lease), "etcd lease deadline passed without an acknowledged keep-alive: lease lost, stopping all tenant work");
-                    self.lost.cancel();
-                    return;
-                }
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep_until(deadline) => return self.lose("the lease deadline passed without an acknowledged keep-alive"),
+                _ = tokio::time::sleep(wait) => {}
             }
             let sent = Instant::now();
-            let round = tokio::time::timeout(interval, async {
+            // A round never outlives the deadline: the loss is noticed the moment it happens.
+            let round_limit = interval.min(deadline.saturating_duration_since(sent));
+            let round = tokio::time::timeout(round_limit, async {
                 if channel.is_none() {
                     channel = Some(self.client.clone().lease_keep_alive(self.lease).await?);
                 }
@@ -114,14 +118,11 @@ impl EtcdSession {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                     *self.safe_until.lock().unwrap() =
                         sent + Duration::from_secs(resp.ttl() as u64);
+                    wait = interval;
                 }
-                Ok(Ok(Some(_))) => {
-                    tracing::error!(
-                        lease = format!("{:x}", self.lease),
-                        "etcd says the lease has expired: lease lost, stopping all tenant work"
-                    );
-                    self.lost.cancel();
-                    return;
+                Ok(Ok(Some(_))) => return self.lose("etcd says the lease has expired"),
+                Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                    return self.lose("etcd no longer knows the lease");
                 }
                 Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                     let why = match round {
@@ -132,9 +133,16 @@ impl EtcdSession {
                     crate::metrics::metrics().keepalive_failures.add(1, &[]);
                     tracing::warn!(lease = format!("{:x}", self.lease), %why, "etcd keep-alive failed; retrying until the lease deadline");
                     channel = None;
+                    // Retry soon: a TTL/3 pause would leave one attempt per lease.
+                    wait = RETRY_AFTER_FAILURE;
                 }
             }
         }
+    }
+
+    /// Treat every lock as lost (stop all tenant SQL) without revoking the lease yet.
+    pub fn abandon(&self) {
+        self.lose("shutting down after the grace period");
     }
 
     /// Revoke the lease: every lock key goes with it. Called at shutdown.
@@ -179,14 +187,26 @@ impl EtcdSession {
                     Some(PutOptions::new().with_lease(self.lease)),
                 )])
                 .or_else([TxnOp::get(lock_key.clone(), None)]);
-            let resp = tokio::time::timeout_at(deadline, client.txn(txn))
+            // The txn runs to completion on its own task: if we stop waiting (timeout, or our
+            // caller is cancelled), a lock the server granted late is released, not leaked.
+            let mut pending = PendingAcquire {
+                txn: Some(tokio::spawn({
+                    let mut c = client.clone();
+                    async move { c.txn(txn).await }
+                })),
+                client: self.client.clone(),
+                lock_key: lock_key.clone(),
+            };
+            let resp = tokio::time::timeout_at(deadline, pending.txn.as_mut().expect("just set"))
                 .await
                 .map_err(|_| LockError::Timeout {
                     key: key.clone(),
                     waited: started.elapsed(),
                     holder: "(etcd did not answer)".into(),
                 })?
+                .expect("the txn task does not panic")
                 .map_err(unavailable)?;
+            pending.txn = None;
             if resp.succeeded() {
                 let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
                 let token = FenceToken(revision);
@@ -245,6 +265,31 @@ impl EtcdSession {
                 }
                 _ = self.lost.cancelled() => return Err(LockError::SessionLost),
             }
+        }
+    }
+}
+
+/// An acquire transaction we may stop waiting for. Dropped while still pending, it waits for
+/// the outcome in the background and releases the lock if it was granted after all.
+struct PendingAcquire {
+    txn: Option<tokio::task::JoinHandle<Result<etcd_client::TxnResponse, etcd_client::Error>>>,
+    client: Client,
+    lock_key: String,
+}
+
+impl Drop for PendingAcquire {
+    fn drop(&mut self) {
+        if let Some(txn) = self.txn.take() {
+            let (client, lock_key) = (self.client.clone(), self.lock_key.clone());
+            tokio::spawn(async move {
+                if let Ok(Ok(resp)) = txn.await
+                    && resp.succeeded()
+                {
+                    let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                    tracing::info!(key = %lock_key, "releasing a lock granted after its waiter gave up");
+                    release(client, lock_key, revision).await;
+                }
+            });
         }
     }
 }

@@ -85,15 +85,17 @@ impl bb8::ManageConnection for BudgetedManager {
     type Error = PoolError;
 
     async fn connect(&self) -> Result<Budgeted, PoolError> {
-        let permit = match self.host.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                (self.release_idle)();
-                self.host
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("host semaphores are never closed")
+        // Wait for a slot on the host: a tenant queues behind the budget rather than failing.
+        // Idle connections of other databases on the host give theirs back while we wait.
+        let permit = loop {
+            if let Ok(p) = self.host.clone().try_acquire_owned() {
+                break p;
+            }
+            (self.release_idle)();
+            if let Ok(p) =
+                tokio::time::timeout(BUDGET_POLL, self.host.clone().acquire_owned()).await
+            {
+                break p.expect("host semaphores are never closed");
             }
         };
         let (client, connection) =
@@ -135,6 +137,11 @@ impl bb8::ManageConnection for BudgetedManager {
 
 pub type PooledClient = bb8::PooledConnection<'static, BudgetedManager>;
 
+/// How often a connect waiting for the host budget asks idle pools to give way.
+const BUDGET_POLL: Duration = Duration::from_millis(250);
+/// bb8's own wait for a connection: effectively unbounded, so tenants queue for the host budget.
+const QUEUE_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
 /// Limits of the pools.
 #[derive(Debug, Clone)]
 pub struct PoolLimits {
@@ -151,13 +158,13 @@ pub struct PoolLimits {
 /// bad password or a missing database is reported at once, with its cause.
 #[derive(Debug, Clone, Default)]
 struct ConnectErrors {
-    last: Arc<Mutex<Option<PoolError>>>,
+    last: Arc<Mutex<Option<(Instant, PoolError)>>>,
     arrived: Arc<tokio::sync::Notify>,
 }
 
 impl bb8::ErrorSink<PoolError> for ConnectErrors {
     fn sink(&self, error: PoolError) {
-        *self.last.lock().unwrap() = Some(error);
+        *self.last.lock().unwrap() = Some((Instant::now(), error));
         self.arrived.notify_waiters();
     }
 
@@ -230,7 +237,9 @@ impl Pools {
                         .max_size(self.limits.per_database)
                         .min_idle(None)
                         .idle_timeout(Some(self.limits.idle_timeout))
-                        .connection_timeout(self.limits.connect_timeout)
+                        // Waiting for the host budget is queueing, not failure; the TCP connect
+                        // itself is bounded by `connect_timeout` in the connection config.
+                        .connection_timeout(QUEUE_LIMIT)
                         .test_on_check_out(false)
                         // Report a failed connect (bad password, no such database) at once, with its cause.
                         .retry_connection(false)
@@ -247,6 +256,7 @@ impl Pools {
                 }
             }
         };
+        let asked = Instant::now();
         let failed = errors.arrived.notified();
         tokio::pin!(failed);
         failed.as_mut().enable();
@@ -256,12 +266,11 @@ impl Pools {
         };
         got.map_err(|e| match e {
             bb8::RunError::User(e) => e,
-            bb8::RunError::TimedOut => errors
-                .last
-                .lock()
-                .unwrap()
-                .take()
-                .unwrap_or(PoolError::Timeout { key }),
+            // Only a connect error that happened while we waited is ours to report.
+            bb8::RunError::TimedOut => match errors.last.lock().unwrap().take() {
+                Some((at, error)) if at >= asked => error,
+                _ => PoolError::Timeout { key },
+            },
         })
     }
 
@@ -277,10 +286,6 @@ impl Pools {
     /// Forget a database's pool (e.g. after a lease loss: its connections may be mid-statement).
     pub fn discard(&self, key: &DatabaseKey) {
         self.databases.lock().unwrap().remove(key);
-    }
-
-    pub fn open_pools(&self) -> usize {
-        self.databases.lock().unwrap().len()
     }
 }
 

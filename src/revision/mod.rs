@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod graph;
+pub mod import;
 pub mod placeholder;
 pub mod plan;
 pub mod render;

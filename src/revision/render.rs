@@ -39,6 +39,17 @@ pub enum RenderError {
         "{location}: transaction control ({stmt}) in a revision; fleetmig manages transactions itself (use `-- transaction: none` for statements that must run outside one)"
     )]
     TransactionControl { location: String, stmt: String },
+    #[error(
+        "{location}: placeholder inside {what}: write ${{NAME}} as a bare token (fleetmig quotes the value itself), never inside quotes or comments"
+    )]
+    PlaceholderInQuotes {
+        location: String,
+        what: &'static str,
+    },
+    #[error(
+        "{location}: the rendered statement is no longer one statement; a placeholder value changed its structure"
+    )]
+    NotOneStatement { location: String },
     #[error("{location}: revision {id} has no downgrade (irreversible)")]
     NoDowngrade { location: String, id: String },
 }
@@ -102,12 +113,24 @@ pub fn render(
     let mut statements = Vec::with_capacity(split.len());
     for s in split {
         let line = section.first_line + s.line;
+        if let Some((offset, what)) = sql::placeholder_in_quotes(&s.text) {
+            return Err(RenderError::PlaceholderInQuotes {
+                location: loc(line + offset),
+                what,
+            });
+        }
         let text = values
             .render(&s.text)
             .map_err(|(offset, source)| RenderError::Placeholder {
                 location: loc(line + offset),
                 source,
             })?;
+        // Defence in depth: values are quoted, so the statement must still be one statement.
+        if text != s.text && !matches!(sql::split(&text).as_deref(), Ok([_])) {
+            return Err(RenderError::NotOneStatement {
+                location: loc(line),
+            });
+        }
         if sql::is_transaction_control(&text) {
             let stmt = text
                 .split_whitespace()
@@ -155,4 +178,67 @@ pub fn render(
         skipped_by: None,
         analyze,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::revision::placeholder::{Declaration, Declarations};
+
+    fn values(v: &str) -> Resolved {
+        let decls: BTreeMap<String, Declaration> =
+            toml::from_str("[S]\ntype = \"string\"\n[I]\ntype = \"identifier\"\n").unwrap();
+        Declarations(decls)
+            .resolve(
+                &|_| None,
+                &BTreeMap::from([
+                    ("S".to_string(), v.to_string()),
+                    ("I".to_string(), "ok".to_string()),
+                ]),
+            )
+            .unwrap()
+    }
+
+    fn rev(up: &str) -> Revision {
+        Revision::parse(
+            Path::new("r.sql"),
+            &format!(
+                "-- revision: r\n-- down_revision:\n-- +upgrade\n{up}\n-- +downgrade\nSELECT 1;\n"
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hostile_values_cannot_change_a_statement() {
+        let hostile = "x'); DROP TABLE accounts; --";
+        let ok = render(
+            &rev("INSERT INTO t VALUES (${S});"),
+            Direction::Upgrade,
+            &values(hostile),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.statements.len(), 1);
+        assert_eq!(
+            ok.statements[0].sql,
+            "INSERT INTO t VALUES ('x''); DROP TABLE accounts; --')"
+        );
+        for quoted in [
+            "SELECT '${S}';",
+            "DO $$ BEGIN PERFORM ${S}; END $$;",
+            "SELECT 1 -- ${S}\n;",
+            "SELECT \"${I}\";",
+        ] {
+            let e = render(&rev(quoted), Direction::Upgrade, &values(hostile), None).unwrap_err();
+            assert!(
+                matches!(e, RenderError::PlaceholderInQuotes { .. }),
+                "{quoted}: {e}"
+            );
+            assert!(e.to_string().starts_with("r.sql:4:"), "{e}");
+        }
+    }
 }

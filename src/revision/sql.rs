@@ -105,6 +105,39 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
     Ok(out)
 }
 
+/// Where a `${` sits inside a string, quoted identifier, dollar-quoted body or comment: a
+/// placeholder there would be spliced into text the lexer no longer sees, so a value could
+/// close the quote and inject SQL. Placeholders must be bare tokens; rendering quotes them.
+pub fn placeholder_in_quotes(sql: &str) -> Option<(usize, &'static str)> {
+    let mut offset = 0usize;
+    for token in tokenize(sql) {
+        let len = token.len as usize;
+        let what = match token.kind {
+            TokenKind::Eof => break,
+            TokenKind::LineComment | TokenKind::BlockComment { .. } => Some("a comment"),
+            TokenKind::QuotedIdent { .. } => Some("a quoted identifier"),
+            TokenKind::Literal { kind } => match kind {
+                LiteralKind::DollarQuotedString { .. } => Some("a dollar-quoted body"),
+                LiteralKind::Str { .. }
+                | LiteralKind::NationalStr { .. }
+                | LiteralKind::ByteStr { .. }
+                | LiteralKind::BitStr { .. }
+                | LiteralKind::UnicodeEscStr { .. }
+                | LiteralKind::EscStr { .. } => Some("a string literal"),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(what) = what
+            && sql[offset..offset + len].contains("${")
+        {
+            return Some((sql[..offset].matches('\n').count(), what));
+        }
+        offset += len;
+    }
+    None
+}
+
 /// A significant token of a statement: a keyword or identifier (quotes stripped), or punctuation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Word {
@@ -286,6 +319,27 @@ mod tests {
         let t = texts(sql);
         assert_eq!(t.len(), 3, "{t:?}");
         assert!(t[1].ends_with("SELECT 2; END"));
+    }
+
+    #[test]
+    fn placeholders_in_quotes_and_comments_are_found() {
+        assert_eq!(placeholder_in_quotes("SELECT ${A}"), None);
+        assert_eq!(
+            placeholder_in_quotes("SELECT 1,\n '${B}'"),
+            Some((1, "a string literal"))
+        );
+        assert_eq!(
+            placeholder_in_quotes("DO $$ BEGIN ${X}; END $$"),
+            Some((0, "a dollar-quoted body"))
+        );
+        assert_eq!(
+            placeholder_in_quotes("SELECT 1 -- ${C}\n"),
+            Some((0, "a comment"))
+        );
+        assert_eq!(
+            placeholder_in_quotes("SELECT \"${D}\""),
+            Some((0, "a quoted identifier"))
+        );
     }
 
     #[test]

@@ -780,3 +780,49 @@ async fn a_job_outlives_its_stream_and_unary_queries_answer() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     f.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn verify_flags_a_column_added_by_hand_on_one_tenant_of_ten() {
+    let Some(f) = fleet("drift", "aletheia", 10, &harness::repo_migrations()).await else {
+        return;
+    };
+    let mut m = f.daemon.migrations().await;
+    assert_eq!(
+        dh::summary(
+            &dh::collect(
+                m.upgrade(all("aletheia", "head", 4))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            )
+            .await
+        )
+        .done,
+        10
+    );
+    let c = fleetmig::engine::connect(&f.urls["drift-6"]).await.unwrap();
+    c.batch_execute("ALTER TABLE memory_shards ADD COLUMN added_by_hand text")
+        .await
+        .unwrap();
+    let r = m
+        .verify(proto::VerifyRequest {
+            app: "aletheia".into(),
+            selector: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.drifted, r.unreachable), (1, 0), "{r:?}");
+    let drifted: Vec<&proto::TenantDrift> = r.tenants.iter().filter(|t| t.drifted).collect();
+    assert_eq!(drifted[0].tenant_id, "drift-6");
+    assert!(
+        drifted[0]
+            .differences
+            .iter()
+            .any(|d| d.starts_with("+ column public.memory_shards") && d.contains("added_by_hand")),
+        "{:?}",
+        drifted[0].differences
+    );
+    assert_eq!(r.tenants_by_version.get("0003"), Some(&10));
+    f.daemon.shutdown().await.unwrap();
+}

@@ -618,3 +618,87 @@ async fn merges_and_branches_keep_alembic_rows() {
         .unwrap();
     assert!(run.rows(&client).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_stale_fence_token_writes_nothing() {
+    let Some((mut client, _)) = fresh("stalefence").await else {
+        return;
+    };
+    let (_tmp, root) = harness::scratch_app(
+        "app",
+        MANIFEST,
+        &[
+            (
+                "0001_a.sql",
+                "-- revision: 0001\n-- down_revision:\n-- +upgrade\nCREATE TABLE a (x int);\n-- +downgrade\nDROP TABLE a;\n",
+            ),
+            (
+                "0002_b.sql",
+                "-- revision: 0002\n-- down_revision: 0001\n-- transaction: none\n-- +upgrade\nCREATE INDEX CONCURRENTLY IF NOT EXISTS ix_a ON a (x);\n-- +downgrade\nDROP INDEX CONCURRENTLY IF EXISTS ix_a;\n",
+            ),
+        ],
+    );
+    let app = load(&root, "app");
+    let run = Run::new(&app);
+    let sink = |_: Event| {};
+    let opts = |token: i64| RunOptions {
+        fence: Some(fleetmig::model::FenceToken(token)),
+        allow_changed: false,
+        applied_by: "test",
+        events: &sink,
+        stop: &|| false,
+    };
+    let engine = Engine::new(&app, &run.values, &run.settings);
+    // A newer holder (token 10) applied 0001...
+    engine
+        .migrate(
+            &mut client,
+            Direction::Upgrade,
+            &"0001".parse().unwrap(),
+            &opts(10),
+        )
+        .await
+        .unwrap();
+    // ...so an older one (token 5) is rejected before writing anything, transactional or not.
+    let err = engine
+        .migrate(
+            &mut client,
+            Direction::Upgrade,
+            &"head".parse().unwrap(),
+            &opts(5),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::StaleFence { theirs: 10, .. }),
+        "{err}"
+    );
+    let index: bool = client
+        .query_one("SELECT to_regclass('ix_a') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!index, "the stale holder built nothing");
+    let err = engine
+        .migrate(
+            &mut client,
+            Direction::Downgrade,
+            &"base".parse().unwrap(),
+            &opts(9),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::StaleFence { .. }), "{err}");
+    assert_eq!(run.rows(&client).await, vec!["0001"]);
+    // The newer holder goes on.
+    engine
+        .migrate(
+            &mut client,
+            Direction::Upgrade,
+            &"head".parse().unwrap(),
+            &opts(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.rows(&client).await, vec!["0002"]);
+}

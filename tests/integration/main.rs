@@ -3,6 +3,8 @@
 mod daemon_harness;
 mod harness;
 
+mod adopt;
+mod alembic_import;
 mod cli;
 mod daemon;
 mod daemon_e2e;
