@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Settings, TableName, Tables};
 
+/// `FLEETMIG_*` variables that are not configuration: tool paths of the Makefile and tests,
+/// the log filter, the `--config` flag's variable, the CLI client's daemon address.
+const NOT_CONFIG: &[&str] = &[
+    "grpcurl", "pg_bin", "etcd_bin", "alembic", "log", "config", "server",
+];
+
 /// The config file read from the working directory when `--config` is not given.
 pub const DEFAULT_FILE: &str = "fleetmig.toml";
 
@@ -282,15 +288,7 @@ impl Config {
 
     /// The standard environment provider: `FLEETMIG_` prefix, `__` for nesting.
     pub fn env() -> Env {
-        Env::prefixed("FLEETMIG_").split("__").ignore(&[
-            "grpcurl",
-            "pg_bin",
-            "etcd_bin",
-            "test_keep",
-            "log",
-            "config",
-            "server",
-        ])
+        Env::prefixed("FLEETMIG_").split("__").ignore(NOT_CONFIG)
     }
 }
 

@@ -58,8 +58,33 @@ pub enum TenantsCommand {
         #[arg(long = "placeholder", short = 'p')]
         placeholders: Vec<String>,
     },
-    /// Remove a tenant from the registry (its database is not touched).
-    Rm { id: String },
+    /// Remove a tenant from the registry (its database is not touched unless --drop-database).
+    Rm {
+        id: String,
+        /// Also drop the database; needs --confirm with the database name.
+        #[arg(long)]
+        drop_database: bool,
+        /// The database name, repeated, to confirm --drop-database.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Provision a tenant end to end: create its database, register, migrate to head, verify.
+    Onboard {
+        #[command(flatten)]
+        tenant: AddTenant,
+        /// Idempotency key: the same id again does not onboard twice.
+        #[arg(long)]
+        request_id: String,
+        /// Role creating the database and extensions (default: the tenant's user).
+        #[arg(long)]
+        admin_user: Option<String>,
+        /// Extension to create as the admin role before migrating (repeatable).
+        #[arg(long = "extension")]
+        extensions: Vec<String>,
+        /// Copy a template database kept at head instead of migrating from empty.
+        #[arg(long)]
+        use_template: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -212,28 +237,7 @@ pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure>
     };
     match cmd {
         TenantsCommand::Add(a) => {
-            let source = match (a.password_env, a.password_file, a.passfile) {
-                (Some(v), _, _) => Some(proto::password_ref::Source::Env(v)),
-                (_, Some(f), _) => Some(proto::password_ref::Source::File(f)),
-                (_, _, true) => Some(proto::password_ref::Source::Passfile(true)),
-                _ => None,
-            };
-            let tenant = proto::Tenant {
-                id: a.id,
-                app: a.app,
-                connection: Some(proto::Connection {
-                    host: a.host,
-                    port: a.port,
-                    dbname: a.dbname,
-                    user: a.user,
-                    sslmode: a.sslmode,
-                    schema: a.schema.unwrap_or_default(),
-                    password: source.map(|s| proto::PasswordRef { source: Some(s) }),
-                }),
-                labels: pairs("label", &a.labels)?,
-                placeholders: pairs("placeholder", &a.placeholders)?,
-                ..Default::default()
-            };
+            let tenant = tenant_proto(a)?;
             let t = client
                 .register(proto::RegisterTenantRequest {
                     tenant: Some(tenant),
@@ -303,15 +307,29 @@ pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure>
                 .into_inner();
             show(&t);
         }
-        TenantsCommand::Rm { id } => {
+        TenantsCommand::Rm {
+            id,
+            drop_database,
+            confirm,
+        } => {
             let r = client
-                .deregister(proto::DeregisterTenantRequest { id })
+                .deregister(proto::DeregisterTenantRequest {
+                    id,
+                    drop_database,
+                    confirm_dbname: confirm.unwrap_or_default(),
+                    ..Default::default()
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
             if let Some(t) = r.tenant {
                 if conn.output == Output::Json {
                     print_json(&t);
+                } else if r.database_dropped {
+                    println!(
+                        "removed {} from the registry and dropped its database",
+                        t.id
+                    );
                 } else {
                     println!(
                         "removed {} from the registry (its database is untouched)",
@@ -320,8 +338,75 @@ pub async fn tenants(conn: &Connect, cmd: TenantsCommand) -> Result<(), Failure>
                 }
             }
         }
+        TenantsCommand::Onboard {
+            tenant,
+            request_id,
+            admin_user,
+            extensions,
+            use_template,
+        } => {
+            let t = tenant_proto(tenant)?;
+            let mut m =
+                crate::grpc::proto::migrations_client::MigrationsClient::new(channel(conn).await?);
+            let request = proto::OnboardRequest {
+                request_id,
+                tenant: Some(t),
+                admin_user: admin_user.unwrap_or_default(),
+                admin_password: None,
+                extensions,
+                use_template,
+            };
+            let mut stream = m.onboard(request).await.map_err(status)?.into_inner();
+            let mut failed = None;
+            while let Some(e) = stream.message().await.map_err(status)? {
+                if conn.output == Output::Json {
+                    print_json(&e);
+                } else {
+                    eprintln!(
+                        "{:16} {:12} {} ({} ms)",
+                        e.step, e.status, e.message, e.duration_ms
+                    );
+                }
+                if e.status == "failed" {
+                    failed = Some(format!("{}: {}", e.step, e.message));
+                }
+            }
+            if let Some(f) = failed {
+                return Err(Failure {
+                    code: 1,
+                    message: format!(
+                        "onboarding failed at {f} (everything it created was rolled back)"
+                    ),
+                });
+            }
+        }
     }
     Ok(())
+}
+
+fn tenant_proto(a: AddTenant) -> Result<proto::Tenant, Failure> {
+    let source = match (a.password_env, a.password_file, a.passfile) {
+        (Some(v), _, _) => Some(proto::password_ref::Source::Env(v)),
+        (_, Some(f), _) => Some(proto::password_ref::Source::File(f)),
+        (_, _, true) => Some(proto::password_ref::Source::Passfile(true)),
+        _ => None,
+    };
+    Ok(proto::Tenant {
+        id: a.id,
+        app: a.app,
+        connection: Some(proto::Connection {
+            host: a.host,
+            port: a.port,
+            dbname: a.dbname,
+            user: a.user,
+            sslmode: a.sslmode,
+            schema: a.schema.unwrap_or_default(),
+            password: source.map(|s| proto::PasswordRef { source: Some(s) }),
+        }),
+        labels: pairs("label", &a.labels)?,
+        placeholders: pairs("placeholder", &a.placeholders)?,
+        ..Default::default()
+    })
 }
 
 fn selector(s: &SelectArgs) -> Result<proto::Selector, Failure> {

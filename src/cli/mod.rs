@@ -54,6 +54,8 @@ pub struct Global {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Create a new revision file from the template, parented on the current head.
     Revision(authoring::RevisionArgs),

@@ -4,6 +4,7 @@
 //! Knows nothing of gRPC.
 
 pub mod events;
+mod onboard;
 mod queries;
 mod tenant_run;
 mod verify;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use events::{JobEvent, Outcome, Summary, TenantEvent};
+pub use onboard::{OnboardEvent, OnboardSpec};
 pub use queries::{CurrentReport, HistoryEntry, TenantPlan, TenantVersion};
 pub use verify::{DriftReport, TenantDrift};
 
@@ -120,6 +122,8 @@ pub struct Fleet {
     shutdown: CancellationToken,
     /// Recorded in history rows: which daemon applied.
     owner: String,
+    /// Expected schema fingerprints by (app, version rows, placeholder values).
+    expected: Mutex<HashMap<String, crate::engine::fingerprint::Fingerprint>>,
 }
 
 /// A started job: its first event, and the rest as they happen.
@@ -154,6 +158,7 @@ impl Fleet {
             tracker,
             shutdown,
             owner,
+            expected: Mutex::default(),
         }
     }
 

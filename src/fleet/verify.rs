@@ -1,14 +1,14 @@
 //! Fleet drift report: each tenant's live schema fingerprint against the one its recorded
-//! revision should produce. Expected fingerprints are built once per (version rows,
-//! placeholder values) on a scratch database on the tenant's own server.
+//! revision should produce. Expected fingerprints are built once per (app, version rows,
+//! placeholder values) on a scratch database on the tenant's own server, and remembered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::tenant_run::tenant_values;
 use super::{Fleet, FleetError, Selector};
-use crate::engine::fingerprint::{Fingerprint, fingerprint};
-use crate::engine::{Engine, adopt};
+use crate::engine::Engine;
+use crate::engine::fingerprint::fingerprint;
 use crate::registry::Tenant;
 
 #[derive(Debug, Clone, Default)]
@@ -41,10 +41,9 @@ impl Fleet {
     ) -> Result<DriftReport, FleetError> {
         let app = self.app(app_name)?.clone();
         let tenants = self.select(app_name, selector).await?;
-        let mut expected: HashMap<(Vec<String>, String, String), Fingerprint> = HashMap::new();
         let mut report = DriftReport::default();
         for tenant in tenants {
-            let d = match self.drift(&app, &tenant, &mut expected).await {
+            let d = match self.drift(&app, &tenant).await {
                 Ok(d) => d,
                 Err(e) => TenantDrift {
                     tenant_id: tenant.id.to_string(),
@@ -73,7 +72,6 @@ impl Fleet {
         &self,
         app: &crate::revision::App,
         tenant: &Tenant,
-        cache: &mut HashMap<(Vec<String>, String, String), Fingerprint>,
     ) -> Result<TenantDrift, String> {
         let values = tenant_values(app, tenant).map_err(|e| e.to_string())?;
         let settings = self
@@ -93,20 +91,11 @@ impl Fleet {
             .map_err(|e| e.to_string())?;
         drop(conn);
         let rows: Vec<String> = state.rows.iter().map(|r| r.to_string()).collect();
-        let key = (
-            rows.clone(),
-            values.to_json().to_string(),
-            tenant.connection.host_key(),
-        );
-        if !cache.contains_key(&key) {
-            let base = crate::registry::pools::pg_config(&tenant.connection, CONNECT_TIMEOUT)
-                .map_err(|e| e.to_string())?;
-            let fp = adopt::expected(app, &values, &settings, &base, &state.rows)
-                .await
-                .map_err(|e| e.to_string())?;
-            cache.insert(key.clone(), fp);
-        }
-        let expected = &cache[&key];
+        let base = crate::registry::pools::pg_config(&tenant.connection, CONNECT_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        let expected = self
+            .expected_fingerprint(app, &values, &base, &state.rows)
+            .await?;
         Ok(TenantDrift {
             tenant_id: tenant.id.to_string(),
             revisions: rows,

@@ -59,6 +59,7 @@ impl MigrationsService {
 impl proto::migrations_server::Migrations for MigrationsService {
     type UpgradeStream = EventStream;
     type DowngradeStream = EventStream;
+    type OnboardStream = Pin<Box<dyn Stream<Item = Result<proto::OnboardEvent, Status>> + Send>>;
 
     async fn upgrade(
         &self,
@@ -241,5 +242,57 @@ impl proto::migrations_server::Migrations for MigrationsService {
             with_invalid_indexes: report.with_invalid_indexes,
             unreachable: report.unreachable,
         }))
+    }
+
+    async fn onboard(
+        &self,
+        request: Request<proto::OnboardRequest>,
+    ) -> Result<Response<Self::OnboardStream>, Status> {
+        let r = request.into_inner();
+        let ok_id = !r.request_id.is_empty()
+            && r.request_id.len() <= 64
+            && r.request_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok_id {
+            return Err(invalid(field_error(
+                "request_id",
+                "required: 1-64 characters from A-Z a-z 0-9 _ - (retries with the same id do not onboard twice)",
+            )));
+        }
+        let tenant = super::tenants::new_tenant(&self.fleet, r.tenant, "tenant")?;
+        if tenant.connection.schema.is_some() {
+            return Err(invalid(field_error(
+                "tenant.connection.schema",
+                "onboarding creates a database: leave schema empty",
+            )));
+        }
+        for (i, e) in r.extensions.iter().enumerate() {
+            if !crate::revision::placeholder::is_safe_identifier(e) {
+                return Err(invalid(field_error(
+                    format!("extensions[{i}]"),
+                    "not an extension name",
+                )));
+            }
+        }
+        let admin = super::tenants::admin(r.admin_user, r.admin_password)?;
+        let spec = crate::fleet::OnboardSpec {
+            request_id: r.request_id,
+            tenant,
+            admin_user: admin.as_ref().map(|a| a.0.clone()),
+            admin_password: admin.and_then(|a| a.1),
+            extensions: r.extensions,
+            use_template: r.use_template,
+        };
+        let events = self.fleet.onboard(spec).await?;
+        let stream = UnboundedReceiverStream::new(events).map(|e| {
+            Ok(proto::OnboardEvent {
+                step: e.step,
+                status: e.status,
+                message: e.message,
+                duration_ms: e.duration.as_millis() as u64,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

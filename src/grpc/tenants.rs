@@ -12,6 +12,61 @@ use crate::fleet::Fleet;
 use crate::registry::Tenant;
 use crate::registry::tenant::field_error;
 
+/// A tenant to create, validated field by field (`at`: the request path of the message).
+pub fn new_tenant(fleet: &Fleet, t: Option<proto::Tenant>, at: &str) -> Result<Tenant, Status> {
+    let t = t.ok_or_else(|| invalid(field_error(at, "required")))?;
+    let id = convert::tenant_id(&format!("{at}.id"), &t.id).map_err(invalid)?;
+    let app_name = convert::app_name(&format!("{at}.app"), &t.app).map_err(invalid)?;
+    let app = fleet.app(&app_name).map_err(|e| {
+        invalid(field_error(
+            format!("{at}.app"),
+            e.to_string().trim_start_matches("app: "),
+        ))
+    })?;
+    let now = Utc::now();
+    Ok(Tenant {
+        id,
+        app: app_name,
+        connection: convert::connection(t.connection, &format!("{at}.connection"))
+            .map_err(invalid)?,
+        labels: convert::labels(t.labels, &format!("{at}.labels")).map_err(invalid)?,
+        placeholders: convert::placeholders(app, t.placeholders, &format!("{at}.placeholders"))
+            .map_err(invalid)?,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// An admin role for CREATE/DROP DATABASE: (user, password reference); None: the tenant's own.
+pub fn admin(
+    user: String,
+    password: Option<proto::PasswordRef>,
+) -> Result<Option<(String, Option<crate::registry::PasswordRef>)>, Status> {
+    if user.is_empty() {
+        return Ok(None);
+    }
+    let c = convert::connection(
+        Some(proto::Connection {
+            host: "localhost".into(),
+            port: 5432,
+            dbname: "postgres".into(),
+            user,
+            password,
+            ..Default::default()
+        }),
+        "admin",
+    )
+    .map_err(|e| {
+        invalid(field_error(
+            e.field
+                .replace("admin.password", "admin_password")
+                .replace("admin.user", "admin_user"),
+            e.message,
+        ))
+    })?;
+    Ok(Some((c.user, c.password)))
+}
+
 pub struct TenantsService {
     pub fleet: Arc<Fleet>,
 }
@@ -25,29 +80,7 @@ impl proto::tenants_server::Tenants for TenantsService {
         &self,
         request: Request<proto::RegisterTenantRequest>,
     ) -> Result<Response<proto::Tenant>, Status> {
-        let t = request
-            .into_inner()
-            .tenant
-            .ok_or_else(|| invalid(field_error("tenant", "required")))?;
-        let id = convert::tenant_id("tenant.id", &t.id).map_err(invalid)?;
-        let app_name = convert::app_name("tenant.app", &t.app).map_err(invalid)?;
-        let app = self.fleet.app(&app_name).map_err(|e| {
-            invalid(field_error(
-                "tenant.app",
-                e.to_string().trim_start_matches("app: "),
-            ))
-        })?;
-        let now = Utc::now();
-        let tenant = Tenant {
-            id,
-            app: app_name,
-            connection: convert::connection(t.connection, "tenant.connection").map_err(invalid)?,
-            labels: convert::labels(t.labels, "tenant.labels").map_err(invalid)?,
-            placeholders: convert::placeholders(app, t.placeholders, "tenant.placeholders")
-                .map_err(invalid)?,
-            created_at: now,
-            updated_at: now,
-        };
+        let tenant = new_tenant(&self.fleet, request.into_inner().tenant, "tenant")?;
         let tenant = self.fleet.registry().register(tenant).await?;
         tracing::info!(tenant = %tenant.id, app = %tenant.app, database = %tenant.connection.database_key(), "tenant registered");
         Ok(Response::new(tenant_to_proto(&tenant)))
@@ -179,11 +212,26 @@ impl proto::tenants_server::Tenants for TenantsService {
         &self,
         request: Request<proto::DeregisterTenantRequest>,
     ) -> Result<Response<proto::DeregisterTenantResponse>, Status> {
-        let id = convert::tenant_id("id", &request.into_inner().id).map_err(invalid)?;
-        let removed = self.fleet.registry().deregister(&id).await?;
-        tracing::info!(tenant = %removed.id, "tenant deregistered (its database is untouched)");
+        let r = request.into_inner();
+        let id = convert::tenant_id("id", &r.id).map_err(invalid)?;
+        let admin = admin(r.admin_user, r.admin_password)?;
+        if r.drop_database {
+            let tenant = self.fleet.registry().get(&id).await?;
+            if r.confirm_dbname != tenant.connection.dbname {
+                return Err(invalid(field_error(
+                    "confirm_dbname",
+                    format!(
+                        "must repeat the database name ({}) to drop it",
+                        tenant.connection.dbname
+                    ),
+                )));
+            }
+        }
+        let (removed, dropped) = self.fleet.offboard(&id, r.drop_database, admin).await?;
+        tracing::info!(tenant = %removed.id, database_dropped = dropped, "tenant deregistered");
         Ok(Response::new(proto::DeregisterTenantResponse {
             tenant: Some(tenant_to_proto(&removed)),
+            database_dropped: dropped,
         }))
     }
 }

@@ -6,5 +6,5 @@ pub mod store;
 pub mod tenant;
 
 pub use pools::{PoolError, Pools};
-pub use store::{Registry, RegistryError};
+pub use store::{Registry, RegistryError, RequestRecord};
 pub use tenant::{ConnectionSpec, DatabaseKey, FieldError, PasswordRef, SslMode, Tenant, TenantId};

@@ -27,6 +27,17 @@ pub enum RegistryError {
 pub struct Registry {
     client: Client,
     prefix: String,
+    requests: String,
+}
+
+/// What an idempotent request (onboarding) did, so a retry replays it instead of redoing it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestRecord {
+    pub tenant_id: String,
+    /// running, done, failed.
+    pub state: String,
+    /// (step, status, message) in order.
+    pub events: Vec<(String, String, String)>,
 }
 
 /// The first key after every key starting with `prefix`.
@@ -46,6 +57,7 @@ impl Registry {
         Registry {
             client,
             prefix: format!("{prefix}tenants/"),
+            requests: format!("{prefix}requests/"),
         }
     }
 
@@ -172,5 +184,55 @@ impl Registry {
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<Tenant>, RegistryError> {
         Ok(self.list(Some(app), labels, usize::MAX, None).await?.0)
+    }
+
+    /// Claim request `id` for `record`; if it was claimed before, the earlier record.
+    pub async fn claim_request(
+        &self,
+        id: &str,
+        record: &RequestRecord,
+    ) -> Result<Option<RequestRecord>, RegistryError> {
+        let key = format!("{}{id}", self.requests);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                serde_json::to_vec(record).expect("records serialize"),
+                None,
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.client.clone().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op
+                && let Some(kv) = g.kvs().first()
+            {
+                return serde_json::from_slice(kv.value()).map(Some).map_err(|e| {
+                    RegistryError::Corrupt {
+                        key: key.clone(),
+                        message: e.to_string(),
+                    }
+                });
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn save_request(
+        &self,
+        id: &str,
+        record: &RequestRecord,
+    ) -> Result<(), RegistryError> {
+        self.client
+            .clone()
+            .put(
+                format!("{}{id}", self.requests),
+                serde_json::to_vec(record).expect("records serialize"),
+                None,
+            )
+            .await?;
+        Ok(())
     }
 }
