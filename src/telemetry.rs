@@ -8,6 +8,8 @@
 //! runtime with a deadline. The exporter's own h2/hyper/tonic/tower spans are never exported.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -15,9 +17,13 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{KeyValue, global};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -79,6 +85,75 @@ pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
     pub endpoint: Option<String>,
+    counts: SpanCounts,
+}
+
+/// Spans ended and spans exported: their difference after the final flush is what was dropped.
+#[derive(Debug, Clone, Default)]
+struct SpanCounts {
+    ended: Arc<AtomicU64>,
+    exported: Arc<AtomicU64>,
+}
+
+impl SpanCounts {
+    fn unexported(&self) -> u64 {
+        self.ended
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.exported.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts what the exporter delivered.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    exported: Arc<AtomicU64>,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        if result.is_ok() {
+            self.exported.fetch_add(n, Ordering::Relaxed);
+        }
+        result
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+/// Counts the spans handed to the (bounded) batch processor.
+#[derive(Debug)]
+struct CountingProcessor<P> {
+    inner: P,
+    ended: Arc<AtomicU64>,
+}
+
+impl<P: SpanProcessor> SpanProcessor for CountingProcessor<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx)
+    }
+    fn on_end(&self, span: SpanData) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_end(span)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
 }
 
 /// Targets whose spans are never exported: the exporter's own transport.
@@ -128,6 +203,7 @@ impl Telemetry {
                 tracer: None,
                 meter: None,
                 endpoint: None,
+                counts: SpanCounts::default(),
             });
         };
         let mut resource = Resource::builder();
@@ -147,9 +223,17 @@ impl Telemetry {
         if std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").is_err() {
             batch = batch.with_max_queue_size(config.max_queue_size);
         }
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch.build())
-            .build();
+        let counts = SpanCounts::default();
+        let exporter = CountingExporter {
+            inner: exporter,
+            exported: counts.exported.clone(),
+        };
+        let processor = CountingProcessor {
+            inner: BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch.build())
+                .build(),
+            ended: counts.ended.clone(),
+        };
         // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (SDK default: parent-based always-on).
         let tracer = SdkTracerProvider::builder()
             .with_span_processor(processor)
@@ -170,6 +254,14 @@ impl Telemetry {
             .with_resource(resource)
             .build();
         global::set_meter_provider(meter.clone());
+        {
+            let counts = counts.clone();
+            let _gauge = global::meter("fleetmig")
+                .u64_observable_gauge("fleetmig.telemetry.spans_unexported")
+                .with_description("Spans ended but not (yet) exported: queued, dropped by a full queue, or failed")
+                .with_callback(move |o| o.observe(counts.unexported(), &[]))
+                .build();
+        }
         global::set_text_map_propagator(TraceContextPropagator::new());
 
         let statement_spans = config.statement_spans;
@@ -190,12 +282,13 @@ impl Telemetry {
             tracer: Some(tracer),
             meter: Some(meter),
             endpoint: Some(endpoint),
+            counts,
         })
     }
 
     /// Flush and stop the exporters, off the async runtime (the SDK's calls block), within `deadline`.
     pub async fn shutdown(self, deadline: Duration) {
-        let (tracer, meter) = (self.tracer, self.meter);
+        let (tracer, meter, counts) = (self.tracer, self.meter, self.counts);
         if tracer.is_none() && meter.is_none() {
             return;
         }
@@ -212,6 +305,13 @@ impl Telemetry {
             tracing::warn!(
                 ?deadline,
                 "telemetry flush did not finish in time; unexported spans are dropped"
+            );
+        }
+        let dropped = counts.unexported();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "spans were not exported (queue full, collector unreachable or too slow)"
             );
         }
     }

@@ -348,6 +348,13 @@ async fn a_blackholed_collector_costs_the_job_nothing() {
         times.push(summary.wall_time_ms);
         let stopping = std::time::Instant::now();
         assert!(daemon.terminate().success());
+        if otel.is_some() {
+            assert!(
+                daemon.logs().contains("spans were not exported"),
+                "unexported spans are counted: {}",
+                daemon.logs()
+            );
+        }
         assert!(
             stopping.elapsed() < Duration::from_secs(10),
             "{hint}: shutdown (with its bounded flush) took {:?}",
