@@ -60,8 +60,23 @@ impl Scratch {
     }
 }
 
-fn quiet() -> impl Fn(Event) + Send + Sync {
-    |_| {}
+/// Upgrade a scratch database: no fence, no refusal of changed files, no progress events.
+async fn scratch_upgrade(
+    engine: &Engine<'_>,
+    client: &mut Client,
+    target: &Target,
+) -> Result<super::Migrated, EngineError> {
+    let events = |_: Event| {};
+    let opts = RunOptions {
+        fence: None,
+        allow_changed: true,
+        applied_by: "fleetmig fingerprint (scratch)",
+        events: &events,
+        stop: &|| false,
+    };
+    engine
+        .migrate(client, Direction::Upgrade, target, &opts)
+        .await
 }
 
 /// The schema after each revision, in topological order from base: `(version rows, fingerprint)`.
@@ -77,21 +92,11 @@ pub async fn revision_fingerprints(
     let result = async {
         let mut client = scratch.client().await?;
         let engine = Engine::new(app, values, settings);
-        let events = quiet();
-        let opts = RunOptions {
-            fence: None,
-            allow_changed: true,
-            applied_by: "fleetmig fingerprint (scratch)",
-            events: &events,
-            stop: &|| false,
-        };
         let mut out = vec![(vec![], fingerprint(&client, &settings.tables).await?)];
         let all = (0..app.graph.len()).collect();
         for node in app.graph.topo_order(&all) {
             let target = Target::Revision(app.graph.revision(node).id.to_string());
-            let run = engine
-                .migrate(&mut client, Direction::Upgrade, &target, &opts)
-                .await?;
+            let run = scratch_upgrade(&engine, &mut client, &target).await?;
             out.push((run.after, fingerprint(&client, &settings.tables).await?));
         }
         Ok(out)
@@ -113,23 +118,8 @@ pub async fn expected(
     let result = async {
         let mut client = scratch.client().await?;
         let engine = Engine::new(app, values, settings);
-        let events = quiet();
-        let opts = RunOptions {
-            fence: None,
-            allow_changed: true,
-            applied_by: "fleetmig fingerprint (scratch)",
-            events: &events,
-            stop: &|| false,
-        };
         for row in rows {
-            engine
-                .migrate(
-                    &mut client,
-                    Direction::Upgrade,
-                    &Target::Revision(row.to_string()),
-                    &opts,
-                )
-                .await?;
+            scratch_upgrade(&engine, &mut client, &Target::Revision(row.to_string())).await?;
         }
         fingerprint(&client, &settings.tables).await
     }

@@ -55,6 +55,21 @@ fn pg(e: tokio_postgres::Error) -> String {
     engine::error::describe_pg(&e)
 }
 
+/// Drop `dbname` through the maintenance database of `admin`'s server, ending its sessions.
+async fn drop_db(admin: &ConnectionSpec, dbname: &str) -> Result<(), String> {
+    let client = connect(
+        &crate::registry::pools::pg_config(admin, CONNECT_TIMEOUT).map_err(|e| e.to_string())?,
+    )
+    .await?;
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(dbname)
+        ))
+        .await
+        .map_err(pg)
+}
+
 /// What a failed step reports.
 struct StepFailed {
     step: &'static str,
@@ -357,21 +372,7 @@ impl Fleet {
                 }
                 if created {
                     self.pools.discard(&c.database_key());
-                    let dropped = async {
-                        let admin = connect(
-                            &crate::registry::pools::pg_config(&admin_spec, CONNECT_TIMEOUT)
-                                .map_err(|e| e.to_string())?,
-                        )
-                        .await?;
-                        admin
-                            .batch_execute(&format!(
-                                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                                quote_ident(&c.dbname)
-                            ))
-                            .await
-                            .map_err(pg)
-                    }
-                    .await;
+                    let dropped = drop_db(&admin_spec, &c.dbname).await;
                     undone.push(match dropped {
                         Ok(()) => format!("database {} dropped", c.dbname),
                         Err(e) => format!("could not drop database {}: {e}", c.dbname),
@@ -544,21 +545,7 @@ impl Fleet {
             ..c.clone()
         };
         self.pools.discard(&c.database_key());
-        let dropped = async {
-            let admin = connect(
-                &crate::registry::pools::pg_config(&spec, CONNECT_TIMEOUT)
-                    .map_err(|e| e.to_string())?,
-            )
-            .await?;
-            admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident(&c.dbname)
-                ))
-                .await
-                .map_err(pg)
-        }
-        .await;
+        let dropped = drop_db(&spec, &c.dbname).await;
         match dropped {
             Ok(()) => Ok((removed, true)),
             Err(message) => Err(FleetError::Selector(format!(
