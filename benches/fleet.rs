@@ -6,7 +6,7 @@
 //! `cargo bench --bench fleet` runs the configured sizes; `cargo test --bench fleet` (in
 //! `make test`) runs a tiny smoke size. Knobs (environment): BENCH_SIZES=50,200,
 //! BENCH_CONCURRENCY=1,2,8, BENCH_RUNS=3, BENCH_APPS=aletheia,truthgraph, BENCH_REGISTRY=10000,
-//! BENCH_OUT=target/bench/fleet.json.
+//! BENCH_OUT=target/bench/fleet.json, BENCH_PER_HOST=64 (the daemon's per-host connection budget).
 
 #[allow(dead_code)]
 #[path = "../tests/integration/harness.rs"]
@@ -225,10 +225,11 @@ async fn bench(opts: &Opts) -> Report {
         .copied()
         .unwrap_or(8)
         .to_string();
+    let per_host = std::env::var("BENCH_PER_HOST").unwrap_or_else(|_| "64".into());
     let env = [
         ("FLEETMIG_FLEET__GLOBAL_CONCURRENCY", max_c.as_str()),
         ("FLEETMIG_FLEET__MAX_JOB_CONCURRENCY", max_c.as_str()),
-        ("FLEETMIG_POOLS__PER_HOST_CONNECTIONS", "64"),
+        ("FLEETMIG_POOLS__PER_HOST_CONNECTIONS", per_host.as_str()),
         ("FLEETMIG_LOG", "warn"),
     ];
     let mut daemon = dh::Process::start(

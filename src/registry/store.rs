@@ -164,8 +164,21 @@ impl Registry {
                 Some(GetOptions::new().with_range(prefix_end(&self.prefix))),
             )
             .await?;
+        // Cheap pre-filter on the raw JSON before decoding: app names, label keys and values are
+        // from allowlists without quotes or escapes, so they serialize verbatim. A false
+        // positive (the text elsewhere in the record) is caught by the real match below.
+        let needles: Vec<Vec<u8>> = app
+            .map(|a| format!("\"app\":\"{a}\""))
+            .into_iter()
+            .chain(labels.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")))
+            .map(String::into_bytes)
+            .collect();
+        let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         let mut out = Vec::new();
         for kv in resp.kvs() {
+            if !needles.iter().all(|n| contains(kv.value(), n)) {
+                continue;
+            }
             let t = Self::decode(kv.key(), kv.value())?;
             if t.matches(app, labels) {
                 if out.len() == limit {

@@ -103,6 +103,32 @@ async fn fifty_tenants_up_to_head_and_back_to_base() {
     let Some(f) = fleet("fifty", "aletheia", 50, &harness::repo_migrations()).await else {
         return;
     };
+    // The registry pages through a label filter.
+    let mut tenants = f.daemon.tenants().await;
+    let (mut seen, mut token) = (vec![], String::new());
+    loop {
+        let page = tenants
+            .list(proto::ListTenantsRequest {
+                app: "aletheia".into(),
+                labels: [("tier".to_string(), "free".to_string())].into(),
+                page_size: 10,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.tenants.len() <= 10);
+        seen.extend(page.tenants.into_iter().map(|t| t.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 25, "every other tenant is tier=free");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "in id order, no repeats"
+    );
     let mut m = f.daemon.migrations().await;
     let events = dh::collect(
         m.upgrade(all("aletheia", "head", 8))
