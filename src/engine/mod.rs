@@ -376,6 +376,20 @@ impl<'a> Engine<'a> {
             .map_err(EngineError::db("creating the version and history tables"))
     }
 
+    /// Whether each revision's last upgrade was skipped by its condition, from the history.
+    pub async fn recorded_skips(
+        &self,
+        client: &Client,
+    ) -> Result<HashMap<String, bool>, EngineError> {
+        Ok(self
+            .snapshot(client)
+            .await?
+            .recorded
+            .into_iter()
+            .map(|(k, r)| (k, r.skipped))
+            .collect())
+    }
+
     /// Applied revisions whose files changed since.
     pub async fn changed_revisions(
         &self,

@@ -2,7 +2,7 @@
 //! included, from a given starting point, touching no database. Runnable with `psql -f`:
 //! transactional revisions are wrapped in BEGIN/COMMIT, non-transactional statements stand alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{Direction, TransactionMode};
 use crate::revision::plan::{self, Target};
@@ -31,10 +31,22 @@ pub fn render(
         "head" => g.ancestors(g.single_head().map_err(plan::PlanError::from)?),
         rev => g.ancestors([g.resolve(rev).map_err(plan::PlanError::from)?]),
     };
-    render_from(app, values, settings, direction, applied, from, target)
+    render_from(
+        app,
+        values,
+        settings,
+        direction,
+        applied,
+        from,
+        target,
+        &HashMap::new(),
+    )
 }
 
-/// SQL to go from the applied set `applied` (labelled `from` in the header) to `target`.
+/// SQL to go from the applied set `applied` (labelled `from` in the header) to `target`;
+/// `recorded_skips`: whether each revision's upgrade was skipped by its condition, as the
+/// database's history says (empty offline).
+#[allow(clippy::too_many_arguments)]
 pub fn render_from(
     app: &App,
     values: &Resolved,
@@ -43,6 +55,7 @@ pub fn render_from(
     mut applied: BTreeSet<Node>,
     from: &str,
     target: &Target,
+    recorded_skips: &HashMap<String, bool>,
 ) -> Result<String, EngineError> {
     let g = &app.graph;
     let steps = match direction {
@@ -101,7 +114,13 @@ pub fn render_from(
             "-- Running {direction} {a} -> {b} ({})\n",
             rev.path.display()
         ));
-        let rendered = render::render(rev, direction, values, None)?;
+        // A downgrade follows what the upgrade recorded (run or skipped by its condition).
+        let rendered = render::render(
+            rev,
+            direction,
+            values,
+            recorded_skips.get(rev.id.as_str()).copied(),
+        )?;
         let autocommit =
             rev.transaction == TransactionMode::None && !rendered.statements.is_empty();
         if let Some(cond) = &rendered.skipped_by {

@@ -247,8 +247,12 @@ impl Fleet {
         } else {
             current.join(",")
         };
+        let skips = Engine::new(app, &values, &settings)
+            .recorded_skips(&conn)
+            .await
+            .map_err(engine_err)?;
         let sql = engine::offline::render_from(
-            app, &values, &settings, direction, applied, &from, &target,
+            app, &values, &settings, direction, applied, &from, &target, &skips,
         )
         .map_err(engine_err)?;
         Ok(TenantPlan {

@@ -398,6 +398,7 @@ impl TenantRun {
             } else {
                 ids(&state.rows).join(",")
             };
+            let skips = engine.recorded_skips(&conn).await?;
             let sql = engine::offline::render_from(
                 &self.app,
                 values,
@@ -406,6 +407,7 @@ impl TenantRun {
                 applied,
                 &from,
                 &self.target,
+                &skips,
             )?;
             Ok::<_, EngineError>((
                 steps

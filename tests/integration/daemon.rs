@@ -852,3 +852,72 @@ async fn verify_flags_a_column_added_by_hand_on_one_tenant_of_ten() {
     assert_eq!(r.tenants_by_version.get("0003"), Some(&10));
     f.daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn plans_follow_what_a_conditional_upgrade_recorded() {
+    let Some(f) = fleet("plancond", "aletheia", 1, &harness::repo_migrations()).await else {
+        return;
+    };
+    let (mut t, mut m) = (f.daemon.tenants().await, f.daemon.migrations().await);
+    let set_flag = |on: &str| proto::UpdateTenantRequest {
+        tenant: Some(proto::Tenant {
+            id: "plancond-0".into(),
+            placeholders: [("PGVECTOR_ENABLE_IVFFLAT".to_string(), on.to_string())].into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["placeholders".into()],
+        }),
+    };
+    let updated = t.update(set_flag("false")).await.unwrap().into_inner();
+    assert_eq!(
+        updated
+            .placeholders
+            .get("PGVECTOR_ENABLE_IVFFLAT")
+            .map(String::as_str),
+        Some("false")
+    );
+    assert_eq!(
+        dh::summary(
+            &dh::collect(
+                m.upgrade(all("aletheia", "head", 1))
+                    .await
+                    .unwrap()
+                    .into_inner()
+            )
+            .await
+        )
+        .done,
+        1
+    );
+    // The flag is turned on afterwards: the index was never built, so undoing 0003 must not drop it.
+    t.update(set_flag("true")).await.unwrap();
+    let plan = m
+        .plan(proto::PlanRequest {
+            tenant_id: "plancond-0".into(),
+            target: "-1".into(),
+            direction: "downgrade".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plan.revisions, ["0003"]);
+    assert!(
+        plan.sql
+            .contains("-- skipped: condition PGVECTOR_ENABLE_IVFFLAT")
+            && !plan.sql.contains("DROP INDEX"),
+        "{}",
+        plan.sql
+    );
+    let bad = t
+        .update(proto::UpdateTenantRequest {
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["app".into()],
+            }),
+            ..set_flag("true")
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().starts_with("update_mask.paths[0]"), "{bad:?}");
+    f.daemon.shutdown().await.unwrap();
+}
