@@ -65,6 +65,18 @@ impl fmt::Display for RevisionId {
     }
 }
 
+/// Version rows for people: `base` when there are none, else the rows joined by `sep`.
+pub fn version_label<T: fmt::Display>(rows: &[T], sep: &str) -> String {
+    if rows.is_empty() {
+        "base".to_string()
+    } else {
+        rows.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+}
+
 /// Which way a revision is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

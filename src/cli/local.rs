@@ -173,15 +173,7 @@ pub async fn migrate(
         .migrate(&mut client, direction, &target, &opts)
         .await?;
     let done = run.applied;
-    let now = if run.after.is_empty() {
-        "base".to_string()
-    } else {
-        run.after
-            .iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let now = crate::model::version_label(&run.after, ", ");
     if done.is_empty() {
         eprintln!("Nothing to do: the database is at {now}");
     } else {
@@ -216,14 +208,7 @@ pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
     let rows = Engine::new(&app, &values, &settings)
         .stamp(&mut client, &args.revision, args.purge, &opts)
         .await?;
-    let now = if rows.is_empty() {
-        "base".to_string()
-    } else {
-        rows.iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let now = crate::model::version_label(&rows, ", ");
     eprintln!("Stamped {what} at {now} (no migration ran)");
     Ok(())
 }
@@ -334,14 +319,7 @@ fn base_config(url: &str) -> Result<tokio_postgres::Config, Failure> {
 }
 
 fn label(rows: &[crate::model::RevisionId]) -> String {
-    if rows.is_empty() {
-        "base".into()
-    } else {
-        rows.iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+    crate::model::version_label(rows, ", ")
 }
 
 /// `adopt`: which revision is a database without version rows at? Compares its schema

@@ -279,17 +279,7 @@ async fn transactional(
             Ok(()) => return Ok(attempt),
             Err(Attempt::Sql(e, location)) if is_lock_timeout(&e) => match delays.next() {
                 Some(delay) => {
-                    let message = e
-                        .as_db_error()
-                        .map_or_else(|| e.to_string(), |d| d.message().to_string());
-                    tracing::info!(revision = %rev.id, attempt, ?delay, %message, "lock timeout; retrying");
-                    (opts.events)(Event::LockRetry {
-                        revision: rev.id.clone(),
-                        attempt,
-                        delay,
-                        message,
-                    });
-                    tokio::time::sleep(delay).await;
+                    wait_before_retry(rev, attempt, delay, &e, opts).await;
                 }
                 None => {
                     return Err(StepError::Failed(failure(
@@ -507,6 +497,27 @@ async fn autocommit(
     Ok(max_attempts)
 }
 
+/// Report a lock-timeout retry (log, span event, progress event) and wait for it.
+async fn wait_before_retry(
+    rev: &Revision,
+    attempt: u32,
+    delay: std::time::Duration,
+    e: &tokio_postgres::Error,
+    opts: &RunOptions<'_>,
+) {
+    let message = e
+        .as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string());
+    tracing::info!(revision = %rev.id, attempt, ?delay, %message, "lock timeout; retrying");
+    (opts.events)(Event::LockRetry {
+        revision: rev.id.clone(),
+        attempt,
+        delay,
+        message,
+    });
+    tokio::time::sleep(delay).await;
+}
+
 /// A failed autocommit statement: a fence/engine error, or SQL with its attempt count.
 enum StatementError {
     Step(StepError),
@@ -556,17 +567,7 @@ async fn run_with_retries(
             Ok(()) => return Ok(attempt),
             Err(e) if is_lock_timeout(&e) => match delays.next() {
                 Some(delay) => {
-                    let message = e
-                        .as_db_error()
-                        .map_or_else(|| e.to_string(), |d| d.message().to_string());
-                    tracing::info!(revision = %rev.id, attempt, ?delay, %message, "lock timeout; retrying");
-                    (opts.events)(Event::LockRetry {
-                        revision: rev.id.clone(),
-                        attempt,
-                        delay,
-                        message,
-                    });
-                    tokio::time::sleep(delay).await;
+                    wait_before_retry(rev, attempt, delay, &e, opts).await;
                 }
                 None => return Err(StatementError::Sql(e, attempt)),
             },

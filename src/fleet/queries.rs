@@ -124,11 +124,7 @@ impl Fleet {
                 report.unreachable += 1;
                 continue;
             }
-            let label = if v.revisions.is_empty() {
-                "base".to_string()
-            } else {
-                v.revisions.join(",")
-            };
+            let label = crate::model::version_label(&v.revisions, ",");
             *report.by_version.entry(label).or_default() += 1;
             if v.at_head {
                 report.at_head += 1
@@ -242,11 +238,7 @@ impl Fleet {
         }
         .map_err(|e| engine_err(e.into()))?;
         let current: Vec<String> = state.rows.iter().map(|r| r.to_string()).collect();
-        let from = if current.is_empty() {
-            "base".to_string()
-        } else {
-            current.join(",")
-        };
+        let from = crate::model::version_label(&current, ",");
         let skips = Engine::new(app, &values, &settings)
             .recorded_skips(&conn)
             .await

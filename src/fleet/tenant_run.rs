@@ -222,11 +222,7 @@ impl TenantRun {
         let events = move |e: Event| {
             let event = match e {
                 Event::Planned { before, .. } => {
-                    let from = if before.is_empty() {
-                        "base".to_string()
-                    } else {
-                        ids(&before).join(",")
-                    };
+                    let from = crate::model::version_label(&before, ",");
                     tracing::Span::current().record("fleetmig.revision.from", from.as_str());
                     return;
                 }
@@ -301,13 +297,7 @@ impl TenantRun {
             self.emit(&tenant, TenantEvent::Interrupted { reason, applied });
             return Outcome::Interrupted;
         };
-        let label = |rows: &[crate::model::RevisionId]| {
-            if rows.is_empty() {
-                "base".to_string()
-            } else {
-                ids(rows).join(",")
-            }
-        };
+        let label = |rows: &[crate::model::RevisionId]| crate::model::version_label(rows, ",");
         if let Ok(run) = &result {
             let span = tracing::Span::current();
             span.record("fleetmig.revision.to", label(&run.after).as_str());
@@ -393,11 +383,7 @@ impl TenantRun {
                 Direction::Upgrade => plan::upgrade(&self.app.graph, &applied, &self.target)?,
                 Direction::Downgrade => plan::downgrade(&self.app.graph, &applied, &self.target)?,
             };
-            let from = if state.rows.is_empty() {
-                "base".to_string()
-            } else {
-                ids(&state.rows).join(",")
-            };
+            let from = crate::model::version_label(&state.rows, ",");
             let skips = engine.recorded_skips(&conn).await?;
             let sql = engine::offline::render_from(
                 &self.app,

@@ -54,11 +54,7 @@ impl Fleet {
             if d.error.is_some() {
                 report.unreachable += 1;
             } else {
-                let label = if d.revisions.is_empty() {
-                    "base".to_string()
-                } else {
-                    d.revisions.join(",")
-                };
+                let label = crate::model::version_label(&d.revisions, ",");
                 *report.by_version.entry(label).or_default() += 1;
                 report.drifted += u32::from(!d.differences.is_empty());
                 report.with_invalid_indexes += u32::from(!d.invalid_indexes.is_empty());

@@ -192,6 +192,14 @@ pub fn selector(s: Option<proto::Selector>) -> Result<Selector, FieldError> {
         .map(Selector::Ids)
 }
 
+/// A selector that may be left out: every tenant of the app.
+pub fn selector_or_all(s: Option<proto::Selector>) -> Result<Selector, FieldError> {
+    match s {
+        None => Ok(Selector::All),
+        some => selector(some),
+    }
+}
+
 pub fn target(field: &str, t: &str, direction: Direction) -> Result<String, FieldError> {
     let t = t.trim();
     if t.is_empty() {

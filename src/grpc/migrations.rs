@@ -97,11 +97,7 @@ impl proto::migrations_server::Migrations for MigrationsService {
     ) -> Result<Response<proto::CurrentResponse>, Status> {
         let r = request.into_inner();
         let app = convert::app_name("app", &r.app).map_err(invalid)?;
-        let selector = if r.selector.is_none() {
-            crate::fleet::Selector::All
-        } else {
-            convert::selector(r.selector).map_err(invalid)?
-        };
+        let selector = convert::selector_or_all(r.selector).map_err(invalid)?;
         let report = self.fleet.current(&app, &selector).await?;
         Ok(Response::new(proto::CurrentResponse {
             tenants: report
@@ -218,11 +214,7 @@ impl proto::migrations_server::Migrations for MigrationsService {
     ) -> Result<Response<proto::VerifyResponse>, Status> {
         let r = request.into_inner();
         let app = convert::app_name("app", &r.app).map_err(invalid)?;
-        let selector = if r.selector.is_none() {
-            crate::fleet::Selector::All
-        } else {
-            convert::selector(r.selector).map_err(invalid)?
-        };
+        let selector = convert::selector_or_all(r.selector).map_err(invalid)?;
         let report = self.fleet.verify(&app, &selector).await?;
         Ok(Response::new(proto::VerifyResponse {
             tenants: report
