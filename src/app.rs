@@ -99,6 +99,11 @@ pub async fn serve_until(
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     let apps = load_apps(&config)?;
+    config
+        .secrets
+        .clone()
+        .install()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let etcd = etcd_client::Client::connect(
         &config.etcd.endpoints,
         Some(

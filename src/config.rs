@@ -33,6 +33,7 @@ pub struct Config {
     pub fleet: FleetConfig,
     pub pools: PoolsConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
+    pub secrets: crate::registry::secrets::SecretsPolicy,
 }
 
 /// `[server]`: the daemon's gRPC endpoint.
@@ -137,6 +138,7 @@ impl Default for Config {
             fleet: FleetConfig::default(),
             pools: PoolsConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
+            secrets: crate::registry::secrets::SecretsPolicy::default(),
         }
     }
 }

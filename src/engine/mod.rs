@@ -64,15 +64,24 @@ impl Default for Settings {
 
 impl Settings {
     /// Settings for a tenant living in `schema`: bookkeeping tables there, and the schema
-    /// first on the search_path.
+    /// alone on the search_path, so that nothing planted in `public` (or any other schema)
+    /// can shadow a function or table a revision names.
     pub fn for_schema(&self, schema: Option<&str>) -> Settings {
         let mut s = self.clone();
         if let Some(schema) = schema {
             s.tables = self.tables.in_schema(schema);
-            s.search_path.retain(|p| p != schema);
-            s.search_path.insert(0, schema.to_string());
+            s.search_path = vec![schema.to_string()];
         }
         s
+    }
+
+    /// The pinned `search_path` value: the configured schemas, quoted, then `pg_temp` last so
+    /// that a temporary table or function can never shadow a real one (`pg_catalog` stays
+    /// implicitly first).
+    pub fn search_path_sql(&self) -> String {
+        let mut path: Vec<String> = self.search_path.iter().map(|s| quote_ident(s)).collect();
+        path.push("pg_temp".into());
+        path.join(", ")
     }
 
     pub fn validate(&self) -> Result<(), EngineError> {
@@ -261,13 +270,7 @@ impl<'a> Engine<'a> {
     /// database fails fast instead of queueing (a blocking advisory lock can deadlock with
     /// CREATE INDEX CONCURRENTLY).
     async fn open(&self, client: &Client) -> Result<(), EngineError> {
-        let path = self
-            .settings
-            .search_path
-            .iter()
-            .map(|s| quote_ident(s))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let path = self.settings.search_path_sql();
         let messages = client
             .simple_query(&format!(
                 "SET application_name = 'fleetmig'; SET standard_conforming_strings = on; SET search_path = {path}; SET idle_in_transaction_session_timeout = '{}ms'; SELECT pg_try_advisory_lock({})",

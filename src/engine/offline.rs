@@ -70,12 +70,7 @@ pub fn render_from(
     );
     out.push_str(&format!(
         "SET standard_conforming_strings = on;\nSET search_path = {};\n\n",
-        settings
-            .search_path
-            .iter()
-            .map(|s| crate::revision::placeholder::quote_ident(s))
-            .collect::<Vec<_>>()
-            .join(", ")
+        settings.search_path_sql()
     ));
     out.push_str(&tables.create_sql());
     out.push('\n');

@@ -2,6 +2,7 @@
 //! (bounded pools per database under a budget per Postgres host).
 
 pub mod pools;
+pub mod secrets;
 pub mod store;
 pub mod tenant;
 

@@ -321,6 +321,10 @@ pub fn pg_config(
         key: spec.database_key(),
         problem: p,
     };
+    if let Some(reference) = &spec.password {
+        // Again at connect: a record stored before the policy was tightened is not followed.
+        reference.allowed().map_err(problem)?;
+    }
     match &spec.password {
         None => {}
         Some(PasswordRef::Env(var)) => {
@@ -415,11 +419,11 @@ mod tests {
             user: "u".into(),
             sslmode: SslMode::Prefer,
             schema: None,
-            password: Some(PasswordRef::Env("FLEETMIG_UNIT_TEST_UNSET_VAR".into())),
+            password: Some(PasswordRef::Env("TENANT_UNIT_TEST_UNSET_VAR".into())),
         };
         let e = pg_config(&spec, Duration::from_secs(1))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("FLEETMIG_UNIT_TEST_UNSET_VAR is not set"), "{e}");
+        assert!(e.contains("TENANT_UNIT_TEST_UNSET_VAR is not set"), "{e}");
     }
 }

@@ -79,6 +79,27 @@ pub enum PasswordRef {
     Passfile,
 }
 
+impl PasswordRef {
+    fn kind(&self) -> &'static str {
+        match self {
+            PasswordRef::Env(_) => "env",
+            PasswordRef::File(_) => "file",
+            PasswordRef::Passfile => "passfile",
+        }
+    }
+
+    /// Whether the installed [`SecretsPolicy`](super::secrets::SecretsPolicy) lets the
+    /// daemon follow this reference.
+    pub fn allowed(&self) -> Result<(), String> {
+        let policy = super::secrets::SecretsPolicy::current();
+        match self {
+            PasswordRef::Env(var) => policy.allows_env(var),
+            PasswordRef::File(path) => policy.allows_file(path),
+            PasswordRef::Passfile => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SslMode {
@@ -197,7 +218,10 @@ impl ConnectionSpec {
                     "must be an absolute path",
                 ))
             }
-            _ => Ok(()),
+            Some(reference) => reference
+                .allowed()
+                .map_err(|m| field_error(format!("{at}.password.{}", reference.kind()), m)),
+            None => Ok(()),
         }
     }
 
@@ -336,6 +360,18 @@ mod tests {
             (
                 Box::new(|c: &mut ConnectionSpec| {
                     c.password = Some(PasswordRef::File("relative".into()))
+                }),
+                "c.password.file",
+            ),
+            (
+                Box::new(|c: &mut ConnectionSpec| {
+                    c.password = Some(PasswordRef::Env("AWS_SECRET_ACCESS_KEY".into()))
+                }),
+                "c.password.env",
+            ),
+            (
+                Box::new(|c: &mut ConnectionSpec| {
+                    c.password = Some(PasswordRef::File("/etc/shadow".into()))
                 }),
                 "c.password.file",
             ),

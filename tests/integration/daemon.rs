@@ -492,6 +492,35 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
             },
             "tenant.placeholders[NOT_DECLARED]",
         ),
+        // Password references the daemon must not follow: its own secrets, any file.
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    password: Some(proto::PasswordRef {
+                        source: Some(proto::password_ref::Source::Env(
+                            "AWS_SECRET_ACCESS_KEY".into(),
+                        )),
+                    }),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.password.env",
+        ),
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    password: Some(proto::PasswordRef {
+                        source: Some(proto::password_ref::Source::File(
+                            "/run/secrets/../../etc/shadow".into(),
+                        )),
+                    }),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.password.file",
+        ),
     ];
     for (tenant, field) in cases {
         let e = t.register(reg(tenant)).await.unwrap_err();

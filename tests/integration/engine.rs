@@ -702,3 +702,68 @@ async fn a_stale_fence_token_writes_nothing() {
         .unwrap();
     assert_eq!(run.rows(&client).await, vec!["0002"]);
 }
+
+/// CVE-2018-1058's shape: a `lower(varchar)` planted in `public` is a better match for a
+/// varchar argument than `pg_catalog.lower(text)`. A tenant with its own schema migrates with
+/// that schema alone on the search_path, so the planted function is never called; with
+/// `public` on the path (the control) it is.
+#[tokio::test]
+async fn a_function_planted_in_public_cannot_hijack_a_schema_tenant() {
+    let Some((mut client, _)) = fresh("hijack").await else {
+        return;
+    };
+    client
+        .batch_execute(
+            "CREATE SCHEMA app;
+             CREATE TABLE public.pwned (at timestamptz DEFAULT now());
+             CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql
+               AS $$ INSERT INTO public.pwned DEFAULT VALUES RETURNING 'hijacked' $$;",
+        )
+        .await
+        .unwrap();
+    let (_tmp, root) = harness::scratch_app(
+        "app",
+        MANIFEST,
+        &[(
+            "0001_a.sql",
+            "-- revision: 0001\n-- down_revision:\n-- +upgrade\nCREATE TABLE names AS SELECT lower('ABC'::varchar) AS v;\n-- +downgrade\nDROP TABLE names;\n",
+        )],
+    );
+    let app = load(&root, "app");
+    let mut run = Run::new(&app);
+    run.settings = Settings::default().for_schema(Some("app"));
+    run.go(&mut client, Direction::Upgrade, "head")
+        .await
+        .unwrap();
+    let v: String = client
+        .query_one("SELECT v FROM app.names", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "abc");
+    let calls: i64 = client
+        .query_one("SELECT count(*) FROM public.pwned", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(calls, 0, "the planted function ran during the migration");
+
+    // The control: with public on the path, the same revision calls the planted function.
+    run.go(&mut client, Direction::Downgrade, "base")
+        .await
+        .unwrap();
+    run.settings = Settings::default();
+    run.settings.tables = Settings::default().tables.in_schema("app");
+    run.go(&mut client, Direction::Upgrade, "head")
+        .await
+        .unwrap();
+    let v: String = client
+        .query_one("SELECT v FROM public.names", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        v, "hijacked",
+        "control: the path without pinning is exploitable"
+    );
+}
