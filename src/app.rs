@@ -136,6 +136,7 @@ pub async fn serve_until(
         per_database: config.pools.per_database_connections,
         connect_timeout: config.pools.connect_timeout,
         idle_timeout: config.pools.idle_timeout,
+        privileged_roles: config.pools.privileged_roles,
     }));
     {
         let (pools, stop, every) = (pools.clone(), background.clone(), config.pools.idle_timeout);

@@ -114,6 +114,8 @@ pub struct PoolsConfig {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A tenant role that is a superuser or has BYPASSRLS: "warn" or "refuse".
+    pub privileged_roles: crate::registry::pools::PrivilegedRoles,
 }
 
 impl Default for PoolsConfig {
@@ -123,6 +125,7 @@ impl Default for PoolsConfig {
             per_database_connections: 2,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            privileged_roles: Default::default(),
         }
     }
 }

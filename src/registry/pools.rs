@@ -30,6 +30,14 @@ pub enum PoolError {
         source: tokio_postgres::Error,
     },
     #[error(
+        "connecting to {key}: role {user} is {what}; fleetmig needs a role that owns the tenant's schema, not a superuser and without BYPASSRLS (or set pools.privileged_roles = \"warn\")"
+    )]
+    Privileged {
+        key: DatabaseKey,
+        user: String,
+        what: String,
+    },
+    #[error(
         "connecting to {key}: timed out waiting for a connection (host limit reached or server unreachable)"
     )]
     Timeout { key: DatabaseKey },
@@ -72,8 +80,56 @@ impl DerefMut for Budgeted {
     }
 }
 
+/// What to do when a tenant's role is a superuser or has BYPASSRLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivilegedRoles {
+    /// Connect, and log a warning (development: the local superuser).
+    #[default]
+    Warn,
+    /// Refuse the connection: least privilege, enforced.
+    Refuse,
+}
+
+/// Superuser and BYPASSRLS of the connected role, in one round trip: a role with either can
+/// read or change any tenant's data, far beyond what a schema migration needs.
+async fn check_privileges(
+    client: &Client,
+    key: &DatabaseKey,
+    policy: PrivilegedRoles,
+) -> Result<(), PoolError> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|source| PoolError::Connect {
+            key: key.clone(),
+            source,
+        })?;
+    let (user, superuser, bypassrls): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let what = match (superuser, bypassrls) {
+        (false, false) => return Ok(()),
+        (true, _) => "a superuser",
+        (false, true) => "allowed to bypass row-level security (BYPASSRLS)",
+    };
+    match policy {
+        PrivilegedRoles::Warn => {
+            tracing::warn!(database = %key, role = %user, "tenant role is {what}: fleetmig needs far less (pools.privileged_roles = \"refuse\" enforces it)");
+            Ok(())
+        }
+        PrivilegedRoles::Refuse => Err(PoolError::Privileged {
+            key: key.clone(),
+            user,
+            what: what.into(),
+        }),
+    }
+}
+
 pub struct BudgetedManager {
     config: tokio_postgres::Config,
+    privileged_roles: PrivilegedRoles,
     host: Arc<Semaphore>,
     key: DatabaseKey,
     /// Closes other databases' idle pools on this host when the budget is spent.
@@ -113,6 +169,7 @@ impl bb8::ManageConnection for BudgetedManager {
             }
             drop(permit);
         });
+        check_privileges(&client, &self.key, self.privileged_roles).await?;
         Ok(Budgeted {
             client,
             poisoned: false,
@@ -152,6 +209,7 @@ pub struct PoolLimits {
     pub connect_timeout: Duration,
     /// Idle connections close after this; idle pools are dropped after it too.
     pub idle_timeout: Duration,
+    pub privileged_roles: PrivilegedRoles,
 }
 
 /// Receives bb8's connect errors (bb8 itself only reports a timeout to the waiter), so a
@@ -218,6 +276,7 @@ impl Pools {
                     let errors = ConnectErrors::default();
                     let manager = BudgetedManager {
                         config: pg_config(spec, self.limits.connect_timeout)?,
+                        privileged_roles: self.limits.privileged_roles,
                         host: self.host_budget(&spec.host_key()),
                         key: key.clone(),
                         release_idle: {

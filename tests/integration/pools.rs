@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetmig::registry::pools::PoolLimits;
+use fleetmig::registry::pools::{PoolError, PoolLimits, PrivilegedRoles};
 use fleetmig::registry::{ConnectionSpec, Pools, SslMode};
 
 use crate::harness;
@@ -47,6 +47,7 @@ async fn the_host_budget_holds_and_idle_connections_give_way() {
         per_database: 2,
         connect_timeout: Duration::from_secs(3),
         idle_timeout: Duration::from_secs(60),
+        privileged_roles: PrivilegedRoles::Warn,
     }));
     // One after another: each leaves an idle connection behind; the 4th onwards must not wait for them.
     let started = std::time::Instant::now();
@@ -85,4 +86,56 @@ async fn the_host_budget_holds_and_idle_connections_give_way() {
         "at most 3 connections to the host at once, saw {max_seen}"
     );
     assert!(max_seen >= 1);
+}
+
+/// Least privilege, checked at connect: with `refuse`, a superuser role is turned away with a
+/// message saying what to use instead; an ordinary role that owns the database connects.
+#[tokio::test]
+async fn privileged_roles_are_refused_when_configured() {
+    let Some(pg) = harness::postgres() else {
+        return;
+    };
+    let (_, db) = pg.database("leastpriv").await;
+    let admin = fleetmig::engine::connect(&pg.url("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE lp_app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER DATABASE \"{db}\" OWNER TO lp_app"
+        ))
+        .await
+        .unwrap();
+    // Pools are per database, not per role: one for each role here.
+    let refusing = || {
+        Pools::new(PoolLimits {
+            per_host: 4,
+            per_database: 1,
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(60),
+            privileged_roles: PrivilegedRoles::Refuse,
+        })
+    };
+    let e = refusing()
+        .get(&spec(pg.port, &db))
+        .await
+        .err()
+        .expect("a superuser is refused");
+    assert!(matches!(e, PoolError::Privileged { .. }), "{e}");
+    assert!(
+        e.to_string().contains("role postgres is a superuser"),
+        "{e}"
+    );
+    let app = ConnectionSpec {
+        user: "lp_app".into(),
+        ..spec(pg.port, &db)
+    };
+    let pools = refusing();
+    let c = pools.get(&app).await.expect("an ordinary owner connects");
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "lp_app");
 }
