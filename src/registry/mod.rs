@@ -6,6 +6,9 @@ pub mod secrets;
 pub mod store;
 pub mod tenant;
 
+#[cfg(test)]
+mod hostile_tests;
+
 pub use pools::{PoolError, Pools};
 pub use store::{Registry, RegistryError, RequestRecord};
 pub use tenant::{ConnectionSpec, DatabaseKey, FieldError, PasswordRef, SslMode, Tenant, TenantId};

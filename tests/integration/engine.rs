@@ -767,3 +767,77 @@ async fn a_function_planted_in_public_cannot_hijack_a_schema_tenant() {
         "control: the path without pinning is exploitable"
     );
 }
+
+/// Hostile identifier and literal values, quoted the way rendered placeholders are, against
+/// real Postgres: each statement creates exactly the one table it names, with the value
+/// intact as its default, and nothing else runs (a sentinel table survives every `DROP`).
+#[tokio::test]
+async fn hostile_quoted_values_execute_only_the_intended_statement() {
+    use fleetmig::revision::placeholder::{quote_ident, quote_literal};
+    use proptest::strategy::{Strategy, ValueTree};
+    let Some((client, _)) = fresh("hostile").await else {
+        return;
+    };
+    client
+        .batch_execute("CREATE SCHEMA h; CREATE TABLE public.sentinel (x int)")
+        .await
+        .unwrap();
+    let mut values: Vec<String> = [
+        "x\"; DROP TABLE public.sentinel; --",
+        "x'); DROP TABLE public.sentinel; --",
+        "$$; DROP TABLE public.sentinel; $$",
+        "a\\\"b",
+        "ʼ; DROP TABLE public.sentinel",
+        "＂；DROP TABLE public.sentinel",
+        "/* */ -- \n DROP TABLE public.sentinel",
+    ]
+    .map(String::from)
+    .to_vec();
+    let chars = "'\";-\\$ \n()/*ʼ＂；а\u{2028}aZ0_";
+    let strategy = proptest::collection::vec(
+        proptest::sample::select(chars.chars().collect::<Vec<_>>()),
+        1..60,
+    )
+    .prop_map(|c| c.into_iter().collect::<String>());
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..40 {
+        values.push(strategy.new_tree(&mut runner).unwrap().current());
+    }
+    for v in &values {
+        client
+            .batch_execute("DROP SCHEMA h CASCADE; CREATE SCHEMA h")
+            .await
+            .unwrap();
+        let sql = format!(
+            "CREATE TABLE h.{} (v text DEFAULT {}); INSERT INTO h.{} DEFAULT VALUES",
+            quote_ident(v),
+            quote_literal(v),
+            quote_ident(v)
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        let rows = client
+            .query("SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'h'", &[])
+            .await
+            .unwrap();
+        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        // Postgres truncates names to 63 bytes (on a character boundary).
+        let mut expected = v.clone();
+        while expected.len() > 63 {
+            expected.pop();
+        }
+        assert_eq!(names, vec![expected.clone()], "{v:?}");
+        let stored: String = client
+            .query_one(&format!("SELECT v FROM h.{}", quote_ident(&expected)), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(&stored, v);
+        client
+            .query_one("SELECT count(*) FROM public.sentinel", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{v:?} reached outside its statement: {e}"));
+    }
+}
