@@ -238,9 +238,21 @@ struct Entry {
     last_used: Instant,
 }
 
+/// A pool serves one database with one set of credentials: two tenants on one database with
+/// different roles never share connections, and a changed password reference gets a new pool.
+type PoolKey = (DatabaseKey, String);
+
+fn pool_key(spec: &ConnectionSpec) -> PoolKey {
+    // The reference, never a resolved password.
+    (
+        spec.database_key(),
+        format!("{}|{:?}", spec.user, spec.password),
+    )
+}
+
 pub struct Pools {
     limits: PoolLimits,
-    databases: Arc<Mutex<HashMap<DatabaseKey, Entry>>>,
+    databases: Arc<Mutex<HashMap<PoolKey, Entry>>>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -265,8 +277,9 @@ impl Pools {
     /// A connection to the tenant's database, as its configured user.
     pub async fn get(&self, spec: &ConnectionSpec) -> Result<PooledClient, PoolError> {
         let key = spec.database_key();
+        let pool_key = pool_key(spec);
         let (pool, errors) = {
-            let existing = self.databases.lock().unwrap().get_mut(&key).map(|e| {
+            let existing = self.databases.lock().unwrap().get_mut(&pool_key).map(|e| {
                 e.last_used = Instant::now();
                 (e.pool.clone(), e.errors.clone())
             });
@@ -283,7 +296,7 @@ impl Pools {
                             let (dbs, host, keep) = (
                                 Arc::downgrade(&self.databases),
                                 spec.host_key(),
-                                key.clone(),
+                                pool_key.clone(),
                             );
                             Box::new(move || {
                                 if let Some(dbs) = dbs.upgrade() {
@@ -305,7 +318,7 @@ impl Pools {
                         .error_sink(Box::new(errors.clone()))
                         .build_unchecked(manager);
                     let mut dbs = self.databases.lock().unwrap();
-                    let entry = dbs.entry(key.clone()).or_insert(Entry {
+                    let entry = dbs.entry(pool_key).or_insert(Entry {
                         pool,
                         errors,
                         host: spec.host_key(),
@@ -344,14 +357,14 @@ impl Pools {
 
     /// Forget a database's pool (e.g. after a lease loss: its connections may be mid-statement).
     pub fn discard(&self, key: &DatabaseKey) {
-        self.databases.lock().unwrap().remove(key);
+        self.databases.lock().unwrap().retain(|k, _| &k.0 != key);
     }
 }
 
 /// Drop the pools of `host` with no connection checked out (except `keep`'s): their idle
 /// connections close and give their host permits back. A pool still in use elsewhere closes
 /// when its last user is done.
-fn release_unused(dbs: &mut HashMap<DatabaseKey, Entry>, host: &str, keep: &DatabaseKey) {
+fn release_unused(dbs: &mut HashMap<PoolKey, Entry>, host: &str, keep: &PoolKey) {
     dbs.retain(|k, e| {
         let state = e.pool.state();
         k == keep || e.host != host || state.connections > state.idle_connections

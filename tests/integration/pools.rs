@@ -106,17 +106,14 @@ async fn privileged_roles_are_refused_when_configured() {
         ))
         .await
         .unwrap();
-    // Pools are per database, not per role: one for each role here.
-    let refusing = || {
-        Pools::new(PoolLimits {
-            per_host: 4,
-            per_database: 1,
-            connect_timeout: Duration::from_secs(3),
-            idle_timeout: Duration::from_secs(60),
-            privileged_roles: PrivilegedRoles::Refuse,
-        })
-    };
-    let e = refusing()
+    let pools = Pools::new(PoolLimits {
+        per_host: 4,
+        per_database: 1,
+        connect_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(60),
+        privileged_roles: PrivilegedRoles::Refuse,
+    });
+    let e = pools
         .get(&spec(pg.port, &db))
         .await
         .err()
@@ -130,7 +127,7 @@ async fn privileged_roles_are_refused_when_configured() {
         user: "lp_app".into(),
         ..spec(pg.port, &db)
     };
-    let pools = refusing();
+    // Same database, another role: its own pool, not the refused one.
     let c = pools.get(&app).await.expect("an ordinary owner connects");
     let who: String = c
         .query_one("SELECT current_user::text", &[])
