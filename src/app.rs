@@ -14,8 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
+use crate::audit::AuditLog;
+use crate::auth::{AuthMode, Authenticator};
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetLimits};
+use crate::grpc::guard::AuthLayer;
 use crate::grpc::migrations::MigrationsService;
 use crate::grpc::proto::migrations_server::MigrationsServer;
 use crate::grpc::proto::tenants_server::TenantsServer;
@@ -99,18 +102,31 @@ pub async fn serve_until(
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     let apps = load_apps(&config)?;
+    crate::transport::check_profile(&config)?;
     config
         .secrets
         .clone()
         .install()
         .map_err(|e| anyhow::anyhow!(e))?;
+    let tls = crate::transport::server_tls(&config)?;
+    if tls.is_none() {
+        tracing::warn!("server.plaintext = true: gRPC without TLS; for local development only");
+        eprintln!(
+            "WARNING: serving gRPC without TLS (server.plaintext = true): local development only"
+        );
+    }
+    let auth = Authenticator::load(&config.auth)?;
+    if auth.mode() == AuthMode::None {
+        tracing::warn!(
+            "auth.mode = \"none\": every call is accepted with every scope; for local development only"
+        );
+        eprintln!(
+            "WARNING: auth.mode = \"none\": calls are not authenticated: local development only"
+        );
+    }
     let etcd = etcd_client::Client::connect(
         &config.etcd.endpoints,
-        Some(
-            etcd_client::ConnectOptions::new()
-                .with_connect_timeout(config.etcd.connect_timeout)
-                .with_timeout(config.etcd.lease_ttl),
-        ),
+        Some(crate::transport::etcd_options(&config)?),
     )
     .await
     .with_context(|| format!("connecting to etcd at {}", config.etcd.endpoints.join(",")))?;
@@ -149,6 +165,13 @@ pub async fn serve_until(
             }
         });
     }
+    let audit = AuditLog::to_etcd(
+        etcd.clone(),
+        &config.etcd.prefix,
+        config.audit.max_records,
+        &tracker,
+        background.clone(),
+    );
     let fleet = Arc::new(Fleet::new(
         apps,
         Registry::new(etcd, &config.etcd.prefix),
@@ -164,6 +187,7 @@ pub async fn serve_until(
         tracker.clone(),
         shutdown.clone(),
         owner,
+        audit,
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -212,8 +236,13 @@ pub async fn serve_until(
             shutdown.cancel();
         });
     }
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("server.tls")?;
+    }
+    let server = builder
         .trace_fn(rpc_span)
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

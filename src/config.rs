@@ -14,7 +14,18 @@ use crate::engine::{Settings, TableName, Tables};
 /// `FLEETMIG_*` variables that are not configuration: tool paths of the Makefile and tests,
 /// the log filter, the `--config` flag's variable, the CLI client's daemon address.
 const NOT_CONFIG: &[&str] = &[
-    "grpcurl", "pg_bin", "etcd_bin", "alembic", "log", "config", "server",
+    "grpcurl",
+    "pg_bin",
+    "etcd_bin",
+    "alembic",
+    "log",
+    "config",
+    "server",
+    "token",
+    "token_file",
+    "ca_cert",
+    "client_cert",
+    "client_key",
 ];
 
 /// The config file read from the working directory when `--config` is not given.
@@ -34,6 +45,10 @@ pub struct Config {
     pub pools: PoolsConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
     pub secrets: crate::registry::secrets::SecretsPolicy,
+    /// `production` refuses insecure settings at start (see [`crate::transport::check_profile`]).
+    pub profile: crate::transport::Profile,
+    pub auth: crate::auth::AuthConfig,
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[server]`: the daemon's gRPC endpoint.
@@ -44,6 +59,9 @@ pub struct ServerConfig {
     /// After SIGTERM: how long in-flight revisions get to commit or roll back.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Serve without TLS: local development only (a warning is logged at start).
+    pub plaintext: bool,
+    pub tls: Option<crate::transport::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +69,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:50051".parse().expect("valid"),
             shutdown_grace: Duration::from_secs(30),
+            plaintext: false,
+            tls: None,
         }
     }
 }
@@ -67,6 +87,15 @@ pub struct EtcdConfig {
     pub lease_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// CA (PEM) of etcd's server certificates, for https:// endpoints.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key (PEM) when etcd asks for one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd authentication: the user, and its password from a file or an environment variable.
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
 }
 
 impl Default for EtcdConfig {
@@ -76,6 +105,12 @@ impl Default for EtcdConfig {
             prefix: "/fleetmig/".into(),
             lease_ttl: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
+            ca_cert: None,
+            cert: None,
+            key: None,
+            user: None,
+            password_file: None,
+            password_env: None,
         }
     }
 }
@@ -142,6 +177,9 @@ impl Default for Config {
             pools: PoolsConfig::default(),
             telemetry: crate::telemetry::TelemetryConfig::default(),
             secrets: crate::registry::secrets::SecretsPolicy::default(),
+            profile: Default::default(),
+            auth: Default::default(),
+            audit: Default::default(),
         }
     }
 }

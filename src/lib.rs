@@ -8,6 +8,8 @@
 //! - [`model`]: newtypes and enums shared by all layers.
 
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod engine;
@@ -19,3 +21,4 @@ pub mod model;
 pub mod registry;
 pub mod revision;
 pub mod telemetry;
+pub mod transport;

@@ -4,35 +4,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
 use super::Failure;
+pub use super::connect::{Connect, Output};
+use super::connect::{Daemon, channel};
 use crate::grpc::proto::migrations_client::MigrationsClient;
 use crate::grpc::proto::tenants_client::TenantsClient;
 use crate::grpc::proto::{self, migration_event::Event, tenant_event::Kind};
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub struct Connect {
-    /// The daemon's gRPC address.
-    #[arg(
-        long,
-        env = "FLEETMIG_SERVER",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    pub server: String,
-    /// `json`: one JSON object per line, for scripts.
-    #[arg(long, short = 'o', value_enum, default_value = "text", global = true)]
-    pub output: Output,
-}
 
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
@@ -190,12 +170,6 @@ fn status(e: tonic::Status) -> Failure {
         code,
         message: format!("{:?}: {}", e.code(), e.message()),
     }
-}
-
-async fn channel(c: &Connect) -> Result<Channel, Failure> {
-    let endpoint = Channel::from_shared(c.server.clone())
-        .map_err(|e| Failure::input(format!("--server {}: {e}", c.server)))?;
-    endpoint.connect_timeout(Duration::from_secs(5)).connect().await.map_err(|e| Failure { code: 1, message: format!("cannot reach the daemon at {}: {e} (is `fleetmig serve` running? --server / FLEETMIG_SERVER)", c.server) })
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -554,7 +528,7 @@ pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
 
 async fn migrate(
     conn: &Connect,
-    client: &mut MigrationsClient<Channel>,
+    client: &mut MigrationsClient<Daemon>,
     m: FleetMigrate,
     down: bool,
 ) -> Result<(), Failure> {

@@ -7,6 +7,7 @@
 
 mod authoring;
 mod client;
+mod connect;
 mod local;
 
 use std::collections::BTreeMap;

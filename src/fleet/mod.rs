@@ -98,6 +98,8 @@ pub struct JobSpec {
     pub concurrency: usize,
     pub dry_run: bool,
     pub allow_changed: bool,
+    /// Who asked: audit records of applied revisions name them.
+    pub caller: crate::auth::Caller,
 }
 
 struct JobControl {
@@ -124,6 +126,7 @@ pub struct Fleet {
     owner: String,
     /// Expected schema fingerprints by (app, version rows, placeholder values).
     expected: Mutex<HashMap<String, crate::engine::fingerprint::Fingerprint>>,
+    audit: crate::audit::AuditLog,
 }
 
 /// A started job: its first event, and the rest as they happen.
@@ -144,6 +147,7 @@ impl Fleet {
         tracker: TaskTracker,
         shutdown: CancellationToken,
         owner: String,
+        audit: crate::audit::AuditLog,
     ) -> Fleet {
         let global = Arc::new(Semaphore::new(limits.global_concurrency));
         Fleet {
@@ -159,7 +163,12 @@ impl Fleet {
             shutdown,
             owner,
             expected: Mutex::default(),
+            audit,
         }
+    }
+
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
     }
 
     pub fn registry(&self) -> &Registry {

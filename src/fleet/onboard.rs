@@ -30,6 +30,8 @@ pub struct OnboardSpec {
     pub admin_password: Option<PasswordRef>,
     pub extensions: Vec<String>,
     pub use_template: bool,
+    /// Who asked: the migration's audit records name them.
+    pub caller: crate::auth::Caller,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +275,7 @@ impl Fleet {
                     concurrency: 1,
                     dry_run: false,
                     allow_changed: false,
+                    caller: spec.caller.clone(),
                 })
                 .await
                 .map_err(|e| StepFailed {

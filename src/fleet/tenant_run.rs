@@ -59,6 +59,38 @@ impl TenantRun {
         Outcome::Failed
     }
 
+    /// Records one revision's outcome in the audit log: who asked, the revision's checksum,
+    /// the fence token it was applied under.
+    fn revision_audit(
+        &self,
+        tenant: &Tenant,
+        fence_token: i64,
+    ) -> impl Fn(crate::model::Direction, &crate::model::RevisionId, String) + Send + Sync + 'static
+    {
+        let (log, caller, app) = (
+            self.fleet.audit().clone(),
+            self.spec.caller.clone(),
+            self.app.clone(),
+        );
+        let tenant = tenant.id.to_string();
+        move |direction, revision, outcome| {
+            let checksum = app
+                .graph
+                .node(revision.as_str())
+                .map(|n| app.graph.revision(n).checksum.clone());
+            let mut record = crate::audit::AuditRecord::new(
+                &caller,
+                format!("{} revision", direction.as_str()),
+                outcome,
+            )
+            .tenant(tenant.clone());
+            record.revision = Some(revision.to_string());
+            record.checksum = checksum;
+            record.fence_token = Some(fence_token);
+            log.record(record);
+        }
+    }
+
     pub async fn run(self, tenant: Tenant) -> Outcome {
         let c = &tenant.connection;
         let span = tracing::info_span!(
@@ -219,6 +251,7 @@ impl TenantRun {
         let applied_so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let applied_log = applied_so_far.clone();
         let tenant_id = tenant.id.to_string();
+        let audit = self.revision_audit(&tenant, guard.token().0);
         let events = move |e: Event| {
             let event = match e {
                 Event::Planned { before, .. } => {
@@ -235,6 +268,14 @@ impl TenantRun {
                 },
                 Event::RevisionDone(a) => {
                     applied_log.lock().unwrap().push(a.revision.to_string());
+                    audit(
+                        a.direction,
+                        &a.revision,
+                        match &a.skipped_by {
+                            Some(flag) => format!("skipped ({flag} is false)"),
+                            None => "applied".into(),
+                        },
+                    );
                     crate::metrics::metrics().revision_duration.record(
                         a.duration.as_secs_f64(),
                         &crate::metrics::attrs(&[
@@ -303,6 +344,7 @@ impl TenantRun {
             span.record("fleetmig.revision.to", label(&run.after).as_str());
         }
         drop(conn);
+        let guard_token = guard.token().0;
         guard.release().await;
         match result {
             Ok(run) if run.applied.is_empty() => {
@@ -335,16 +377,31 @@ impl TenantRun {
                 );
                 Outcome::Interrupted
             }
-            Err(EngineError::StepFailed { failure, applied }) => self.fail(
-                &tenant,
-                Failure {
-                    revision: failure.revision.to_string(),
-                    sqlstate: failure.sqlstate.clone().unwrap_or_default(),
-                    message: failure.to_string(),
-                    location: failure.location.clone().unwrap_or_default(),
-                    applied: ids(applied),
-                },
-            ),
+            Err(EngineError::StepFailed { failure, applied }) => {
+                self.revision_audit(&tenant, guard_token)(
+                    self.spec.direction,
+                    &failure.revision,
+                    format!(
+                        "failed: {}{}",
+                        failure
+                            .sqlstate
+                            .as_deref()
+                            .map(|s| format!("SQLSTATE {s}: "))
+                            .unwrap_or_default(),
+                        failure.message
+                    ),
+                );
+                self.fail(
+                    &tenant,
+                    Failure {
+                        revision: failure.revision.to_string(),
+                        sqlstate: failure.sqlstate.clone().unwrap_or_default(),
+                        message: failure.to_string(),
+                        location: failure.location.clone().unwrap_or_default(),
+                        applied: ids(applied),
+                    },
+                )
+            }
             Err(e) => self.fail(
                 &tenant,
                 Failure {

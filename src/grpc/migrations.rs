@@ -8,7 +8,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::audited;
 use super::convert::{self, timestamp};
+use super::guard::caller;
 use super::proto;
 use super::status::invalid;
 use crate::fleet::{Fleet, JobSpec};
@@ -20,6 +22,7 @@ pub struct MigrationsService {
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::MigrationEvent, Status>> + Send>>;
+pub type OnboardStream = Pin<Box<dyn Stream<Item = Result<proto::OnboardEvent, Status>> + Send>>;
 
 /// Requests above this are refused rather than silently clamped.
 const MAX_REQUESTED_CONCURRENCY: u32 = 10_000;
@@ -30,7 +33,23 @@ impl MigrationsService {
         request: Request<proto::MigrateRequest>,
         direction: Direction,
     ) -> Result<Response<EventStream>, Status> {
-        let r = request.into_inner();
+        let caller = caller(&request);
+        let rpc = match direction {
+            Direction::Upgrade => "Migrations/Upgrade",
+            Direction::Downgrade => "Migrations/Downgrade",
+        };
+        let result = self
+            .start_job(request.into_inner(), direction, caller.clone())
+            .await;
+        audited(&self.fleet, &caller, rpc, None, result)
+    }
+
+    async fn start_job(
+        &self,
+        r: proto::MigrateRequest,
+        direction: Direction,
+        caller: crate::auth::Caller,
+    ) -> Result<Response<EventStream>, Status> {
         if r.concurrency > MAX_REQUESTED_CONCURRENCY {
             return Err(invalid(field_error(
                 "concurrency",
@@ -47,8 +66,15 @@ impl MigrationsService {
             concurrency: r.concurrency as usize,
             dry_run: r.dry_run,
             allow_changed: r.allow_changed,
+            caller,
         };
         let job = self.fleet.start(spec).await?;
+        if let crate::fleet::JobEvent::Accepted {
+            job_id, tenant_ids, ..
+        } = &job.accepted
+        {
+            tracing::info!(target: "fleetmig::audit", %job_id, tenants = tenant_ids.len(), "job accepted");
+        }
         let first = tokio_stream::once(Ok(convert::job_event(job.accepted)));
         let rest = UnboundedReceiverStream::new(job.events).map(|e| Ok(convert::job_event(e)));
         Ok(Response::new(Box::pin(first.chain(rest))))
@@ -59,7 +85,7 @@ impl MigrationsService {
 impl proto::migrations_server::Migrations for MigrationsService {
     type UpgradeStream = EventStream;
     type DowngradeStream = EventStream;
-    type OnboardStream = Pin<Box<dyn Stream<Item = Result<proto::OnboardEvent, Status>> + Send>>;
+    type OnboardStream = OnboardStream;
 
     async fn upgrade(
         &self,
@@ -79,16 +105,21 @@ impl proto::migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::CancelResponse>, Status> {
+        let caller = caller(&request);
         let id = request.into_inner().job_id;
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(invalid(field_error(
-                "job_id",
-                "required: the job id from the accepted event",
-            )));
-        }
-        Ok(Response::new(proto::CancelResponse {
-            cancelled: self.fleet.cancel(&id)?,
-        }))
+        let result =
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                Err(invalid(field_error(
+                    "job_id",
+                    "required: the job id from the accepted event",
+                )))
+            } else {
+                self.fleet
+                    .cancel(&id)
+                    .map(|cancelled| Response::new(proto::CancelResponse { cancelled }))
+                    .map_err(Status::from)
+            };
+        audited(&self.fleet, &caller, "Migrations/Cancel", None, result)
     }
 
     async fn current(
@@ -193,7 +224,37 @@ impl proto::migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<proto::StampRequest>,
     ) -> Result<Response<proto::StampResponse>, Status> {
-        let r = request.into_inner();
+        let caller = caller(&request);
+        let named = Some(request.get_ref().tenant_id.clone());
+        let result = self.stamp_tenant(request.into_inner()).await;
+        audited(&self.fleet, &caller, "Migrations/Stamp", named, result)
+    }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        self.verify_fleet(request.into_inner()).await
+    }
+
+    async fn onboard(
+        &self,
+        request: Request<proto::OnboardRequest>,
+    ) -> Result<Response<Self::OnboardStream>, Status> {
+        let caller = caller(&request);
+        let named = request.get_ref().tenant.as_ref().map(|t| t.id.clone());
+        let result = self
+            .onboard_tenant(request.into_inner(), caller.clone())
+            .await;
+        audited(&self.fleet, &caller, "Migrations/Onboard", named, result)
+    }
+}
+
+impl MigrationsService {
+    async fn stamp_tenant(
+        &self,
+        r: proto::StampRequest,
+    ) -> Result<Response<proto::StampResponse>, Status> {
         let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
         if r.revision.is_empty() {
             return Err(invalid(field_error(
@@ -208,11 +269,10 @@ impl proto::migrations_server::Migrations for MigrationsService {
         Ok(Response::new(proto::StampResponse { revisions }))
     }
 
-    async fn verify(
+    async fn verify_fleet(
         &self,
-        request: Request<proto::VerifyRequest>,
+        r: proto::VerifyRequest,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
-        let r = request.into_inner();
         let app = convert::app_name("app", &r.app).map_err(invalid)?;
         let selector = convert::selector_or_all(r.selector).map_err(invalid)?;
         let report = self.fleet.verify(&app, &selector).await?;
@@ -236,11 +296,11 @@ impl proto::migrations_server::Migrations for MigrationsService {
         }))
     }
 
-    async fn onboard(
+    async fn onboard_tenant(
         &self,
-        request: Request<proto::OnboardRequest>,
-    ) -> Result<Response<Self::OnboardStream>, Status> {
-        let r = request.into_inner();
+        r: proto::OnboardRequest,
+        caller: crate::auth::Caller,
+    ) -> Result<Response<OnboardStream>, Status> {
         let ok_id = !r.request_id.is_empty()
             && r.request_id.len() <= 64
             && r.request_id
@@ -275,6 +335,7 @@ impl proto::migrations_server::Migrations for MigrationsService {
             admin_password: admin.and_then(|a| a.1),
             extensions: r.extensions,
             use_template: r.use_template,
+            caller,
         };
         let events = self.fleet.onboard(spec).await?;
         let stream = UnboundedReceiverStream::new(events).map(|e| {

@@ -3,6 +3,7 @@
 //! touches etcd or SQL directly.
 
 pub mod convert;
+pub mod guard;
 pub mod migrations;
 pub mod status;
 pub mod tenants;
@@ -29,4 +30,26 @@ pub fn serialize_timestamp<S: serde::Serializer>(
         Some(dt) => s.serialize_str(&dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         None => s.serialize_none(),
     }
+}
+
+/// Records a mutating call in the audit log (who, request id, tenant named in the request,
+/// outcome), then passes its result on.
+pub fn audited<T>(
+    fleet: &crate::fleet::Fleet,
+    caller: &crate::auth::Caller,
+    rpc: &str,
+    tenant: Option<String>,
+    result: Result<T, tonic::Status>,
+) -> Result<T, tonic::Status> {
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    };
+    let mut record = crate::audit::AuditRecord::new(caller, rpc, outcome);
+    // As the client sent it (validation may have refused it): bounded, never interpreted.
+    record.tenant = tenant
+        .filter(|t| !t.is_empty())
+        .map(|t| t.chars().take(128).collect());
+    fleet.audit().record(record);
+    result
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
+use super::audited;
 use super::convert::{self, tenant_to_proto};
+use super::guard::caller;
 use super::proto;
 use super::status::invalid;
 use crate::fleet::Fleet;
@@ -80,10 +82,16 @@ impl proto::tenants_server::Tenants for TenantsService {
         &self,
         request: Request<proto::RegisterTenantRequest>,
     ) -> Result<Response<proto::Tenant>, Status> {
-        let tenant = new_tenant(&self.fleet, request.into_inner().tenant, "tenant")?;
-        let tenant = self.fleet.registry().register(tenant).await?;
-        tracing::info!(tenant = %tenant.id, app = %tenant.app, database = %tenant.connection.database_key(), "tenant registered");
-        Ok(Response::new(tenant_to_proto(&tenant)))
+        let caller = caller(&request);
+        let named = request.get_ref().tenant.as_ref().map(|t| t.id.clone());
+        let result: Result<_, Status> = async {
+            let tenant = new_tenant(&self.fleet, request.into_inner().tenant, "tenant")?;
+            let tenant = self.fleet.registry().register(tenant).await?;
+            tracing::info!(tenant = %tenant.id, app = %tenant.app, database = %tenant.connection.database_key(), "tenant registered");
+            Ok(Response::new(tenant_to_proto(&tenant)))
+        }
+        .await;
+        audited(&self.fleet, &caller, "Tenants/Register", named, result)
     }
 
     async fn get(
@@ -142,7 +150,28 @@ impl proto::tenants_server::Tenants for TenantsService {
         &self,
         request: Request<proto::UpdateTenantRequest>,
     ) -> Result<Response<proto::Tenant>, Status> {
-        let r = request.into_inner();
+        let caller = caller(&request);
+        let named = request.get_ref().tenant.as_ref().map(|t| t.id.clone());
+        let result = self.update_tenant(request.into_inner()).await;
+        audited(&self.fleet, &caller, "Tenants/Update", named, result)
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<proto::DeregisterTenantRequest>,
+    ) -> Result<Response<proto::DeregisterTenantResponse>, Status> {
+        let caller = caller(&request);
+        let named = Some(request.get_ref().id.clone());
+        let result = self.deregister_tenant(request.into_inner()).await;
+        audited(&self.fleet, &caller, "Tenants/Deregister", named, result)
+    }
+}
+
+impl TenantsService {
+    async fn update_tenant(
+        &self,
+        r: proto::UpdateTenantRequest,
+    ) -> Result<Response<proto::Tenant>, Status> {
         let t = r
             .tenant
             .ok_or_else(|| invalid(field_error("tenant", "required")))?;
@@ -208,11 +237,10 @@ impl proto::tenants_server::Tenants for TenantsService {
         Ok(Response::new(tenant_to_proto(&updated)))
     }
 
-    async fn deregister(
+    async fn deregister_tenant(
         &self,
-        request: Request<proto::DeregisterTenantRequest>,
+        r: proto::DeregisterTenantRequest,
     ) -> Result<Response<proto::DeregisterTenantResponse>, Status> {
-        let r = request.into_inner();
         let id = convert::tenant_id("id", &r.id).map_err(invalid)?;
         let admin = admin(r.admin_user, r.admin_password)?;
         if r.drop_database {

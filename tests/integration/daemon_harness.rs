@@ -48,6 +48,9 @@ pub fn config(etcd_endpoint: &str, prefix: &str, migrations: &Path) -> Config {
     };
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.shutdown_grace = Duration::from_secs(10);
+    // Security tests configure TLS and tokens themselves.
+    c.server.plaintext = true;
+    c.auth.mode = fleetmig::auth::AuthMode::None;
     c.etcd.endpoints = vec![etcd_endpoint.to_string()];
     c.etcd.prefix = prefix.to_string();
     c.etcd.lease_ttl = Duration::from_secs(2);
@@ -147,6 +150,8 @@ impl Process {
         .arg(migrations)
         .env("FLEETMIG_LOG", "info,fleetmig=debug")
         .env("FLEETMIG_ETCD__LEASE_TTL", "2s")
+        .env("FLEETMIG_SERVER__PLAINTEXT", "true")
+        .env("FLEETMIG_AUTH__MODE", "none")
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::from(

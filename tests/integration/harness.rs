@@ -236,7 +236,7 @@ pub struct Etcd {
     counter: AtomicUsize,
 }
 
-fn start_etcd() -> Option<Etcd> {
+fn etcd_bin() -> Option<PathBuf> {
     let bin = std::env::var("FLEETMIG_ETCD_BIN")
         .ok()
         .map(PathBuf::from)
@@ -245,30 +245,61 @@ fn start_etcd() -> Option<Etcd> {
             let p = PathBuf::from("/usr/bin/etcd");
             p.exists().then_some(p)
         });
-    let Some(bin) = bin else {
+    if bin.is_none() {
         missing(
             "etcd",
             "no etcd binary (FLEETMIG_ETCD_BIN or /usr/bin/etcd)".into(),
         )?;
-        unreachable!()
-    };
-    let dir = scratch_dir("etcd");
+    }
+    bin
+}
+
+/// Start an etcd on loopback; `client_tls`: extra flags that make its client port TLS.
+fn spawn_etcd(name: &str, client_tls: Option<String>) -> Option<String> {
+    let bin = etcd_bin()?;
+    let dir = scratch_dir(name);
     let (client, peer) = (free_port(), free_port());
     let log = dir.join("etcd.log");
+    let scheme = if client_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     spawn_watched(
         &format!(
-            "'{}' --name fleetmig-test --data-dir '{}' --listen-client-urls http://127.0.0.1:{client} --advertise-client-urls http://127.0.0.1:{client} --listen-peer-urls http://127.0.0.1:{peer} --initial-advertise-peer-urls http://127.0.0.1:{peer} --initial-cluster fleetmig-test=http://127.0.0.1:{peer} > '{}' 2>&1",
+            "'{}' --name fleetmig-test --data-dir '{}' --listen-client-urls {scheme}://127.0.0.1:{client} --advertise-client-urls {scheme}://127.0.0.1:{client} --listen-peer-urls http://127.0.0.1:{peer} --initial-advertise-peer-urls http://127.0.0.1:{peer} --initial-cluster fleetmig-test=http://127.0.0.1:{peer} {} > '{}' 2>&1",
             bin.display(),
             dir.join("data").display(),
+            client_tls.unwrap_or_default(),
             log.display()
         ),
         &dir,
     );
     wait_for_port(client, "etcd", &log);
+    Some(format!("{scheme}://127.0.0.1:{client}"))
+}
+
+fn start_etcd() -> Option<Etcd> {
     Some(Etcd {
-        endpoint: format!("http://127.0.0.1:{client}"),
+        endpoint: spawn_etcd("etcd", None)?,
         counter: AtomicUsize::new(0),
     })
+}
+
+/// A separate etcd whose client port speaks TLS with this certificate and requires
+/// client certificates signed by `ca`.
+pub fn etcd_tls(cert: &Path, key: &Path, ca: &Path) -> Option<String> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("etcd-tls-{}", N.fetch_add(1, Ordering::SeqCst));
+    spawn_etcd(
+        &name,
+        Some(format!(
+            "--cert-file '{}' --key-file '{}' --client-cert-auth --trusted-ca-file '{}'",
+            cert.display(),
+            key.display(),
+            ca.display()
+        )),
+    )
 }
 
 pub fn etcd() -> Option<&'static Etcd> {

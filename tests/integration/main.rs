@@ -10,6 +10,8 @@ mod daemon;
 mod daemon_e2e;
 mod engine;
 mod onboard;
+mod pki;
 mod pools;
+mod security;
 mod services;
 mod telemetry;

@@ -1,0 +1,233 @@
+//! Audit records: one for every mutating RPC and every applied (or failed) revision, saying
+//! who (token subject or certificate), request id, tenant, revision, checksum, fence token
+//! and outcome. Each is a structured log line (target `fleetmig::audit`) and, in the daemon,
+//! a key under `<prefix>audit/` in etcd, written in the background (an RPC never waits on it)
+//! and rotated: only the newest `audit.max_records` are kept.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Caller;
+
+/// `[audit]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Records kept in etcd; older ones are deleted. The log keeps them all.
+    pub max_records: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_records: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at: DateTime<Utc>,
+    pub who: String,
+    pub request_id: String,
+    /// The RPC (`Tenants/Register`) or `upgrade revision` / `downgrade revision`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_token: Option<i64>,
+    /// `ok`, `applied`, `skipped`, or the error (gRPC code or SQLSTATE and message).
+    pub outcome: String,
+}
+
+impl AuditRecord {
+    pub fn new(caller: &Caller, action: impl Into<String>, outcome: impl Into<String>) -> Self {
+        AuditRecord {
+            at: Utc::now(),
+            who: caller.who(),
+            request_id: caller.request_id.clone(),
+            action: action.into(),
+            tenant: None,
+            revision: None,
+            checksum: None,
+            fence_token: None,
+            outcome: outcome.into(),
+        }
+    }
+
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+}
+
+/// Where records go. Cloning is cheap; `AuditLog::log_only()` writes only the log line.
+#[derive(Clone)]
+pub struct AuditLog {
+    etcd: Option<mpsc::Sender<AuditRecord>>,
+}
+
+/// Records waiting for etcd; beyond this they are only logged (and a warning says so).
+const BACKLOG: usize = 4096;
+/// Trim the etcd records every this many writes.
+const TRIM_EVERY: usize = 64;
+
+impl AuditLog {
+    pub fn log_only() -> AuditLog {
+        AuditLog { etcd: None }
+    }
+
+    /// Write records under `<prefix>audit/` until `stop`, then flush what is queued.
+    pub fn to_etcd(
+        client: etcd_client::Client,
+        prefix: &str,
+        max_records: usize,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> AuditLog {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        let writer = Writer {
+            client,
+            dir: format!("{prefix}audit/"),
+            max_records,
+            written: 0,
+        };
+        tracker.spawn(writer.run(rx, stop));
+        AuditLog { etcd: Some(tx) }
+    }
+
+    pub fn record(&self, r: AuditRecord) {
+        tracing::info!(
+            target: "fleetmig::audit",
+            who = %r.who,
+            request_id = %r.request_id,
+            action = %r.action,
+            tenant = r.tenant.as_deref().unwrap_or(""),
+            revision = r.revision.as_deref().unwrap_or(""),
+            checksum = r.checksum.as_deref().unwrap_or(""),
+            fence_token = r.fence_token.unwrap_or(0),
+            outcome = %r.outcome,
+            "audit"
+        );
+        if let Some(tx) = &self.etcd
+            && tx.try_send(r).is_err()
+        {
+            tracing::warn!("audit backlog full (etcd slow?): this record is only in the log");
+        }
+    }
+}
+
+struct Writer {
+    client: etcd_client::Client,
+    dir: String,
+    max_records: usize,
+    written: usize,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<AuditRecord>, stop: CancellationToken) {
+        loop {
+            let record = tokio::select! {
+                r = rx.recv() => match r { Some(r) => r, None => break },
+                _ = stop.cancelled() => break,
+            };
+            self.write(record).await;
+        }
+        // Shutting down: what is queued is still written, briefly.
+        let flush = async {
+            while let Ok(r) = rx.try_recv() {
+                self.write(r).await;
+            }
+            self.trim().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    }
+
+    async fn write(&mut self, r: AuditRecord) {
+        let nanos = r.at.timestamp_nanos_opt().unwrap_or_default();
+        let key = format!("{}{nanos:020}-{:08x}", self.dir, rand::random::<u32>());
+        let value = serde_json::to_vec(&r).expect("serializable");
+        if let Err(e) = self.client.put(key, value, None).await {
+            tracing::warn!(error = %e, "audit record not written to etcd (it is in the log)");
+            return;
+        }
+        self.written += 1;
+        if self.written.is_multiple_of(TRIM_EVERY) {
+            self.trim().await;
+        }
+    }
+
+    /// Delete the oldest records beyond `max_records` (keys sort by time).
+    async fn trim(&mut self) {
+        use etcd_client::{DeleteOptions, GetOptions};
+        let count = self
+            .client
+            .get(
+                self.dir.as_str(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map(|r| r.count() as usize);
+        let Ok(count) = count else { return };
+        let excess = count.saturating_sub(self.max_records);
+        if excess == 0 {
+            return;
+        }
+        let oldest = self
+            .client
+            .get(
+                self.dir.as_str(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(excess as i64),
+                ),
+            )
+            .await;
+        let Some(last) = oldest
+            .ok()
+            .and_then(|r| r.kvs().last().map(|kv| kv.key().to_vec()))
+        else {
+            return;
+        };
+        let mut end = last;
+        end.push(0);
+        if let Err(e) = self
+            .client
+            .delete(
+                self.dir.as_str(),
+                Some(DeleteOptions::new().with_range(end)),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "trimming old audit records");
+        }
+    }
+}
+
+/// The audit records kept in etcd, oldest first (for tests and `fleetmig` tooling).
+pub async fn read_all(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+) -> Result<Vec<AuditRecord>, etcd_client::Error> {
+    let r = client
+        .get(
+            format!("{prefix}audit/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    Ok(r.kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect())
+}
