@@ -236,6 +236,23 @@ pub async fn serve_until(
             shutdown.cancel();
         });
     }
+    if let Some(health_addr) = config.server.health_listen {
+        let listener = TcpListener::bind(health_addr)
+            .await
+            .with_context(|| format!("binding server.health_listen {health_addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "health checks (plaintext, grpc.health.v1 only)");
+        let health_only = Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                background.clone().cancelled_owned(),
+            );
+        tracker.spawn(async move {
+            if let Err(e) = health_only.await {
+                tracing::error!(error = %e, "health port stopped");
+            }
+        });
+    }
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).context("server.tls")?;

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     /// Serve without TLS: local development only (a warning is logged at start).
     pub plaintext: bool,
     pub tls: Option<crate::transport::ServerTls>,
+    /// A second, plaintext port serving only `grpc.health.v1`: for probes that cannot speak
+    /// TLS (Kubernetes' gRPC probes). Unset: none.
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             plaintext: false,
             tls: None,
+            health_listen: None,
         }
     }
 }

@@ -163,12 +163,23 @@ fn pairs(flag: &str, items: &[String]) -> Result<HashMap<String, String>, Failur
 fn status(e: tonic::Status) -> Failure {
     let code = match e.code() {
         tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => 2,
-        tonic::Code::FailedPrecondition | tonic::Code::Aborted | tonic::Code::PermissionDenied => 3,
+        tonic::Code::FailedPrecondition
+        | tonic::Code::Aborted
+        | tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated => 3,
         _ => 1,
+    };
+    let hint = match e.code() {
+        tonic::Code::Unauthenticated => " (pass a token: --token-file / FLEETMIG_TOKEN_FILE)",
+        tonic::Code::PermissionDenied => " (ask for a token with that scope)",
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            " (TLS? use an https:// --server with --ca-cert, and --client-cert/--client-key for mTLS)"
+        }
+        _ => "",
     };
     Failure {
         code,
-        message: format!("{:?}: {}", e.code(), e.message()),
+        message: format!("{:?}: {}{hint}", e.code(), e.message()),
     }
 }
 

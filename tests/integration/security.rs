@@ -317,7 +317,12 @@ async fn auth_matrix_every_rpc_gets_the_expected_code_for_every_credential() {
 
 #[tokio::test]
 async fn tls_matrix_rejects_bad_clients_and_serves_none_of_their_calls() {
-    let Some(s) = secured("tlsmatrix", |_| {}).await else {
+    let health_port = harness::free_port();
+    let Some(s) = secured("tlsmatrix", |c| {
+        c.server.health_listen = Some(([127, 0, 0, 1], health_port).into())
+    })
+    .await
+    else {
         return;
     };
     let admin = s.jwt("ops", "admin", |_| {});
@@ -382,6 +387,28 @@ async fn tls_matrix_rejects_bad_clients_and_serves_none_of_their_calls() {
         .unwrap()
         .into_inner();
     assert!(listed.tenants.is_empty(), "{:?}", listed.tenants);
+
+    // The plaintext health port (for probes that cannot speak TLS) serves health and nothing else.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{health_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(plain.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let e = proto::tenants_client::TenantsClient::new(plain)
+        .list(proto::ListTenantsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
     s.daemon.shutdown().await.unwrap();
 }
 
@@ -618,4 +645,55 @@ fn the_production_profile_refuses_insecure_settings_naming_the_key() {
     dev.server.plaintext = true;
     dev.auth.mode = AuthMode::None;
     check_profile(&dev).unwrap();
+}
+
+// The CLI runs as a blocking child process: the in-process daemon needs its own threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_client_passes_certificates_and_tokens() {
+    let Some(s) = secured("clitls", |_| {}).await else {
+        return;
+    };
+    let d = s._pki.dir.path();
+    std::fs::write(d.join("viewer.token"), format!("{VIEWER}\n")).unwrap();
+    let server = format!("https://127.0.0.1:{}", s.daemon.addr.port());
+    let run = |args: &[&str], token: bool, client_cert: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmig"));
+        cmd.args(args)
+            .args(["--server", &server, "--ca-cert"])
+            .arg(&s.issued.ca)
+            .current_dir(d)
+            .env_remove("FLEETMIG_SERVER");
+        if client_cert {
+            cmd.arg("--client-cert")
+                .arg(&s.issued.client.cert)
+                .arg("--client-key")
+                .arg(&s.issued.client.key);
+        }
+        if token {
+            cmd.env("FLEETMIG_TOKEN_FILE", d.join("viewer.token"));
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["tenants", "ls", "-o", "json"], true, true);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&["tenants", "ls"], false, true);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("Unauthenticated") && out.contains("--token-file"),
+        "{out}"
+    );
+    let (code, out) = run(&["fleet", "upgrade", "--app", "aletheia"], true, true);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("PermissionDenied") && out.contains("needs scope 'write'"),
+        "{out}"
+    );
+    let (code, out) = run(&["tenants", "ls"], true, false);
+    assert_eq!(code, Some(1), "{out}");
+    s.daemon.shutdown().await.unwrap();
 }
