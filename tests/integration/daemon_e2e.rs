@@ -132,11 +132,17 @@ async fn a_tenant_password_appears_nowhere() {
     admin.batch_execute(&format!("ALTER DATABASE \"{good_db}\" OWNER TO pw_app; ALTER DATABASE \"{bad_db}\" OWNER TO pw_app")).await.unwrap();
     let (_tmp, root) = plain_app();
     let prefix = etcd.prefix("secret");
+    let (traces, collector) = crate::telemetry::start_receiver().await;
     let mut daemon = dh::Process::start(
         &etcd.endpoint,
         &prefix,
         &root,
-        &[("TENANT_GOOD_PW", CANARY), ("TENANT_BAD_PW", WRONG)],
+        &[
+            ("TENANT_GOOD_PW", CANARY),
+            ("TENANT_BAD_PW", WRONG),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
     );
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", daemon.addr))
         .unwrap()
@@ -239,11 +245,22 @@ async fn a_tenant_password_appears_nowhere() {
         logs.contains("tenant failed"),
         "the failures were logged: {logs}"
     );
+    // Spans are flushed at shutdown: their names, attributes, events and statuses.
+    let spans = format!("{:?}", traces.spans.lock().unwrap());
+    assert!(
+        spans.contains("password authentication failed"),
+        "the traces hold the failure: {spans}"
+    );
+    assert!(
+        seen.contains("audit/"),
+        "audit records were written to etcd"
+    );
     for secret in [CANARY, WRONG] {
         assert!(
             !seen.contains(secret),
             "{secret} leaked into a response, error or etcd"
         );
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
+        assert!(!spans.contains(secret), "{secret} leaked into the traces");
     }
 }

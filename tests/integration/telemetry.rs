@@ -26,8 +26,8 @@ use crate::daemon_harness as dh;
 use crate::harness;
 
 #[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Span>>>,
+pub struct Receiver {
+    pub spans: Arc<Mutex<Vec<Span>>>,
     metric_names: Arc<Mutex<Vec<String>>>,
 }
 
@@ -63,7 +63,7 @@ impl MetricsService for Receiver {
     }
 }
 
-async fn start_receiver() -> (Receiver, String) {
+pub async fn start_receiver() -> (Receiver, String) {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
