@@ -383,6 +383,31 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_config_passes_the_production_profile() {
+        let yaml = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/configmap.yaml"),
+        )
+        .unwrap();
+        let toml: String = yaml
+            .lines()
+            .skip_while(|l| !l.contains("fleetmig.toml: |"))
+            .skip(1)
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fleetmig.toml");
+        std::fs::write(&file, toml).unwrap();
+        let c = Config::load(
+            Some(&file),
+            Env::prefixed("FLEETMIG_UNUSED_IN_TEST_"),
+            NoFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.profile, crate::transport::Profile::Production);
+        crate::transport::check_profile(&c).unwrap();
+    }
+
+    #[test]
     fn errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("fleetmig.toml", "[engine]\nlock_timeot = \"2s\"\n")?;

@@ -1,7 +1,11 @@
 //! fleetmig: Alembic-style schema revisions for fleets of PostgreSQL databases.
 //!
 //! Module map (dependencies point downwards):
-//! - [`cli`]: command-line front end (local commands on one `DATABASE_URL`).
+//! - [`cli`]: command-line front end (local commands on one `DATABASE_URL`, daemon client).
+//! - [`app`]: composition root of `fleetmig serve`; [`transport`]: its TLS edges.
+//! - [`grpc`]: tonic services and the auth layer; [`auth`]: callers and scopes;
+//!   [`audit`]: audit records.
+//! - [`fleet`]: jobs over many tenants; [`registry`]: tenants and pools; [`lock`]: etcd locks.
 //! - [`engine`]: one database: version and history tables, apply, stamp, offline SQL.
 //! - [`revision`]: revision files, placeholders, SQL splitting, the graph, pure planning.
 //! - [`config`]: typed, layered configuration.
