@@ -3,7 +3,8 @@
 #   make setup                 install tools (apt packages, Postgres 18 + pgvector, grpcurl)
 #   make build                 cargo build
 #   make lint                  rustfmt check, clippy -D warnings, yamllint deploy/
-#   make test                  setup + lint + cargo test (the harness starts Postgres and etcd)
+#   make test                  setup + lint + cargo test (the harness starts Postgres and etcd) + fuzz
+#   make fuzz                  the fuzz targets (cargo fuzz), FUZZ_SECONDS each (default 30)
 #   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
 #   make demo                  setup + build + scripts/demo.sh
 #   make migrate-rev m="add users" [app=NAME]
@@ -38,7 +39,7 @@ export PATH := $(TOOLS_DIR)/bin:$(PATH)
 
 APP_ARG = $(if $(app),--app '$(app)')
 
-.PHONY: setup build lint test bench demo migrate-rev migrate-up migrate-down clean-tools
+.PHONY: setup build lint test fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
 
 setup:
 	bash scripts/setup.sh
@@ -55,6 +56,22 @@ lint: setup
 
 test: setup lint
 	$(CARGO) test --locked --all-targets $(CARGO_TEST_ARGS)
+	$(MAKE) fuzz
+
+# cargo fuzz on the machine's stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass the sanitizer
+# flags (-Z) that otherwise need nightly. New inputs go to $(TOOLS_DIR)/fuzz-corpus; the kept
+# corpus (fuzz/corpus, minimised with `cargo fuzz cmin`) is read as seeds. A crash fails the
+# run and leaves its input under fuzz/artifacts/.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := revision_file sql_split
+fuzz: setup
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz@0.13.2 --root $(TOOLS_DIR)
+	set -o pipefail; cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(TOOLS_DIR)/fuzz-corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t $(TOOLS_DIR)/fuzz-corpus/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 2>&1 \
+			| { grep -vE '^#[0-9]+' || true; } || exit 1; \
+	done
 
 # The fleet benchmark (release build). Sizes and concurrency: BENCH_SIZES=50,200
 # BENCH_CONCURRENCY=1,2,8 BENCH_RUNS=3 BENCH_APPS=aletheia,truthgraph BENCH_REGISTRY=10000.

@@ -58,7 +58,13 @@ const KEYS: &[&str] = &[
 const UPGRADE_MARKER: &str = "-- +upgrade";
 const DOWNGRADE_MARKER: &str = "-- +downgrade";
 
+/// A byte-order mark some editors put at the start of a file; not part of the revision.
+const BOM: char = '\u{feff}';
+
+/// sha256 of the file, ignoring what editors change without changing the SQL: CRLF line
+/// endings and a leading byte-order mark.
 pub fn checksum(content: &str) -> String {
+    let content = content.strip_prefix(BOM).unwrap_or(content);
     hex::encode(Sha256::digest(content.replace("\r\n", "\n").as_bytes()))
 }
 
@@ -86,7 +92,10 @@ impl Revision {
             line,
             message,
         };
-        let content_n = content.replace("\r\n", "\n");
+        let content_n = content
+            .strip_prefix(BOM)
+            .unwrap_or(content)
+            .replace("\r\n", "\n");
         let lines: Vec<&str> = content_n.split('\n').collect();
 
         let mut fields: Vec<(usize, &str, &str)> = Vec::new();
@@ -282,6 +291,14 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let with_bom = format!("\u{feff}{GOOD}");
+        let r = parse(&with_bom).unwrap();
+        assert_eq!(r.id.as_str(), "0003");
+        assert_eq!(r.checksum, parse(GOOD).unwrap().checksum);
+    }
+
+    #[test]
     fn parses_a_full_header() {
         let r = parse(GOOD).unwrap();
         assert_eq!(r.id.as_str(), "0003");
@@ -337,6 +354,7 @@ mod tests {
     #[test]
     fn checksum_ignores_line_endings_only() {
         assert_eq!(checksum("a\r\nb"), checksum("a\nb"));
+        assert_eq!(checksum("\u{feff}a\nb"), checksum("a\nb"));
         assert_ne!(checksum("a\nb"), checksum("a\nc"));
     }
 }

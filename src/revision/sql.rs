@@ -68,7 +68,8 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
         }
         match token.kind {
             TokenKind::Eof => break,
-            k if is_trivia(k) => {}
+            // A byte-order mark (an editor's, pasted mid-file) is not SQL: treated as space.
+            k if is_trivia(k) || text == "\u{feff}" => {}
             TokenKind::Semi if atomic_depth == 0 => {
                 if let Some(s) = start.take() {
                     out.push(Statement {
@@ -296,6 +297,16 @@ mod tests {
 
     fn texts(sql: &str) -> Vec<String> {
         split(sql).unwrap().into_iter().map(|s| s.text).collect()
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_a_statement() {
+        // Found by the sql_split fuzzer: a lone BOM became a statement of its own.
+        assert_eq!(texts("SELECT 1;\u{feff}"), vec!["SELECT 1"]);
+        assert_eq!(
+            texts("\u{feff}SELECT 1;\u{feff};SELECT 2"),
+            vec!["SELECT 1", "SELECT 2"]
+        );
     }
 
     #[test]
