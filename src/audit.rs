@@ -45,6 +45,9 @@ pub struct AuditRecord {
     pub checksum: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_token: Option<i64>,
+    /// The job an Upgrade/Downgrade started, or the one Cancel stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
     /// `ok`, `applied`, `skipped`, or the error (gRPC code or SQLSTATE and message).
     pub outcome: String,
 }
@@ -60,6 +63,7 @@ impl AuditRecord {
             revision: None,
             checksum: None,
             fence_token: None,
+            job_id: None,
             outcome: outcome.into(),
         }
     }
@@ -115,6 +119,7 @@ impl AuditLog {
             revision = r.revision.as_deref().unwrap_or(""),
             checksum = r.checksum.as_deref().unwrap_or(""),
             fence_token = r.fence_token.unwrap_or(0),
+            job_id = r.job_id.as_deref().unwrap_or(""),
             outcome = %r.outcome,
             "audit"
         );

@@ -160,6 +160,7 @@ impl JwtVerifier {
         validation.set_audience(&[&c.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
+        validation.validate_nbf = true;
         Ok(JwtVerifier {
             key,
             validation,

@@ -99,13 +99,22 @@ pub async fn channel(c: &Connect) -> Result<Daemon, Failure> {
             .map_err(|e| Failure::input(format!("TLS settings: {e}")))?;
     }
     let token = match &c.token_file {
+        Some(_) if !c.server.starts_with("https://") && !is_loopback(&c.server) => {
+            return Err(Failure::input(format!(
+                "--token-file with --server {}: a token is only sent over TLS (https://) or to a loopback address",
+                c.server
+            )));
+        }
         Some(path) => {
             let token = String::from_utf8(read("--token-file", path)?)
                 .map_err(|_| Failure::input("--token-file: not UTF-8"))?;
             let header = format!("Bearer {}", token.trim());
-            Some(header.parse().map_err(|_| {
-                Failure::input("--token-file: the token has characters a header cannot carry")
-            })?)
+            let mut value: MetadataValue<tonic::metadata::Ascii> =
+                header.parse().map_err(|_| {
+                    Failure::input("--token-file: the token has characters a header cannot carry")
+                })?;
+            value.set_sensitive(true);
+            Some(value)
         }
         None => None,
     };
@@ -118,6 +127,19 @@ pub async fn channel(c: &Connect) -> Result<Daemon, Failure> {
         ),
     })?;
     Ok(InterceptedService::new(channel, Bearer(token)))
+}
+
+fn is_loopback(server: &str) -> bool {
+    let host = server
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || server.trim_start_matches("http://").starts_with("[::1]")
 }
 
 /// An error with its causes (TLS failures hide the reason in the source chain).

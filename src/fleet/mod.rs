@@ -187,7 +187,11 @@ impl Fleet {
     }
 
     /// Reject a target the graph cannot resolve before any tenant is touched.
-    fn check_target(app: &App, direction: Direction, target: &Target) -> Result<(), FleetError> {
+    pub(crate) fn check_target(
+        app: &App,
+        direction: Direction,
+        target: &Target,
+    ) -> Result<(), FleetError> {
         let g = &app.graph;
         let err = |e| FleetError::Target(PlanError::Resolve(e));
         match (direction, target) {

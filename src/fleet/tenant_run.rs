@@ -252,6 +252,9 @@ impl TenantRun {
         let applied_log = applied_so_far.clone();
         let tenant_id = tenant.id.to_string();
         let audit = self.revision_audit(&tenant, guard.token().0);
+        // The revision started and not yet done: what a failure outside a step interrupted.
+        let in_flight = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let in_flight_log = in_flight.clone();
         let events = move |e: Event| {
             let event = match e {
                 Event::Planned { before, .. } => {
@@ -262,11 +265,15 @@ impl TenantRun {
                 Event::RevisionStarted {
                     revision,
                     direction,
-                } => TenantEvent::RevisionStarted {
-                    revision: revision.to_string(),
-                    direction,
-                },
+                } => {
+                    *in_flight_log.lock().unwrap() = Some(revision.clone());
+                    TenantEvent::RevisionStarted {
+                        revision: revision.to_string(),
+                        direction,
+                    }
+                }
                 Event::RevisionDone(a) => {
+                    in_flight_log.lock().unwrap().take();
                     applied_log.lock().unwrap().push(a.revision.to_string());
                     audit(
                         a.direction,
@@ -333,6 +340,13 @@ impl TenantRun {
             drop(conn);
             self.fleet.pools.discard(&key);
             let reason = "this daemon lost its etcd lease; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();
+            if let Some(revision) = in_flight.lock().unwrap().take() {
+                self.revision_audit(&tenant, guard.token().0)(
+                    self.spec.direction,
+                    &revision,
+                    "interrupted: lease lost".into(),
+                );
+            }
             tracing::error!(tenant = %tenant.id, "interrupted: lease lost");
             let applied = applied_so_far.lock().unwrap().clone();
             self.emit(&tenant, TenantEvent::Interrupted { reason, applied });
@@ -402,15 +416,24 @@ impl TenantRun {
                     },
                 )
             }
-            Err(e) => self.fail(
-                &tenant,
-                Failure {
-                    sqlstate: e.sqlstate().unwrap_or_default().to_string(),
-                    message: e.to_string(),
-                    applied: applied_so_far.lock().unwrap().clone(),
-                    ..Failure::default()
-                },
-            ),
+            Err(e) => {
+                if let Some(revision) = in_flight.lock().unwrap().take() {
+                    self.revision_audit(&tenant, guard_token)(
+                        self.spec.direction,
+                        &revision,
+                        format!("failed: {e}"),
+                    );
+                }
+                self.fail(
+                    &tenant,
+                    Failure {
+                        sqlstate: e.sqlstate().unwrap_or_default().to_string(),
+                        message: e.to_string(),
+                        applied: applied_so_far.lock().unwrap().clone(),
+                        ..Failure::default()
+                    },
+                )
+            }
         }
     }
 

@@ -8,11 +8,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::audited;
 use super::convert::{self, timestamp};
 use super::guard::caller;
 use super::proto;
 use super::status::invalid;
+use super::{audited, audited_job};
 use crate::fleet::{Fleet, JobSpec};
 use crate::model::Direction;
 use crate::registry::tenant::field_error;
@@ -38,10 +38,15 @@ impl MigrationsService {
             Direction::Upgrade => "Migrations/Upgrade",
             Direction::Downgrade => "Migrations/Downgrade",
         };
-        let result = self
+        match self
             .start_job(request.into_inner(), direction, caller.clone())
-            .await;
-        audited(&self.fleet, &caller, rpc, None, result)
+            .await
+        {
+            Ok((response, job_id)) => {
+                audited_job(&self.fleet, &caller, rpc, None, Some(job_id), Ok(response))
+            }
+            Err(e) => audited(&self.fleet, &caller, rpc, None, Err(e)),
+        }
     }
 
     async fn start_job(
@@ -49,7 +54,7 @@ impl MigrationsService {
         r: proto::MigrateRequest,
         direction: Direction,
         caller: crate::auth::Caller,
-    ) -> Result<Response<EventStream>, Status> {
+    ) -> Result<(Response<EventStream>, String), Status> {
         if r.concurrency > MAX_REQUESTED_CONCURRENCY {
             return Err(invalid(field_error(
                 "concurrency",
@@ -69,15 +74,13 @@ impl MigrationsService {
             caller,
         };
         let job = self.fleet.start(spec).await?;
-        if let crate::fleet::JobEvent::Accepted {
-            job_id, tenant_ids, ..
-        } = &job.accepted
-        {
-            tracing::info!(target: "fleetmig::audit", %job_id, tenants = tenant_ids.len(), "job accepted");
-        }
+        let job_id = match &job.accepted {
+            crate::fleet::JobEvent::Accepted { job_id, .. } => job_id.clone(),
+            _ => String::new(),
+        };
         let first = tokio_stream::once(Ok(convert::job_event(job.accepted)));
         let rest = UnboundedReceiverStream::new(job.events).map(|e| Ok(convert::job_event(e)));
-        Ok(Response::new(Box::pin(first.chain(rest))))
+        Ok((Response::new(Box::pin(first.chain(rest))), job_id))
     }
 }
 
@@ -119,7 +122,8 @@ impl proto::migrations_server::Migrations for MigrationsService {
                     .map(|cancelled| Response::new(proto::CancelResponse { cancelled }))
                     .map_err(Status::from)
             };
-        audited(&self.fleet, &caller, "Migrations/Cancel", None, result)
+        let job = (!id.is_empty()).then(|| id.chars().take(64).collect());
+        audited_job(&self.fleet, &caller, "Migrations/Cancel", None, job, result)
     }
 
     async fn current(

@@ -41,11 +41,24 @@ pub fn audited<T>(
     tenant: Option<String>,
     result: Result<T, tonic::Status>,
 ) -> Result<T, tonic::Status> {
+    audited_job(fleet, caller, rpc, tenant, None, result)
+}
+
+/// [`audited`], naming the job the call started or stopped.
+pub fn audited_job<T>(
+    fleet: &crate::fleet::Fleet,
+    caller: &crate::auth::Caller,
+    rpc: &str,
+    tenant: Option<String>,
+    job_id: Option<String>,
+    result: Result<T, tonic::Status>,
+) -> Result<T, tonic::Status> {
     let outcome = match &result {
         Ok(_) => "ok".to_string(),
         Err(s) => format!("{:?}: {}", s.code(), s.message()),
     };
     let mut record = crate::audit::AuditRecord::new(caller, rpc, outcome);
+    record.job_id = job_id;
     // As the client sent it (validation may have refused it): bounded, never interpreted.
     record.tenant = tenant
         .filter(|t| !t.is_empty())

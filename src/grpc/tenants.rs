@@ -69,6 +69,19 @@ pub fn admin(
     Ok(Some((c.user, c.password)))
 }
 
+/// Pointing the daemon at a password (or moving a tenant that has one to another host) makes
+/// it send a secret where the caller says: that needs `admin`, not `write`.
+fn needs_admin(caller: &crate::auth::Caller, field: &str) -> Result<(), Status> {
+    if caller.may(crate::auth::Scope::Admin) {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "{field}: setting or redirecting a password reference needs scope 'admin' (the daemon \
+         sends that password to the tenant's host); {} has write",
+        caller.subject
+    )))
+}
+
 pub struct TenantsService {
     pub fleet: Arc<Fleet>,
 }
@@ -86,6 +99,9 @@ impl proto::tenants_server::Tenants for TenantsService {
         let named = request.get_ref().tenant.as_ref().map(|t| t.id.clone());
         let result: Result<_, Status> = async {
             let tenant = new_tenant(&self.fleet, request.into_inner().tenant, "tenant")?;
+            if tenant.connection.password.is_some() {
+                needs_admin(&caller, "tenant.connection.password")?;
+            }
             let tenant = self.fleet.registry().register(tenant).await?;
             tracing::info!(tenant = %tenant.id, app = %tenant.app, database = %tenant.connection.database_key(), "tenant registered");
             Ok(Response::new(tenant_to_proto(&tenant)))
@@ -152,7 +168,7 @@ impl proto::tenants_server::Tenants for TenantsService {
     ) -> Result<Response<proto::Tenant>, Status> {
         let caller = caller(&request);
         let named = request.get_ref().tenant.as_ref().map(|t| t.id.clone());
-        let result = self.update_tenant(request.into_inner()).await;
+        let result = self.update_tenant(request.into_inner(), &caller).await;
         audited(&self.fleet, &caller, "Tenants/Update", named, result)
     }
 
@@ -171,6 +187,7 @@ impl TenantsService {
     async fn update_tenant(
         &self,
         r: proto::UpdateTenantRequest,
+        caller: &crate::auth::Caller,
     ) -> Result<Response<proto::Tenant>, Status> {
         let t = r
             .tenant
@@ -198,6 +215,12 @@ impl TenantsService {
             )));
         }
         let app = self.fleet.app(&existing.app)?;
+        if wants("connection")
+            && (existing.connection.password.is_some()
+                || t.connection.as_ref().is_some_and(|c| c.password.is_some()))
+        {
+            needs_admin(caller, "tenant.connection")?;
+        }
         let connection = if wants("connection") {
             Some(convert::connection(t.connection, "tenant.connection").map_err(invalid)?)
         } else {

@@ -304,6 +304,33 @@ async fn auth_matrix_every_rpc_gets_the_expected_code_for_every_credential() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
+    // A password reference makes the daemon send a secret to the tenant's host: admin only.
+    let mut writer = proto::tenants_client::TenantsClient::with_interceptor(
+        channel.clone(),
+        with_token(Some(s.jwt("bot", "write", |_| {})), None),
+    );
+    let mut t = dh::tenant("pw-1", "aletheia", "nowhere", &[], &[]);
+    t.connection.as_mut().unwrap().password = Some(proto::PasswordRef {
+        source: Some(proto::password_ref::Source::Env("TENANT_X".into())),
+    });
+    let e = writer
+        .register(proto::RegisterTenantRequest {
+            tenant: Some(t.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("tenant.connection.password"),
+        "{}",
+        e.message()
+    );
+    t.connection.as_mut().unwrap().password = None;
+    writer
+        .register(proto::RegisterTenantRequest { tenant: Some(t) })
+        .await
+        .unwrap();
+
     // Health stays open (probes), reflection needs a token by default.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     assert!(
@@ -502,6 +529,14 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
         (upgrade.request_id.as_str(), upgrade.outcome.as_str()),
         ("req-audit-2", "ok")
     );
+    let accepted = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(proto::migration_event::Event::Accepted(a)) => Some(a.job_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(upgrade.job_id.as_deref(), Some(accepted.as_str()));
     for (revision, fence) in &history {
         let r = records
             .iter()
@@ -531,7 +566,7 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
 #[tokio::test]
 async fn etcd_over_tls_with_a_client_certificate_and_a_user() {
     let Some(_) = harness::etcd() else { return };
-    let (_pki, issued) = Pki::issue();
+    let (pki, issued) = Pki::issue();
     let Some(endpoint) = harness::etcd_tls(&issued.server.cert, &issued.server.key, &issued.ca)
     else {
         return;
@@ -560,10 +595,9 @@ async fn etcd_over_tls_with_a_client_certificate_and_a_user() {
         c.etcd.cert = Some(issued.client.cert.clone());
         c.etcd.key = Some(issued.client.key.clone());
         c.etcd.user = Some("root".into());
-        c.etcd.password_env = Some("FLEETMIG_TEST_ETCD_PASSWORD".into());
+        c.etcd.password_file = Some(pki.dir.path().join("etcd-password"));
     };
-    // SAFETY: set before any daemon of this test reads it; no other test reads this variable.
-    unsafe { std::env::set_var("FLEETMIG_TEST_ETCD_PASSWORD", "etcd-root-pw") };
+    std::fs::write(pki.dir.path().join("etcd-password"), "etcd-root-pw\n").unwrap();
     let mut c = dh::config(&endpoint, "/fleetmig-tls/", &harness::repo_migrations());
     base(&mut c);
     let daemon = dh::start(c).await;
@@ -577,11 +611,10 @@ async fn etcd_over_tls_with_a_client_certificate_and_a_user() {
     daemon.shutdown().await.unwrap();
 
     // With a wrong password, or without TLS, the daemon does not start.
-    // SAFETY: as above.
-    unsafe { std::env::set_var("FLEETMIG_TEST_ETCD_WRONG", "not-the-password") };
+    std::fs::write(pki.dir.path().join("wrong-password"), "not-the-password").unwrap();
     let mut c = dh::config(&endpoint, "/fleetmig-tls/", &harness::repo_migrations());
     base(&mut c);
-    c.etcd.password_env = Some("FLEETMIG_TEST_ETCD_WRONG".into());
+    c.etcd.password_file = Some(pki.dir.path().join("wrong-password"));
     let e = tokio::time::timeout(
         Duration::from_secs(20),
         fleetmig::app::serve_until(c, std::future::pending(), |_| {}),
@@ -695,5 +728,13 @@ async fn the_cli_client_passes_certificates_and_tokens() {
     );
     let (code, out) = run(&["tenants", "ls"], true, false);
     assert_eq!(code, Some(1), "{out}");
+    // A token never goes over plaintext to a non-loopback address.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmig"))
+        .args(["tenants", "ls", "--server", "http://fleetmig.example:50051"])
+        .env("FLEETMIG_TOKEN_FILE", d.join("viewer.token"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only sent over TLS"));
     s.daemon.shutdown().await.unwrap();
 }
