@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/fleetmig/v1/tenants.proto",
         "proto/fleetmig/v1/migrations.proto",
+        "proto/fleetmig/v1/rollouts.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
@@ -31,6 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "fleetmig.v1.Tenant.updated_at",
         "fleetmig.v1.MigrationEvent.at",
         "fleetmig.v1.HistoryEntry.applied_at",
+        "fleetmig.v1.Rollout.created_at",
+        "fleetmig.v1.Rollout.updated_at",
+        "fleetmig.v1.RolloutTenant.started_at",
+        "fleetmig.v1.RolloutTenant.finished_at",
     ] {
         builder = builder.field_attribute(
             field,

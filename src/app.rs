@@ -21,12 +21,16 @@ use crate::fleet::{Fleet, FleetLimits};
 use crate::grpc::guard::AuthLayer;
 use crate::grpc::migrations::MigrationsService;
 use crate::grpc::proto::migrations_server::MigrationsServer;
+use crate::grpc::proto::rollouts_server::RolloutsServer;
 use crate::grpc::proto::tenants_server::TenantsServer;
+use crate::grpc::rollouts::RolloutsService;
 use crate::grpc::tenants::TenantsService;
 use crate::lock::etcd::EtcdSession;
 use crate::registry::pools::PoolLimits;
 use crate::registry::{Pools, Registry};
 use crate::revision::App;
+use crate::rollout::driver::Rollouts;
+use crate::rollout::store::RolloutStore;
 
 /// After the jobs are done, how long open client connections get to close by themselves.
 const SERVER_DRAIN: Duration = Duration::from_secs(2);
@@ -174,7 +178,7 @@ pub async fn serve_until(
     );
     let fleet = Arc::new(Fleet::new(
         apps,
-        Registry::new(etcd, &config.etcd.prefix),
+        Registry::new(etcd.clone(), &config.etcd.prefix),
         session.clone(),
         pools,
         config.engine.settings(),
@@ -190,10 +194,24 @@ pub async fn serve_until(
         audit,
     ));
 
+    let rollouts = Rollouts::new(
+        fleet.clone(),
+        RolloutStore::new(etcd.clone(), &config.etcd.prefix),
+        // Unique per daemon, also for several daemons in one process (tests).
+        format!("{} lease {:x}", self::owner(), session.lease_id()),
+        session.lease_id(),
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    rollouts.supervise(shutdown.clone());
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TenantsServer<TenantsService>>().await;
     health
         .set_serving::<MigrationsServer<MigrationsService>>()
+        .await;
+    health
+        .set_serving::<RolloutsServer<RolloutsService>>()
         .await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -233,6 +251,9 @@ pub async fn serve_until(
             health
                 .set_not_serving::<MigrationsServer<MigrationsService>>()
                 .await;
+            health
+                .set_not_serving::<RolloutsServer<RolloutsService>>()
+                .await;
             shutdown.cancel();
         });
     }
@@ -269,6 +290,10 @@ pub async fn serve_until(
         .add_service(MigrationsServer::new(MigrationsService {
             fleet: fleet.clone(),
         }))
+        .add_service(RolloutsServer::new(RolloutsService {
+            fleet: fleet.clone(),
+            rollouts: rollouts.clone(),
+        }))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
@@ -287,7 +312,7 @@ pub async fn serve_until(
     let grace = config.server.shutdown_grace;
     // The server keeps being polled meanwhile, so health checks see NOT_SERVING.
     let wait_for_jobs = async {
-        while fleet.running_jobs() > 0 {
+        while fleet.running_jobs() > 0 || rollouts.driving() > 0 {
             tokio::select! {
                 _ = &mut server, if !server_done => server_done = true,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -82,8 +82,10 @@ pub struct AuditLog {
 
 /// Records waiting for etcd; beyond this they are only logged (and a warning says so).
 const BACKLOG: usize = 4096;
-/// Trim the etcd records every this many writes.
+/// Trim the etcd records every this many records.
 const TRIM_EVERY: usize = 64;
+/// Records per etcd request at most (etcd's default limit is 128 operations per txn).
+const BATCH: usize = 64;
 
 impl AuditLog {
     pub fn log_only() -> AuditLog {
@@ -141,32 +143,59 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<AuditRecord>, stop: CancellationToken) {
         loop {
-            let record = tokio::select! {
+            let first = tokio::select! {
                 r = rx.recv() => match r { Some(r) => r, None => break },
                 _ = stop.cancelled() => break,
             };
-            self.write(record).await;
+            // What queued meanwhile goes in the same request: etcd round trips do not grow
+            // with the number of revisions a job applies.
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.write(batch).await;
         }
         // Shutting down: what is queued is still written, briefly.
         let flush = async {
+            let mut batch = vec![];
             while let Ok(r) = rx.try_recv() {
-                self.write(r).await;
+                batch.push(r);
+            }
+            for chunk in batch.chunks(BATCH) {
+                self.write(chunk.to_vec()).await;
             }
             self.trim().await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     }
 
-    async fn write(&mut self, r: AuditRecord) {
-        let nanos = r.at.timestamp_nanos_opt().unwrap_or_default();
-        let key = format!("{}{nanos:020}-{:08x}", self.dir, rand::random::<u32>());
-        let value = serde_json::to_vec(&r).expect("serializable");
-        if let Err(e) = self.client.put(key, value, None).await {
-            tracing::warn!(error = %e, "audit record not written to etcd (it is in the log)");
+    async fn write(&mut self, batch: Vec<AuditRecord>) {
+        if batch.is_empty() {
             return;
         }
-        self.written += 1;
-        if self.written.is_multiple_of(TRIM_EVERY) {
+        let puts: Vec<etcd_client::TxnOp> = batch
+            .iter()
+            .map(|r| {
+                let nanos = r.at.timestamp_nanos_opt().unwrap_or_default();
+                let key = format!("{}{nanos:020}-{:08x}", self.dir, rand::random::<u32>());
+                let value = serde_json::to_vec(r).expect("serializable");
+                etcd_client::TxnOp::put(key, value, None)
+            })
+            .collect();
+        if let Err(e) = self
+            .client
+            .txn(etcd_client::Txn::new().and_then(puts))
+            .await
+        {
+            tracing::warn!(error = %e, records = batch.len(), "audit records not written to etcd (they are in the log)");
+            return;
+        }
+        let before = self.written / TRIM_EVERY;
+        self.written += batch.len();
+        if self.written / TRIM_EVERY > before {
             self.trim().await;
         }
     }

@@ -5,6 +5,7 @@
 //! - [`app`]: composition root of `fleetmig serve`; [`transport`]: its TLS edges.
 //! - [`grpc`]: tonic services and the auth layer; [`auth`]: callers and scopes;
 //!   [`audit`]: audit records.
+//! - [`rollout`]: fleet-wide rollouts in waves, persisted in etcd, driven by any replica.
 //! - [`fleet`]: jobs over many tenants; [`registry`]: tenants and pools; [`lock`]: etcd locks.
 //! - [`engine`]: one database: version and history tables, apply, stamp, offline SQL.
 //! - [`revision`]: revision files, placeholders, SQL splitting, the graph, pure planning.
@@ -24,5 +25,6 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod revision;
+pub mod rollout;
 pub mod telemetry;
 pub mod transport;

@@ -66,12 +66,20 @@ pub fn required(path: &str) -> Access {
         | "fleetmig.v1.Migrations/History"
         | "fleetmig.v1.Migrations/Heads"
         | "fleetmig.v1.Migrations/Plan"
-        | "fleetmig.v1.Migrations/Verify" => Scope::Read,
+        | "fleetmig.v1.Migrations/Verify"
+        | "fleetmig.v1.Rollouts/Get"
+        | "fleetmig.v1.Rollouts/List"
+        | "fleetmig.v1.Rollouts/Watch" => Scope::Read,
         "fleetmig.v1.Tenants/Register"
         | "fleetmig.v1.Tenants/Update"
         | "fleetmig.v1.Migrations/Upgrade"
         | "fleetmig.v1.Migrations/Downgrade"
-        | "fleetmig.v1.Migrations/Cancel" => Scope::Write,
+        | "fleetmig.v1.Migrations/Cancel"
+        | "fleetmig.v1.Rollouts/Start"
+        | "fleetmig.v1.Rollouts/Pause"
+        | "fleetmig.v1.Rollouts/Resume"
+        | "fleetmig.v1.Rollouts/Cancel"
+        | "fleetmig.v1.Rollouts/RetryFailed" => Scope::Write,
         _ => Scope::Admin,
     })
 }

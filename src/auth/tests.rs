@@ -24,10 +24,18 @@ fn every_rpc_of_the_protos_has_its_scope() {
         ("Migrations/Cancel", Scope::Write),
         ("Migrations/Stamp", Scope::Admin),
         ("Migrations/Onboard", Scope::Admin),
+        ("Rollouts/Start", Scope::Write),
+        ("Rollouts/Get", Scope::Read),
+        ("Rollouts/List", Scope::Read),
+        ("Rollouts/Watch", Scope::Read),
+        ("Rollouts/Pause", Scope::Write),
+        ("Rollouts/Resume", Scope::Write),
+        ("Rollouts/Cancel", Scope::Write),
+        ("Rollouts/RetryFailed", Scope::Write),
     ];
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/fleetmig/v1");
     let mut in_protos = vec![];
-    for file in ["tenants.proto", "migrations.proto"] {
+    for file in ["tenants.proto", "migrations.proto", "rollouts.proto"] {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         let service = text
             .lines()

@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod guard;
 pub mod migrations;
+pub mod rollouts;
 pub mod status;
 pub mod tenants;
 

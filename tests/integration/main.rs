@@ -12,6 +12,7 @@ mod engine;
 mod onboard;
 mod pki;
 mod pools;
+mod rollouts;
 mod security;
 mod services;
 mod telemetry;

@@ -1,0 +1,277 @@
+//! Rollouts in etcd. Keys under the daemon's prefix:
+//! - `rollouts/<id>`: the document (spec, waves, per-tenant state), written by its owner;
+//! - `rollout-active/<id>`: present while it is running or paused: what replicas look for;
+//! - `rollout-owner/<id>`: the replica driving it, under that replica's lease (it vanishes
+//!   when the replica dies, and another one claims the rollout);
+//! - `rollout-control/<id>`: what operators asked for (running, paused, cancelled);
+//! - `rollout-keys/<key>`: idempotency keys of Start.
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use super::RolloutDoc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rollout {0} not found")]
+    NotFound(String),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("rollout {id}: unreadable record: {message}")]
+    Corrupt { id: String, message: String },
+}
+
+/// What operators asked for; the owner follows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    #[default]
+    Running,
+    Paused,
+    Cancelled,
+}
+
+#[derive(Clone)]
+pub struct RolloutStore {
+    client: Client,
+    prefix: String,
+}
+
+impl RolloutStore {
+    pub fn new(client: Client, prefix: &str) -> RolloutStore {
+        RolloutStore {
+            client,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn doc_key(&self, id: &str) -> String {
+        format!("{}rollouts/{id}", self.prefix)
+    }
+    fn active_key(&self, id: &str) -> String {
+        format!("{}rollout-active/{id}", self.prefix)
+    }
+    fn owner_key(&self, id: &str) -> String {
+        format!("{}rollout-owner/{id}", self.prefix)
+    }
+    pub fn control_key(&self, id: &str) -> String {
+        format!("{}rollout-control/{id}", self.prefix)
+    }
+    fn idempotency_key(&self, key: &str) -> String {
+        format!("{}rollout-keys/{key}", self.prefix)
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    fn encode(doc: &RolloutDoc) -> Vec<u8> {
+        serde_json::to_vec(doc).expect("rollouts serialize")
+    }
+
+    pub fn decode(id: &str, bytes: &[u8]) -> Result<RolloutDoc, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Create the rollout, or return the one its idempotency key already names.
+    pub async fn create(&self, doc: &RolloutDoc) -> Result<(RolloutDoc, bool), StoreError> {
+        let control = serde_json::to_vec(&Desired::Running).expect("serializable");
+        let mut puts = vec![
+            TxnOp::put(self.doc_key(&doc.id), Self::encode(doc), None),
+            TxnOp::put(self.active_key(&doc.id), doc.id.as_bytes(), None),
+            TxnOp::put(self.control_key(&doc.id), control, None),
+        ];
+        let key = &doc.spec.idempotency_key;
+        if key.is_empty() {
+            self.client
+                .kv_client()
+                .txn(Txn::new().and_then(puts))
+                .await?;
+            return Ok((doc.clone(), true));
+        }
+        let idem = self.idempotency_key(key);
+        puts.push(TxnOp::put(idem.as_str(), doc.id.as_bytes(), None));
+        let r = self
+            .client
+            .kv_client()
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(idem.as_str(), CompareOp::Equal, 0)])
+                    .and_then(puts)
+                    .or_else([TxnOp::get(idem.as_str(), None)]),
+            )
+            .await?;
+        if r.succeeded() {
+            return Ok((doc.clone(), true));
+        }
+        let existing = r
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
+                _ => None,
+            })
+            .ok_or_else(|| StoreError::NotFound(format!("for idempotency key {key}")))?;
+        Ok((self.get(&existing).await?.0, false))
+    }
+
+    /// The document and its mod revision.
+    pub async fn get(&self, id: &str) -> Result<(RolloutDoc, i64), StoreError> {
+        let r = self.client.kv_client().get(self.doc_key(id), None).await?;
+        let kv = r
+            .kvs()
+            .first()
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok((Self::decode(id, kv.value())?, kv.mod_revision()))
+    }
+
+    pub async fn list(&self) -> Result<Vec<RolloutDoc>, StoreError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(
+                format!("{}rollouts/", self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        r.kvs()
+            .iter()
+            .map(|kv| Self::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
+    pub async fn owner(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(self.owner_key(id), None)
+            .await?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
+    }
+
+    pub async fn desired(&self, id: &str) -> Result<Desired, StoreError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(self.control_key(id), None)
+            .await?;
+        Ok(r.kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok())
+            .unwrap_or_default())
+    }
+
+    pub async fn set_desired(&self, id: &str, desired: Desired) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .put(
+                self.control_key(id),
+                serde_json::to_vec(&desired).expect("serializable"),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of rollouts running or paused.
+    pub async fn active_ids(&self) -> Result<Vec<String>, StoreError> {
+        let dir = format!("{}rollout-active/", self.prefix);
+        let r = self
+            .client
+            .kv_client()
+            .get(
+                dir.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
+            .collect())
+    }
+
+    /// Become the rollout's owner, under `lease`, unless another replica is.
+    pub async fn claim(&self, id: &str, owner: &str, lease: i64) -> Result<bool, StoreError> {
+        let key = self.owner_key(id);
+        let r = self
+            .client
+            .kv_client()
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        owner,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]),
+            )
+            .await?;
+        Ok(r.succeeded())
+    }
+
+    /// Save the document if `owner` still owns it; a final state also retires the rollout
+    /// (no longer active, owner released). `Ok(false)`: ownership was lost.
+    pub async fn save_owned(&self, doc: &RolloutDoc, owner: &str) -> Result<bool, StoreError> {
+        let key = self.owner_key(&doc.id);
+        let mut ops = vec![TxnOp::put(self.doc_key(&doc.id), Self::encode(doc), None)];
+        if doc.state.is_final() {
+            ops.push(TxnOp::delete(self.active_key(&doc.id), None));
+            ops.push(TxnOp::delete(key.as_str(), None));
+        }
+        let r = self
+            .client
+            .kv_client()
+            .txn(
+                Txn::new()
+                    .when([Compare::value(key.as_str(), CompareOp::Equal, owner)])
+                    .and_then(ops),
+            )
+            .await?;
+        Ok(r.succeeded())
+    }
+
+    /// Give the rollout up (shutdown): another replica may claim it at once.
+    pub async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        let key = self.owner_key(id);
+        self.client
+            .kv_client()
+            .txn(
+                Txn::new()
+                    .when([Compare::value(key.as_str(), CompareOp::Equal, owner)])
+                    .and_then([TxnOp::delete(key.as_str(), None)]),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Put a finished rollout back to running (RetryFailed), if nobody changed or owns it
+    /// since it was read at `revision`.
+    pub async fn restart(&self, doc: &RolloutDoc, revision: i64) -> Result<bool, StoreError> {
+        let control = serde_json::to_vec(&Desired::Running).expect("serializable");
+        let r = self
+            .client
+            .kv_client()
+            .txn(
+                Txn::new()
+                    .when([
+                        Compare::mod_revision(self.doc_key(&doc.id), CompareOp::Equal, revision),
+                        Compare::create_revision(self.owner_key(&doc.id), CompareOp::Equal, 0),
+                    ])
+                    .and_then([
+                        TxnOp::put(self.doc_key(&doc.id), Self::encode(doc), None),
+                        TxnOp::put(self.active_key(&doc.id), doc.id.as_bytes(), None),
+                        TxnOp::put(self.control_key(&doc.id), control, None),
+                    ]),
+            )
+            .await?;
+        Ok(r.succeeded())
+    }
+}

@@ -1,0 +1,113 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::registry::tenant::{ConnectionSpec, SslMode, TenantId};
+
+fn tenant(id: &str, tier: &str) -> Tenant {
+    Tenant {
+        id: TenantId::parse("id", id).unwrap(),
+        app: "a".into(),
+        connection: ConnectionSpec {
+            host: "h".into(),
+            port: 5432,
+            dbname: id.into(),
+            user: "u".into(),
+            sslmode: SslMode::default(),
+            schema: None,
+            password: None,
+        },
+        labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
+        placeholders: BTreeMap::new(),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+fn fleet() -> Vec<Tenant> {
+    vec![
+        tenant("e1", "enterprise"),
+        tenant("f2", "free"),
+        tenant("p1", "pro"),
+        tenant("f1", "free"),
+        tenant("x1", "other"),
+        tenant("f3", "free"),
+    ]
+}
+
+fn ids(waves: &[WaveDoc]) -> Vec<Vec<&str>> {
+    waves
+        .iter()
+        .map(|w| w.tenant_ids.iter().map(String::as_str).collect())
+        .collect()
+}
+
+#[test]
+fn waves_follow_label_order_then_id_with_a_canary_and_batches() {
+    let plan = WavePlan {
+        canary_count: 1,
+        batch_count: 2,
+        order_label: "tier".into(),
+        order_values: vec!["free".into(), "pro".into(), "enterprise".into()],
+        ..WavePlan::default()
+    };
+    let waves = plan_waves(&fleet(), &plan);
+    assert_eq!(
+        ids(&waves),
+        vec![vec!["f1"], vec!["f2", "f3"], vec!["p1", "e1"], vec!["x1"]]
+    );
+    let names: Vec<&str> = waves.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["canary", "wave 2", "wave 3", "wave 4"]);
+}
+
+#[test]
+fn canary_by_labels_and_batches_by_percent() {
+    let plan = WavePlan {
+        canary_labels: BTreeMap::from([("tier".into(), "pro".into())]),
+        batch_percent: 50, // of 6 tenants: 3 a wave
+        ..WavePlan::default()
+    };
+    assert_eq!(
+        ids(&plan_waves(&fleet(), &plan)),
+        vec![vec!["p1"], vec!["e1", "f1", "f2"], vec!["f3", "x1"]]
+    );
+    // No canary, no batches: one wave, named "wave 1".
+    let waves = plan_waves(&fleet(), &WavePlan::default());
+    assert_eq!(waves.len(), 1);
+    assert_eq!(waves[0].name, "wave 1");
+    assert!(plan_waves(&[], &WavePlan::default()).is_empty());
+}
+
+#[test]
+fn the_budget_halts_on_counts_percentages_streaks_and_any_canary_failure() {
+    let t = |attempted, failed| Tally { attempted, failed };
+    let none = FailureBudget::default();
+    assert_eq!(over_budget(&none, false, t(10, 9), t(10, 9), 9), None);
+    assert!(
+        over_budget(&none, true, t(1, 1), t(1, 1), 1)
+            .unwrap()
+            .contains("canary")
+    );
+    let count = FailureBudget {
+        max_failures: 2,
+        ..none
+    };
+    assert_eq!(over_budget(&count, false, t(5, 2), t(5, 2), 0), None);
+    assert!(
+        over_budget(&count, false, t(5, 1), t(9, 3), 0)
+            .unwrap()
+            .contains("overall")
+    );
+    let pct = FailureBudget {
+        max_failure_percent: 30,
+        ..none
+    };
+    assert_eq!(over_budget(&pct, false, t(10, 3), t(10, 3), 0), None);
+    let r = over_budget(&pct, false, t(10, 4), t(10, 4), 0).unwrap();
+    assert!(r.contains("4 of 10") && r.contains("30%"), "{r}");
+    let streak = FailureBudget {
+        max_consecutive_failures: 3,
+        ..none
+    };
+    assert_eq!(over_budget(&streak, false, t(9, 2), t(9, 2), 2), None);
+    assert!(over_budget(&streak, false, t(9, 3), t(9, 3), 3).is_some());
+}

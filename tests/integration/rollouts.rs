@@ -1,0 +1,497 @@
+//! Rollouts against real etcd and Postgres: waves and the canary, failure budgets, pause,
+//! resume, cancel, retry, idempotency, slow watchers, three replicas, and `kill -9`.
+
+use std::time::{Duration, Instant};
+
+use fleetmig::grpc::proto;
+use proto::rollouts_client::RolloutsClient;
+use tonic::transport::Channel;
+
+use crate::daemon_harness::{self as dh, InProcess};
+use crate::harness;
+
+/// Two revisions; the second sleeps, so a rollout takes long enough to pause or kill.
+fn roll_app(sleep: f32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let r1 = "-- revision: r1\n-- down_revision:\n-- +upgrade\nCREATE TABLE items (id bigint PRIMARY KEY);\n-- +downgrade\nDROP TABLE items;\n".to_string();
+    let r2 = format!(
+        "-- revision: r2\n-- down_revision: r1\n-- +upgrade\nALTER TABLE items ADD COLUMN name text;\nSELECT pg_sleep({sleep});\n-- +downgrade\nALTER TABLE items DROP COLUMN name;\n"
+    );
+    harness::scratch_app("roll", "", &[("r1.sql", &r1), ("r2.sql", &r2)])
+}
+
+struct Setup {
+    prefix: String,
+    /// (tenant id, database url), in id order.
+    tenants: Vec<(String, String)>,
+    _app: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+/// `n` tenants `<hint>-<i>` of the scratch app; `broken` ones already have the table r1
+/// creates, so r1 fails there (42P07) until the table is dropped.
+async fn setup(hint: &str, n: usize, broken: &[usize], sleep: f32) -> Option<Setup> {
+    let pg = harness::postgres()?;
+    let etcd = harness::etcd()?;
+    let (app, root) = roll_app(sleep);
+    let prefix = etcd.prefix(hint);
+    let registrar = dh::start(dh::config(&etcd.endpoint, &prefix, &root)).await;
+    let mut t = registrar.tenants().await;
+    let mut tenants = vec![];
+    for i in 0..n {
+        let (url, db) = pg.database(&format!("{hint}{i}")).await;
+        if broken.contains(&i) {
+            let c = fleetmig::engine::connect(&url).await.unwrap();
+            c.batch_execute("CREATE TABLE items (id int)")
+                .await
+                .unwrap();
+        }
+        let id = format!("{hint}-{i}");
+        let tier = if i % 2 == 0 { "free" } else { "pro" };
+        t.register(proto::RegisterTenantRequest {
+            tenant: Some(dh::tenant(&id, "roll", &db, &[("tier", tier)], &[])),
+        })
+        .await
+        .unwrap();
+        tenants.push((id, url));
+    }
+    registrar.shutdown().await.unwrap();
+    Some(Setup {
+        prefix,
+        tenants,
+        _app: app,
+        root,
+    })
+}
+
+impl Setup {
+    async fn daemon(&self) -> InProcess {
+        let etcd = harness::etcd().unwrap();
+        dh::start(dh::config(&etcd.endpoint, &self.prefix, &self.root)).await
+    }
+
+    /// Upgrade rows per revision in each tenant's history.
+    async fn applied_once(&self) {
+        for (id, url) in &self.tenants {
+            let c = fleetmig::engine::connect(url).await.unwrap();
+            let rows = c
+                .query(
+                    "SELECT revision, count(*) FROM fleetmig_history WHERE direction = 'upgrade' GROUP BY revision ORDER BY revision",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let counts: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            assert_eq!(
+                counts,
+                vec![("r1".to_string(), 1), ("r2".to_string(), 1)],
+                "{id}: each revision applied exactly once"
+            );
+        }
+    }
+}
+
+async fn client(d: &InProcess) -> RolloutsClient<Channel> {
+    RolloutsClient::new(d.channel().await)
+}
+
+fn start_request(
+    waves: proto::WavePlan,
+    budget: proto::FailureBudget,
+    concurrency: u32,
+) -> proto::StartRolloutRequest {
+    proto::StartRolloutRequest {
+        app: "roll".into(),
+        selector: Some(proto::Selector {
+            all: true,
+            ..Default::default()
+        }),
+        waves: Some(waves),
+        budget: Some(budget),
+        concurrency,
+        ..Default::default()
+    }
+}
+
+async fn get(c: &mut RolloutsClient<Channel>, id: &str) -> proto::Rollout {
+    c.get(proto::GetRolloutRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Poll until `done(rollout)` (or fail after `within`).
+async fn until(
+    c: &mut RolloutsClient<Channel>,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&proto::Rollout) -> bool,
+) -> proto::Rollout {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = get(c, id).await;
+        if done(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "timed out; rollout is {r:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn count(r: &proto::Rollout, state: &str) -> u32 {
+    r.counts.get(state).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_canary_failure_halts_before_wave_two_and_retry_finishes_after_the_fix() {
+    let Some(s) = setup("canary", 5, &[0], 0.0).await else {
+        return;
+    };
+    let d = s.daemon().await;
+    let mut c = client(&d).await;
+    let waves = proto::WavePlan {
+        canary_count: 1,
+        batch_count: 2,
+        ..Default::default()
+    };
+    let r = c
+        .start(start_request(waves, proto::FailureBudget::default(), 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = r.waves.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["canary", "wave 2", "wave 3"]);
+    assert_eq!(r.waves[0].tenant_ids, vec!["canary-0".to_string()]);
+    let halted = until(&mut c, &r.id, Duration::from_secs(30), |r| {
+        r.state == "halted"
+    })
+    .await;
+    assert!(halted.reason.contains("canary"), "{}", halted.reason);
+    assert_eq!(
+        (count(&halted, "failed"), count(&halted, "pending")),
+        (1, 4)
+    );
+    assert_eq!(halted.waves[1].state, "pending", "wave 2 never started");
+    let failed = halted.tenants.iter().find(|t| t.state == "failed").unwrap();
+    assert!(failed.error.contains("42P07"), "{}", failed.error);
+
+    // A halted rollout cannot be paused; fix the cause, then retry the failed tenant.
+    let e = c
+        .pause(proto::RolloutControlRequest { id: r.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    let db = fleetmig::engine::connect(&s.tenants[0].1).await.unwrap();
+    db.batch_execute("DROP TABLE items").await.unwrap();
+    c.retry_failed(proto::RolloutControlRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    let done = until(&mut c, &r.id, Duration::from_secs(30), |r| {
+        r.state == "done"
+    })
+    .await;
+    assert_eq!(count(&done, "done"), 5, "{done:#?}");
+    s.applied_once().await;
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_percent_budget_halts_at_the_right_count() {
+    // Tenants run one at a time in id order; pct-3 and pct-6 are broken. With 20%, the first
+    // failure (1 of 4 attempted = 25%) halts it.
+    let Some(s) = setup("pct", 10, &[3, 6], 0.0).await else {
+        return;
+    };
+    let d = s.daemon().await;
+    let mut c = client(&d).await;
+    let budget = proto::FailureBudget {
+        max_failure_percent: 20,
+        ..Default::default()
+    };
+    let r = c
+        .start(start_request(proto::WavePlan::default(), budget, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let halted = until(&mut c, &r.id, Duration::from_secs(30), |r| {
+        r.state == "halted"
+    })
+    .await;
+    assert_eq!(count(&halted, "failed"), 1, "{halted:#?}");
+    // The tenant in flight when the budget ran out may finish.
+    let done = count(&halted, "done");
+    assert!((3..=4).contains(&done), "{halted:#?}");
+    assert_eq!(count(&halted, "pending"), 10 - 1 - done);
+    assert!(
+        halted.reason.contains("1 of 4") || halted.reason.contains("1 of 5"),
+        "{}",
+        halted.reason
+    );
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pause_mid_wave_resume_and_cancel() {
+    let Some(s) = setup("pause", 6, &[], 0.3).await else {
+        return;
+    };
+    let d = s.daemon().await;
+    let mut c = client(&d).await;
+    let r = c
+        .start(start_request(
+            proto::WavePlan::default(),
+            proto::FailureBudget::default(),
+            1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until(&mut c, &r.id, Duration::from_secs(30), |r| {
+        count(r, "done") >= 1
+    })
+    .await;
+    c.pause(proto::RolloutControlRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    let paused = until(&mut c, &r.id, Duration::from_secs(10), |r| {
+        r.state == "paused"
+    })
+    .await;
+    let done_at_pause = count(&paused, "done");
+    assert!(done_at_pause < 6, "{paused:#?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still = get(&mut c, &r.id).await;
+    assert_eq!(
+        (still.state.as_str(), count(&still, "done")),
+        ("paused", done_at_pause)
+    );
+    assert_eq!(count(&still, "running"), 0);
+
+    c.resume(proto::RolloutControlRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    until(&mut c, &r.id, Duration::from_secs(10), |r| {
+        count(r, "done") > done_at_pause
+    })
+    .await;
+    c.cancel(proto::RolloutControlRequest { id: r.id.clone() })
+        .await
+        .unwrap();
+    let cancelled = until(&mut c, &r.id, Duration::from_secs(10), |r| {
+        r.state == "cancelled"
+    })
+    .await;
+    assert!(count(&cancelled, "pending") > 0, "{cancelled:#?}");
+    let e = c
+        .resume(proto::RolloutControlRequest { id: r.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_starts_one_rollout() {
+    let Some(s) = setup("idem", 2, &[], 0.0).await else {
+        return;
+    };
+    let d = s.daemon().await;
+    let mut c = client(&d).await;
+    let mut req = start_request(
+        proto::WavePlan::default(),
+        proto::FailureBudget::default(),
+        2,
+    );
+    req.idempotency_key = "deploy-4711".into();
+    let a = c.start(req.clone()).await.unwrap().into_inner();
+    let b = c.start(req).await.unwrap().into_inner();
+    assert_eq!(a.id, b.id);
+    let listed = c
+        .list(proto::ListRolloutsRequest {
+            app: "roll".into(),
+            state: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.rollouts.len(), 1);
+    until(&mut c, &a.id, Duration::from_secs(30), |r| {
+        r.state == "done"
+    })
+    .await;
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watcher_that_reads_nothing_slows_nothing_and_then_gets_a_snapshot() {
+    let Some(s) = setup("slowwatch", 12, &[], 0.0).await else {
+        return;
+    };
+    let d = s.daemon().await;
+    let mut c = client(&d).await;
+    let r = c
+        .start(start_request(
+            proto::WavePlan {
+                batch_count: 1,
+                ..Default::default()
+            },
+            proto::FailureBudget::default(),
+            1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = c
+        .watch(proto::GetRolloutRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.kind, "snapshot");
+    // Read nothing while the rollout (12 waves, many updates) runs to its end.
+    let started = Instant::now();
+    until(&mut c, &r.id, Duration::from_secs(60), |r| {
+        r.state == "done"
+    })
+    .await;
+    let took = started.elapsed();
+    let (mut last, mut received) = (None, 1);
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the stream ends after the final state")
+        .unwrap()
+    {
+        received += 1;
+        last = Some(e);
+    }
+    let last = last.expect("at least the final event");
+    // The document changed far more often than the stalled watcher was sent: it skipped
+    // updates instead of holding the rollout back.
+    let mut etcd = etcd_client::Client::connect([&harness::etcd().unwrap().endpoint], None)
+        .await
+        .unwrap();
+    let versions = etcd
+        .get(format!("{}rollouts/{}", s.prefix, r.id), None)
+        .await
+        .unwrap()
+        .kvs()[0]
+        .version();
+    assert!(
+        (received as i64) < versions,
+        "{received} events for {versions} versions"
+    );
+    assert_eq!(last.kind, "snapshot");
+    let final_state = last.rollout.unwrap();
+    assert_eq!(final_state.state, "done");
+    assert_eq!(count(&final_state, "done"), 12);
+    eprintln!("rollout of 12 waves with a stalled watcher: {took:?}");
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_a_rollout_and_a_watch_on_another_sees_it_end() {
+    let Some(s) = setup("three", 6, &[], 0.1).await else {
+        return;
+    };
+    let replicas = [s.daemon().await, s.daemon().await, s.daemon().await];
+    let mut on_a = client(&replicas[0]).await;
+    let mut on_b = client(&replicas[1]).await;
+    let r = on_a
+        .start(start_request(
+            proto::WavePlan {
+                canary_count: 1,
+                batch_count: 2,
+                ..Default::default()
+            },
+            proto::FailureBudget::default(),
+            2,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = on_b
+        .watch(proto::GetRolloutRequest { id: r.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = vec![];
+    let mut last = None;
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(60), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        kinds.push(e.kind.clone());
+        last = Some(e);
+    }
+    let last = last.unwrap().rollout.unwrap();
+    assert_eq!(last.state, "done", "{last:#?}");
+    assert_eq!(count(&last, "done"), 6);
+    assert!(
+        kinds.len() >= 2,
+        "a snapshot, updates, the final state: {kinds:?}"
+    );
+    // Every replica answers with the same final state.
+    let mut on_c = client(&replicas[2]).await;
+    assert_eq!(get(&mut on_c, &r.id).await.state, "done");
+    s.applied_once().await;
+    for d in replicas {
+        d.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_rollout_and_restart_completes_it_applying_nothing_twice() {
+    let Some(s) = setup("kill9", 8, &[], 0.4).await else {
+        return;
+    };
+    let etcd = harness::etcd().unwrap();
+    let mut a = dh::Process::start(&etcd.endpoint, &s.prefix, &s.root, &[]);
+    let channel = Channel::from_shared(format!("http://{}", a.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = RolloutsClient::new(channel);
+    let r = c
+        .start(start_request(
+            proto::WavePlan::default(),
+            proto::FailureBudget::default(),
+            2,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until(&mut c, &r.id, Duration::from_secs(30), |r| {
+        count(r, "done") >= 2
+    })
+    .await;
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    let before = fleetmig::rollout::store::RolloutStore::new(
+        etcd_client::Client::connect([&etcd.endpoint], None)
+            .await
+            .unwrap(),
+        &s.prefix,
+    )
+    .get(&r.id)
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(before.state.as_str(), "running");
+    assert!(before.counts().get("done").copied().unwrap_or(0) < 8);
+
+    // The same daemon, restarted: it claims the rollout once the dead lease expires.
+    let b = dh::Process::start(&etcd.endpoint, &s.prefix, &s.root, &[]);
+    let channel = Channel::from_shared(format!("http://{}", b.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = RolloutsClient::new(channel);
+    let done = until(&mut c, &r.id, Duration::from_secs(60), |r| {
+        r.state == "done"
+    })
+    .await;
+    assert_eq!(count(&done, "done"), 8, "{done:#?}");
+    s.applied_once().await;
+}
