@@ -149,7 +149,7 @@ pub struct FleetMigrate {
     pub allow_changed: bool,
 }
 
-fn pairs(flag: &str, items: &[String]) -> Result<HashMap<String, String>, Failure> {
+pub(super) fn pairs(flag: &str, items: &[String]) -> Result<HashMap<String, String>, Failure> {
     items
         .iter()
         .map(|kv| {
@@ -160,7 +160,7 @@ fn pairs(flag: &str, items: &[String]) -> Result<HashMap<String, String>, Failur
         .collect()
 }
 
-fn status(e: tonic::Status) -> Failure {
+pub(super) fn status(e: tonic::Status) -> Failure {
     let code = match e.code() {
         tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => 2,
         tonic::Code::FailedPrecondition
@@ -183,7 +183,7 @@ fn status(e: tonic::Status) -> Failure {
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) {
+pub(super) fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string(v).expect("protos serialize"));
 }
 
@@ -394,7 +394,7 @@ fn tenant_proto(a: AddTenant) -> Result<proto::Tenant, Failure> {
     })
 }
 
-fn selector(s: &SelectArgs) -> Result<proto::Selector, Failure> {
+pub(super) fn selector(s: &SelectArgs) -> Result<proto::Selector, Failure> {
     Ok(proto::Selector {
         tenant_ids: s.tenants.clone(),
         labels: pairs("label", &s.labels)?,

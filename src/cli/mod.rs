@@ -9,6 +9,7 @@ mod authoring;
 mod client;
 mod connect;
 mod local;
+mod rollout;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -99,6 +100,14 @@ pub enum Command {
     Fleet {
         #[command(subcommand)]
         command: client::FleetCommand,
+        #[command(flatten)]
+        connect: client::Connect,
+    },
+    /// Fleet-wide rollouts in waves, persisted by the daemons: start, watch, pause, resume,
+    /// cancel, retry.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
         #[command(flatten)]
         connect: client::Connect,
     },
@@ -296,6 +305,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Tenants { command, connect } => return client::tenants(&connect, command).await,
         Command::Fleet { command, connect } => return client::fleet(&connect, command).await,
+        Command::Rollout { command, connect } => return rollout::run(&connect, command).await,
         _ => {}
     }
     let ctx = Context::new(&cli.global, &cli.command)?;
@@ -318,7 +328,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Adopt(args) => local::adopt(&ctx, args).await,
         Command::Verify => local::verify(&ctx).await,
         Command::Serve(_) => serve(ctx.config, cli.global.log_json).await,
-        Command::Tenants { .. } | Command::Fleet { .. } => unreachable!("handled above"),
+        Command::Tenants { .. } | Command::Fleet { .. } | Command::Rollout { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -495,3 +495,62 @@ async fn kill_9_mid_rollout_and_restart_completes_it_applying_nothing_twice() {
     assert_eq!(count(&done, "done"), 8, "{done:#?}");
     s.applied_once().await;
 }
+
+// The CLI runs as a blocking child process: the in-process daemon needs its own threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_starts_watches_and_lists_rollouts() {
+    let Some(s) = setup("rollcli", 4, &[2], 0.0).await else {
+        return;
+    };
+    let d = s.daemon().await;
+    let server = format!("http://{}", d.addr);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmig"))
+            .args(args)
+            .args(["--server", &server])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // rollcli-2 is broken: the rollout ends done with a failure (no budget), exit 1.
+    let (code, stdout, stderr) = run(&[
+        "rollout",
+        "start",
+        "--app",
+        "roll",
+        "--canary",
+        "1",
+        "--batch",
+        "2",
+        "--order",
+        "tier=pro,free",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["kind"], "snapshot");
+    let last = &events.last().unwrap()["rollout"];
+    assert_eq!(last["state"], "done");
+    // Ordered by tier: pro tenants (odd ids) first, so the canary is rollcli-1.
+    assert_eq!(last["waves"][0]["tenant_ids"][0], "rollcli-1");
+    assert!(stderr.contains("1 tenant(s) failed"), "{stderr}");
+    let id = last["id"].as_str().unwrap().to_string();
+    let (code, stdout, _) = run(&["rollout", "ls", "--app", "roll"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains(&id) && stdout.contains("done"), "{stdout}");
+    let (code, stdout, _) = run(&["rollout", "status", &id]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("FAILED rollcli-2") && stdout.contains("42P07"),
+        "{stdout}"
+    );
+    d.shutdown().await.unwrap();
+}
