@@ -131,6 +131,8 @@ pub enum Via {
     Certificate,
     /// `auth.mode = "none"`, or an open health/reflection call.
     Anonymous,
+    /// Work a daemon does for an earlier caller (a rollout's waves): the subject names both.
+    OnBehalf,
 }
 
 /// An authenticated caller, put into each request's extensions by the auth layer.
@@ -153,6 +155,7 @@ impl Caller {
             Via::Jwt => "jwt",
             Via::Certificate => "certificate",
             Via::Anonymous => "anonymous",
+            Via::OnBehalf => return self.subject.clone(),
         };
         match (&self.certificate, self.via) {
             (Some(cn), Via::StaticToken | Via::Jwt) => {

@@ -370,8 +370,8 @@ impl Rollouts {
         consecutive: &mut u32,
     ) -> Result<WaveEnd, StoreError> {
         let caller = Caller {
-            subject: format!("rollout {} for {}", doc.id, doc.created_by),
-            via: Via::Anonymous,
+            subject: format!("rollout {} started by {}", doc.id, doc.created_by),
+            via: Via::OnBehalf,
             scopes: vec![],
             request_id: doc.id.clone(),
             certificate: None,
