@@ -274,6 +274,16 @@ impl Pools {
             .clone()
     }
 
+    /// Connections open to `host` (`host:port`) now: sockets this process holds, counted by
+    /// the host budget.
+    pub fn open_connections(&self, host: &str) -> usize {
+        self.hosts
+            .lock()
+            .unwrap()
+            .get(host)
+            .map_or(0, |s| self.limits.per_host - s.available_permits())
+    }
+
     /// A connection to the tenant's database, as its configured user.
     pub async fn get(&self, spec: &ConnectionSpec) -> Result<PooledClient, PoolError> {
         let key = spec.database_key();

@@ -63,7 +63,12 @@ async fn the_host_budget_holds_and_idle_connections_give_way() {
         "no connect waited for the timeout: {:?}",
         started.elapsed()
     );
-    assert!(count(&admin, &dbs).await <= 3);
+    let host = spec(pg.port, &dbs[0]).host_key();
+    assert!(pools.open_connections(&host) <= 3);
+    assert!(
+        count(&admin, &dbs).await <= 4,
+        "3 open, and one backend may still be exiting"
+    );
     // Concurrently: 8 databases, each connection held a while; never more than 3 open.
     let mut tasks = vec![];
     for db in dbs.clone() {
@@ -73,19 +78,25 @@ async fn the_host_budget_holds_and_idle_connections_give_way() {
             c.simple_query("SELECT pg_sleep(0.2)").await.unwrap();
         }));
     }
-    let mut max_seen = 0;
+    let (mut max_open, mut max_backends) = (0, 0);
     while tasks.iter().any(|t| !t.is_finished()) {
-        max_seen = max_seen.max(count(&admin, &dbs).await);
+        max_open = max_open.max(pools.open_connections(&host));
+        max_backends = max_backends.max(count(&admin, &dbs).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for t in tasks {
         t.await.unwrap();
     }
     assert!(
-        max_seen <= 3,
-        "at most 3 connections to the host at once, saw {max_seen}"
+        (1..=3).contains(&max_open),
+        "at most 3 connections to the host at once, saw {max_open}"
     );
-    assert!(max_seen >= 1);
+    // The server's view lags: a closed connection's backend may still be exiting (listed in
+    // pg_stat_activity) when its replacement logs in.
+    assert!(
+        max_backends <= 4,
+        "at most 3 backends (+1 exiting), saw {max_backends}"
+    );
 }
 
 /// Least privilege, checked at connect: with `refuse`, a superuser role is turned away with a
