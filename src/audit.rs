@@ -86,6 +86,8 @@ const BACKLOG: usize = 4096;
 const TRIM_EVERY: usize = 64;
 /// Records per etcd request at most (etcd's default limit is 128 operations per txn).
 const BATCH: usize = 64;
+/// How long the first record of a batch waits for others to join it.
+const BATCH_WINDOW: Duration = Duration::from_millis(250);
 
 impl AuditLog {
     pub fn log_only() -> AuditLog {
@@ -147,13 +149,18 @@ impl Writer {
                 r = rx.recv() => match r { Some(r) => r, None => break },
                 _ = stop.cancelled() => break,
             };
-            // What queued meanwhile goes in the same request: etcd round trips do not grow
-            // with the number of revisions a job applies.
+            // What arrives within the window goes in the same request: etcd round trips do
+            // not grow with the number of revisions a job applies (the log line is immediate).
             let mut batch = vec![first];
+            let window = tokio::time::Instant::now() + BATCH_WINDOW;
             while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Some(r) => batch.push(r),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(window) => break,
+                    _ = stop.cancelled() => break,
                 }
             }
             self.write(batch).await;

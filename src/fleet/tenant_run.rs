@@ -359,7 +359,9 @@ impl TenantRun {
         }
         drop(conn);
         let guard_token = guard.token().0;
-        guard.release().await;
+        // The lock goes in the background: the tenant's job slot is free one etcd round trip
+        // (a write, fsynced) earlier. The database is done with; the next holder waits for it.
+        self.fleet.tracker.spawn(guard.release());
         match result {
             Ok(run) if run.applied.is_empty() => {
                 self.emit(

@@ -98,17 +98,27 @@ async fn check_privileges(
     key: &DatabaseKey,
     policy: PrivilegedRoles,
 ) -> Result<(), PoolError> {
-    let row = client
-        .query_one(
+    // The simple protocol: one round trip (an extended-protocol query would take two).
+    let messages = client
+        .simple_query(
             "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
-            &[],
         )
         .await
         .map_err(|source| PoolError::Connect {
             key: key.clone(),
             source,
         })?;
-    let (user, superuser, bypassrls): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let Some(row) = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    }) else {
+        return Ok(()); // no pg_roles row for current_user: nothing to judge
+    };
+    let (user, superuser, bypassrls) = (
+        row.get(0).unwrap_or_default().to_string(),
+        row.get(1) == Some("t"),
+        row.get(2) == Some("t"),
+    );
     let what = match (superuser, bypassrls) {
         (false, false) => return Ok(()),
         (true, _) => "a superuser",
