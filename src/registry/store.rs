@@ -52,6 +52,9 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// Registry records read per etcd request when scanning (a record is a few hundred bytes).
+const SCAN_CHUNK: i64 = 1000;
+
 impl Registry {
     pub fn new(client: Client, prefix: &str) -> Registry {
         Registry {
@@ -152,18 +155,11 @@ impl Registry {
         limit: usize,
         after: Option<&TenantId>,
     ) -> Result<(Vec<Tenant>, bool), RegistryError> {
-        let start = match after {
+        let mut start = match after {
             Some(id) => format!("{}\0", self.key(id)),
             None => self.prefix.clone(),
-        };
-        let resp = self
-            .client
-            .clone()
-            .get(
-                start,
-                Some(GetOptions::new().with_range(prefix_end(&self.prefix))),
-            )
-            .await?;
+        }
+        .into_bytes();
         // Cheap pre-filter on the raw JSON before decoding: app names, label keys and values are
         // from allowlists without quotes or escapes, so they serialize verbatim. A false
         // positive (the text elsewhere in the record) is caught by the real match below.
@@ -175,19 +171,44 @@ impl Registry {
             .collect();
         let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
         let mut out = Vec::new();
-        for kv in resp.kvs() {
-            if !needles.iter().all(|n| contains(kv.value(), n)) {
-                continue;
+        // In chunks (one response for a whole large fleet exceeds gRPC's 4 MiB message limit),
+        // all read at the revision of the first chunk: one consistent view.
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(prefix_end(&self.prefix))
+                .with_limit(SCAN_CHUNK);
+            if revision > 0 {
+                options = options.with_revision(revision);
             }
-            let t = Self::decode(kv.key(), kv.value())?;
-            if t.matches(app, labels) {
-                if out.len() == limit {
-                    return Ok((out, true));
+            let resp = self
+                .client
+                .clone()
+                .get(start.clone(), Some(options))
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                if !needles.iter().all(|n| contains(kv.value(), n)) {
+                    continue;
                 }
-                out.push(t);
+                let t = Self::decode(kv.key(), kv.value())?;
+                if t.matches(app, labels) {
+                    if out.len() == limit {
+                        return Ok((out, true));
+                    }
+                    out.push(t);
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((out, false)),
             }
         }
-        Ok((out, false))
     }
 
     /// Every tenant of `app` with these labels.
