@@ -981,7 +981,7 @@ async fn the_registry_reads_a_fleet_bigger_than_one_etcd_response() {
             .map(|k| (format!("team-{k:02}"), "x".repeat(60)))
             .chain([(
                 "tier".to_string(),
-                if i % 2 == 0 { "free" } else { "pro" }.to_string(),
+                if i.is_multiple_of(2) { "free" } else { "pro" }.to_string(),
             )])
             .collect(),
         placeholders: [("EMBEDDING_DIM".to_string(), "768".to_string())].into(),
