@@ -152,7 +152,7 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
 }
 
 /// Every RPC, with an empty request: authorization is decided before the request is read.
-const RPCS: [(&str, fleetmig::auth::Scope); 15] = {
+const RPCS: [(&str, fleetmig::auth::Scope); 23] = {
     use fleetmig::auth::Scope::*;
     [
         ("Tenants/Get", Read),
@@ -170,6 +170,14 @@ const RPCS: [(&str, fleetmig::auth::Scope); 15] = {
         ("Migrations/Cancel", Write),
         ("Migrations/Stamp", Admin),
         ("Migrations/Onboard", Admin),
+        ("Rollouts/Start", Write),
+        ("Rollouts/Get", Read),
+        ("Rollouts/List", Read),
+        ("Rollouts/Watch", Read),
+        ("Rollouts/Pause", Write),
+        ("Rollouts/Resume", Write),
+        ("Rollouts/Cancel", Write),
+        ("Rollouts/RetryFailed", Write),
     ]
 };
 
@@ -177,7 +185,11 @@ async fn call(channel: Channel, token: Option<String>, rpc: &str) -> Code {
     use proto::migrations_client::MigrationsClient;
     use proto::tenants_client::TenantsClient;
     let mut t = TenantsClient::with_interceptor(channel.clone(), with_token(token.clone(), None));
-    let mut m = MigrationsClient::with_interceptor(channel, with_token(token, None));
+    let mut m =
+        MigrationsClient::with_interceptor(channel.clone(), with_token(token.clone(), None));
+    let mut r =
+        proto::rollouts_client::RolloutsClient::with_interceptor(channel, with_token(token, None));
+    let id = || proto::RolloutControlRequest::default();
     match rpc {
         "Tenants/Get" => code(t.get(proto::GetTenantRequest::default()).await),
         "Tenants/List" => code(t.list(proto::ListTenantsRequest::default()).await),
@@ -197,6 +209,14 @@ async fn call(channel: Channel, token: Option<String>, rpc: &str) -> Code {
         "Migrations/Cancel" => code(m.cancel(proto::CancelRequest::default()).await),
         "Migrations/Stamp" => code(m.stamp(proto::StampRequest::default()).await),
         "Migrations/Onboard" => code(m.onboard(proto::OnboardRequest::default()).await),
+        "Rollouts/Start" => code(r.start(proto::StartRolloutRequest::default()).await),
+        "Rollouts/Get" => code(r.get(proto::GetRolloutRequest::default()).await),
+        "Rollouts/List" => code(r.list(proto::ListRolloutsRequest::default()).await),
+        "Rollouts/Watch" => code(r.watch(proto::GetRolloutRequest::default()).await),
+        "Rollouts/Pause" => code(r.pause(id()).await),
+        "Rollouts/Resume" => code(r.resume(id()).await),
+        "Rollouts/Cancel" => code(r.cancel(id()).await),
+        "Rollouts/RetryFailed" => code(r.retry_failed(id()).await),
         other => panic!("no such rpc {other}"),
     }
 }
@@ -229,8 +249,8 @@ async fn auth_matrix_every_rpc_gets_the_expected_code_for_every_credential() {
             .unwrap()
         };
         // With an empty request, a call that passes authorization is refused by validation
-        // (List needs no field).
-        let served = if rpc == "Tenants/List" {
+        // (the Lists need no field).
+        let served = if rpc == "Tenants/List" || rpc == "Rollouts/List" {
             Code::Ok
         } else {
             Code::InvalidArgument
