@@ -91,6 +91,9 @@ pub struct EtcdConfig {
     pub lease_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A backstop for each etcd request (the lease keep-alive has its own, shorter one).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// CA (PEM) of etcd's server certificates, for https:// endpoints.
     pub ca_cert: Option<PathBuf>,
     /// Client certificate and key (PEM) when etcd asks for one.
@@ -109,6 +112,7 @@ impl Default for EtcdConfig {
             prefix: "/fleetmig/".into(),
             lease_ttl: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
             ca_cert: None,
             cert: None,
             key: None,

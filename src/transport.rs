@@ -75,7 +75,7 @@ pub fn etcd_options(config: &Config) -> Result<etcd_client::ConnectOptions, Conf
     let e = &config.etcd;
     let mut options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(e.connect_timeout)
-        .with_timeout(e.lease_ttl);
+        .with_timeout(e.request_timeout);
     let https = e.endpoints.iter().any(|u| u.starts_with("https://"));
     if https || e.ca_cert.is_some() || e.cert.is_some() {
         let mut tls = etcd_client::TlsOptions::new();
