@@ -91,6 +91,14 @@ step "Roll the enterprise tier back one revision, then forward again"
 "$FLEETMIG" fleet current --app aletheia | tail -n 4
 "$FLEETMIG" fleet upgrade --app aletheia -l tier=enterprise
 
+step "A rollout: truthgraph back one revision in waves (canary first, free tier before the rest), then forward"
+# A rollout lives in etcd, not in this terminal's stream: any replica drives it, and
+# `fleetmig rollout watch ID` re-attaches from anywhere.
+"$FLEETMIG" rollout start --app truthgraph --downgrade --target -1 --canary 1 --batch-percent 50 \
+  --order tier=free --max-failures 0 --idempotency-key demo-down
+"$FLEETMIG" rollout start --app truthgraph --canary 1 --batch-percent 50 --idempotency-key demo-up
+"$FLEETMIG" rollout ls --app truthgraph
+
 step "Traces"
 if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
   echo "Traces and metrics went to the OTLP collector at $OTEL_EXPORTER_OTLP_ENDPOINT (service fleetmig)."
