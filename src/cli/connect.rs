@@ -130,16 +130,14 @@ pub async fn channel(c: &Connect) -> Result<Daemon, Failure> {
 }
 
 fn is_loopback(server: &str) -> bool {
-    let host = server
-        .trim_start_matches("http://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
+    let Ok(uri) = server.parse::<http::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or("").trim_matches(['[', ']']);
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-        || server.trim_start_matches("http://").starts_with("[::1]")
 }
 
 /// An error with its causes (TLS failures hide the reason in the source chain).
@@ -152,4 +150,25 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_addresses_are_recognised() {
+        for s in [
+            "http://127.0.0.1:50051",
+            "http://localhost:1",
+            "http://[::1]:5",
+        ] {
+            assert!(super::is_loopback(s), "{s}");
+        }
+        for s in [
+            "http://fleetmig.example:50051",
+            "http://10.0.0.1:50051",
+            "not a uri",
+        ] {
+            assert!(!super::is_loopback(s), "{s}");
+        }
+    }
 }

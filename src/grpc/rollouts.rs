@@ -88,12 +88,10 @@ fn spec(r: proto::StartRolloutRequest) -> Result<RolloutSpec, Status> {
     if !w.order_label.is_empty() {
         let probe = BTreeMap::from([(w.order_label.clone(), String::new())]);
         validate_labels("waves.order_label", &probe).map_err(invalid)?;
-        let values: BTreeMap<String, String> = w
-            .order_values
-            .iter()
-            .map(|v| (w.order_label.clone(), v.clone()))
-            .collect();
-        validate_labels("waves.order_values", &values).map_err(invalid)?;
+        for (i, v) in w.order_values.iter().enumerate() {
+            let value = BTreeMap::from([(w.order_label.clone(), v.clone())]);
+            validate_labels(&format!("waves.order_values[{i}]"), &value).map_err(invalid)?;
+        }
     }
     let b = r.budget.unwrap_or_default();
     if b.max_failure_percent > 100 {
@@ -312,16 +310,11 @@ impl proto::rollouts_server::Rollouts for RolloutsService {
             .filter(|d| r.state.is_empty() || d.state.as_str() == r.state)
             .collect();
         docs.sort_by_key(|d| std::cmp::Reverse(d.created_at));
-        let mut rollouts = Vec::with_capacity(docs.len());
-        for d in &docs {
-            let owner = self
-                .rollouts
-                .store()
-                .owner(&d.id)
-                .await?
-                .unwrap_or_default();
-            rollouts.push(rollout_to_proto(d, owner, false));
-        }
+        let mut owners = self.rollouts.store().owners().await?;
+        let rollouts = docs
+            .iter()
+            .map(|d| rollout_to_proto(d, owners.remove(&d.id).unwrap_or_default(), false))
+            .collect();
         Ok(Response::new(proto::ListRolloutsResponse { rollouts }))
     }
 

@@ -157,6 +157,25 @@ impl RolloutStore {
             .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
     }
 
+    /// The owner of every owned rollout, by id, in one read.
+    pub async fn owners(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let dir = format!("{}rollout-owner/", self.prefix);
+        let r = self
+            .client
+            .kv_client()
+            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string(),
+                    String::from_utf8_lossy(kv.value()).to_string(),
+                )
+            })
+            .collect())
+    }
+
     pub async fn desired(&self, id: &str) -> Result<Desired, StoreError> {
         let r = self
             .client

@@ -21,10 +21,12 @@ pub enum WatchEvent {
 const BUFFER: usize = 16;
 
 fn changed(before: &RolloutDoc, after: &RolloutDoc) -> Vec<TenantDoc> {
+    let before: std::collections::HashMap<&str, &TenantDoc> =
+        before.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
     after
         .tenants
         .iter()
-        .filter(|t| before.tenants.iter().find(|b| b.id == t.id) != Some(*t))
+        .filter(|t| before.get(t.id.as_str()) != Some(t))
         .cloned()
         .collect()
 }
