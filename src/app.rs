@@ -289,6 +289,7 @@ pub async fn serve_until(
         }))
         .add_service(MigrationsServer::new(MigrationsService {
             fleet: fleet.clone(),
+            rollouts: rollouts.clone(),
         }))
         .add_service(RolloutsServer::new(RolloutsService {
             fleet: fleet.clone(),

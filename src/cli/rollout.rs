@@ -57,6 +57,9 @@ pub struct StartArgs {
     pub target: Option<String>,
     #[arg(long)]
     pub downgrade: bool,
+    /// Proceed on tenants whose applied revision files changed since.
+    #[arg(long)]
+    pub allow_changed: bool,
     /// The first wave: this many tenants.
     #[arg(long)]
     pub canary: Option<u32>,
@@ -130,6 +133,7 @@ fn start_request(a: StartArgs) -> Result<proto::StartRolloutRequest, Failure> {
         }),
         concurrency: a.concurrency,
         idempotency_key: a.idempotency_key.unwrap_or_default(),
+        allow_changed: a.allow_changed,
     })
 }
 

@@ -59,6 +59,11 @@ pub enum TenantEvent {
     Skipped {
         reason: String,
     },
+    /// Left to another holder of its lock (another replica sharing the rollout, or another
+    /// job): not attempted by this job.
+    Busy {
+        holder: String,
+    },
     Interrupted {
         reason: String,
         applied: Vec<String>,

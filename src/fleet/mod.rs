@@ -98,8 +98,23 @@ pub struct JobSpec {
     pub concurrency: usize,
     pub dry_run: bool,
     pub allow_changed: bool,
+    /// A tenant whose database lock is held elsewhere is skipped at once instead of waited
+    /// for (replicas sharing a rollout claim tenants this way).
+    pub skip_locked: bool,
+    /// Asked before each tenant starts: `true` leaves it alone (another replica has it).
+    pub leave: Option<Leave>,
     /// Who asked: audit records of applied revisions name them.
     pub caller: crate::auth::Caller,
+}
+
+/// A predicate over tenant ids; see [`JobSpec::leave`].
+#[derive(Clone)]
+pub struct Leave(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Leave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Leave(..)")
+    }
 }
 
 struct JobControl {
@@ -386,6 +401,18 @@ impl Fleet {
                 );
                 break;
             };
+            if let Some(leave) = &spec.leave
+                && (leave.0)(tenant.id.as_str())
+            {
+                summary.count(Outcome::Skipped);
+                emit(
+                    &tenant.id,
+                    TenantEvent::Busy {
+                        holder: "another replica sharing the rollout".into(),
+                    },
+                );
+                continue;
+            }
             let run = tenant_run::TenantRun {
                 fleet: self.clone(),
                 app: app.clone(),

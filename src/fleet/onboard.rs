@@ -275,6 +275,8 @@ impl Fleet {
                     concurrency: 1,
                     dry_run: false,
                     allow_changed: false,
+                    skip_locked: false,
+                    leave: None,
                     caller: spec.caller.clone(),
                 })
                 .await

@@ -177,8 +177,13 @@ impl TenantRun {
             fleetmig.fence_token = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
+        let locking = if self.spec.skip_locked {
+            self.fleet.locks.try_lock(&key)
+        } else {
+            self.fleet.locks.lock(&key, self.fleet.limits.lock_wait)
+        };
         let guard = tokio::select! {
-            g = self.fleet.locks.lock(&key, self.fleet.limits.lock_wait).instrument(lock_span.clone()) => g,
+            g = locking.instrument(lock_span.clone()) => g,
             _ = self.cancel.cancelled() => {
                 self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
                 return Outcome::Skipped;
@@ -203,6 +208,10 @@ impl TenantRun {
         drop(lock_span);
         let guard = match guard {
             Ok(g) => g,
+            Err(crate::lock::LockError::Busy { holder, .. }) => {
+                self.emit(&tenant, TenantEvent::Busy { holder });
+                return Outcome::Skipped;
+            }
             Err(e @ crate::lock::LockError::SessionLost) => {
                 self.emit(
                     &tenant,

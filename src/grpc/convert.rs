@@ -295,6 +295,7 @@ fn tenant_event(e: TenantEvent) -> proto::tenant_event::Kind {
             applied: f.applied,
         }),
         TenantEvent::Skipped { reason } => Kind::Skipped(proto::Skipped { reason }),
+        TenantEvent::Busy { holder } => Kind::Busy(proto::Busy { holder }),
         TenantEvent::Interrupted { reason, applied } => {
             Kind::Interrupted(proto::Interrupted { reason, applied })
         }

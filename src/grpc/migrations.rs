@@ -13,12 +13,22 @@ use super::guard::caller;
 use super::proto;
 use super::status::invalid;
 use super::{audited, audited_job};
-use crate::fleet::{Fleet, JobSpec};
+use std::collections::HashMap;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::fleet::{Fleet, JobEvent, JobSpec, Outcome, Summary, TenantEvent};
 use crate::model::Direction;
 use crate::registry::tenant::field_error;
+use crate::rollout::driver::{Progress, RolloutError, Rollouts};
+use crate::rollout::store::{Desired, StoreError};
+use crate::rollout::{
+    FailureBudget, RolloutDoc, RolloutSpec, RolloutState, SelectorDoc, TenantState, WavePlan,
+};
 
 pub struct MigrationsService {
     pub fleet: Arc<Fleet>,
+    pub rollouts: Arc<Rollouts>,
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::MigrationEvent, Status>> + Send>>;
@@ -63,14 +73,37 @@ impl MigrationsService {
                 ),
             )));
         }
+        let app = convert::app_name("app", &r.app).map_err(invalid)?;
+        let target = convert::target("target", &r.target, direction).map_err(invalid)?;
+        let selector = convert::selector(r.selector).map_err(invalid)?;
+        if !r.dry_run {
+            // A rollout of one wave without a failure budget, driven by this replica: it
+            // outlives the stream, shows in Rollouts/List, and other replicas help with it.
+            let spec = RolloutSpec {
+                app,
+                direction,
+                target,
+                selector: SelectorDoc::from(&selector),
+                waves: WavePlan::default(),
+                budget: FailureBudget::default(),
+                concurrency: r.concurrency,
+                idempotency_key: String::new(),
+                allow_changed: r.allow_changed,
+            };
+            let (doc, progress) = self.rollouts.start_here(spec, &caller).await?;
+            let id = doc.id.clone();
+            return Ok((Response::new(rollout_stream(doc, progress)), id));
+        }
         let spec = JobSpec {
-            app: convert::app_name("app", &r.app).map_err(invalid)?,
+            app,
             direction,
-            target: convert::target("target", &r.target, direction).map_err(invalid)?,
-            selector: convert::selector(r.selector).map_err(invalid)?,
+            target,
+            selector,
             concurrency: r.concurrency as usize,
-            dry_run: r.dry_run,
+            dry_run: true,
             allow_changed: r.allow_changed,
+            skip_locked: false,
+            leave: None,
             caller,
         };
         let job = self.fleet.start(spec).await?;
@@ -81,6 +114,89 @@ impl MigrationsService {
         let first = tokio_stream::once(Ok(convert::job_event(job.accepted)));
         let rest = UnboundedReceiverStream::new(job.events).map(|e| Ok(convert::job_event(e)));
         Ok((Response::new(Box::pin(first.chain(rest))), job_id))
+    }
+}
+
+/// A rollout's progress as a job's event stream: accepted, tenant events, a summary.
+fn rollout_stream(doc: RolloutDoc, progress: UnboundedReceiver<Progress>) -> EventStream {
+    let started = std::time::Instant::now();
+    let target: crate::revision::plan::Target = doc.spec.target.parse().expect("infallible");
+    let accepted = JobEvent::Accepted {
+        job_id: doc.id.clone(),
+        app: doc.spec.app.clone(),
+        target: target.to_string(),
+        direction: doc.spec.direction,
+        tenant_ids: doc.tenants.iter().map(|t| t.id.clone()).collect(),
+        dry_run: false,
+    };
+    let first = tokio_stream::once(Ok(convert::job_event(accepted)));
+    let mut last: HashMap<String, Outcome> = HashMap::new();
+    let rest = UnboundedReceiverStream::new(progress).map(move |p| match p {
+        Progress::Tenant { tenant_id, event } => {
+            let outcome = match &event {
+                TenantEvent::Done { .. } => Some(Outcome::Done),
+                TenantEvent::UpToDate { .. } => Some(Outcome::UpToDate),
+                TenantEvent::Failed(_) => Some(Outcome::Failed),
+                TenantEvent::Skipped { .. } => Some(Outcome::Skipped),
+                TenantEvent::Interrupted { .. } => Some(Outcome::Interrupted),
+                _ => None,
+            };
+            if let Some(o) = outcome {
+                last.insert(tenant_id.clone(), o);
+            }
+            Ok(convert::job_event(JobEvent::Tenant { tenant_id, event }))
+        }
+        Progress::Ended(doc) => {
+            let mut summary = Summary {
+                job_id: doc.id.clone(),
+                tenants: doc.tenants.len() as u32,
+                wall_time: started.elapsed(),
+                cancelled: doc.state == RolloutState::Cancelled,
+                ..Summary::default()
+            };
+            for t in &doc.tenants {
+                summary.count(last.get(&t.id).copied().unwrap_or(match t.state {
+                    TenantState::Done => Outcome::Done,
+                    TenantState::Failed => Outcome::Failed,
+                    TenantState::Interrupted => Outcome::Interrupted,
+                    _ => Outcome::Skipped,
+                }));
+            }
+            Ok(convert::job_event(JobEvent::Summary(summary)))
+        }
+        Progress::Left(why) => Err(Status::unavailable(format!(
+            "{why}: the upgrade goes on as rollout {}; follow it with Rollouts/Watch",
+            doc.id
+        ))),
+    });
+    Box::pin(first.chain(rest))
+}
+
+impl MigrationsService {
+    /// An Upgrade or Downgrade is a rollout (cancelled through etcd, from any replica); a
+    /// dry run is a job of this replica.
+    async fn cancel_job(&self, id: &str) -> Result<Response<proto::CancelResponse>, Status> {
+        match self.rollouts.store().get(id).await {
+            Ok((doc, _)) if doc.state.is_final() => {
+                Ok(Response::new(proto::CancelResponse { cancelled: false }))
+            }
+            Ok(_) => {
+                match self.rollouts.control(id, Desired::Cancelled).await {
+                    Ok(_) => Ok(Response::new(proto::CancelResponse { cancelled: true })),
+                    // It ended meanwhile.
+                    Err(RolloutError::State { .. }) => {
+                        Ok(Response::new(proto::CancelResponse { cancelled: false }))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(StoreError::NotFound(_)) => self
+                .fleet
+                .cancel(id)
+                .map(|cancelled| Response::new(proto::CancelResponse { cancelled }))
+                .map_err(Status::from),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -117,10 +233,7 @@ impl proto::migrations_server::Migrations for MigrationsService {
                     "required: the job id from the accepted event",
                 )))
             } else {
-                self.fleet
-                    .cancel(&id)
-                    .map(|cancelled| Response::new(proto::CancelResponse { cancelled }))
-                    .map_err(Status::from)
+                self.cancel_job(&id).await
             };
         let job = (!id.is_empty()).then(|| id.chars().take(64).collect());
         audited_job(&self.fleet, &caller, "Migrations/Cancel", None, job, result)

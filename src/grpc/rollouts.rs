@@ -15,7 +15,7 @@ use super::guard::caller;
 use super::proto;
 use super::status::invalid;
 use super::{audited, audited_job};
-use crate::fleet::{Fleet, Selector};
+use crate::fleet::Fleet;
 use crate::registry::tenant::{field_error, validate_labels};
 use crate::rollout::driver::{RolloutError, Rollouts};
 use crate::rollout::store::{Desired, StoreError};
@@ -64,11 +64,7 @@ fn rollout_id(id: &str) -> Result<String, Status> {
 
 fn spec(r: proto::StartRolloutRequest) -> Result<RolloutSpec, Status> {
     let direction = convert::direction("direction", &r.direction).map_err(invalid)?;
-    let selector = match convert::selector(r.selector).map_err(invalid)? {
-        Selector::Ids(ids) => SelectorDoc::Ids(ids.iter().map(|i| i.to_string()).collect()),
-        Selector::Labels(l) => SelectorDoc::Labels(l),
-        Selector::All => SelectorDoc::All,
-    };
+    let selector = SelectorDoc::from(&convert::selector(r.selector).map_err(invalid)?);
     let w = r.waves.unwrap_or_default();
     let bad = |field: &str, message: &str| Err(invalid(field_error(field, message)));
     if w.canary_count > 0 && !w.canary_labels.is_empty() {
@@ -131,6 +127,7 @@ fn spec(r: proto::StartRolloutRequest) -> Result<RolloutSpec, Status> {
         },
         concurrency: r.concurrency,
         idempotency_key: r.idempotency_key,
+        allow_changed: r.allow_changed,
     })
 }
 
@@ -162,6 +159,7 @@ fn spec_to_proto(s: &RolloutSpec) -> proto::StartRolloutRequest {
         }),
         concurrency: s.concurrency,
         idempotency_key: s.idempotency_key.clone(),
+        allow_changed: s.allow_changed,
     }
 }
 
@@ -175,6 +173,7 @@ fn tenant_to_proto(t: &TenantDoc) -> proto::RolloutTenant {
         started_at: t.started_at.map(timestamp),
         finished_at: t.finished_at.map(timestamp),
         attempts: t.attempts,
+        replica: t.replica.clone(),
     }
 }
 

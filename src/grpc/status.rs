@@ -46,7 +46,7 @@ fn engine_code(e: &EngineError) -> Code {
 
 fn lock_code(e: &LockError) -> Code {
     match e {
-        LockError::Timeout { .. } => Code::Aborted,
+        LockError::Timeout { .. } | LockError::Busy { .. } => Code::Aborted,
         LockError::SessionLost | LockError::Unavailable(_) => Code::Unavailable,
     }
 }

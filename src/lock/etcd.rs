@@ -171,7 +171,13 @@ impl EtcdSession {
         format!("{}{}", self.prefix, key)
     }
 
-    async fn acquire(&self, key: &DatabaseKey, timeout: Duration) -> Result<LockGuard, LockError> {
+    /// Take the lock, waiting up to `timeout` for its holder to let go if `wait`.
+    async fn acquire(
+        &self,
+        key: &DatabaseKey,
+        timeout: Duration,
+        wait: bool,
+    ) -> Result<LockGuard, LockError> {
         let started = Instant::now();
         let deadline = started + timeout;
         let lock_key = self.lock_key(key);
@@ -237,6 +243,12 @@ impl EtcdSession {
                     _ => None,
                 })
                 .unwrap_or_default();
+            if !wait {
+                return Err(LockError::Busy {
+                    key: key.clone(),
+                    holder,
+                });
+            }
             let header_rev = resp.header().map(|h| h.revision()).unwrap_or(seen);
             let mut watch = tokio::time::timeout_at(
                 deadline,
@@ -323,7 +335,12 @@ impl DistributedLock for EtcdSession {
         key: &'a DatabaseKey,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<LockGuard, LockError>> {
-        Box::pin(self.acquire(key, timeout))
+        Box::pin(self.acquire(key, timeout, true))
+    }
+
+    fn try_lock<'a>(&'a self, key: &'a DatabaseKey) -> BoxFuture<'a, Result<LockGuard, LockError>> {
+        // One transaction; the etcd client's request timeout is the backstop.
+        Box::pin(self.acquire(key, Duration::from_secs(30), false))
     }
 
     fn session_lost(&self) -> CancellationToken {

@@ -38,7 +38,26 @@ impl DistributedLock for MemoryLocks {
         key: &'a DatabaseKey,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<LockGuard, LockError>> {
-        Box::pin(async move {
+        Box::pin(self.acquire(key, timeout, true))
+    }
+
+    fn try_lock<'a>(&'a self, key: &'a DatabaseKey) -> BoxFuture<'a, Result<LockGuard, LockError>> {
+        Box::pin(self.acquire(key, Duration::ZERO, false))
+    }
+
+    fn session_lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+}
+
+impl MemoryLocks {
+    async fn acquire(
+        &self,
+        key: &DatabaseKey,
+        timeout: Duration,
+        wait: bool,
+    ) -> Result<LockGuard, LockError> {
+        {
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 if self.lost.is_cancelled() {
@@ -66,6 +85,12 @@ impl DistributedLock for MemoryLocks {
                         ));
                     }
                 }
+                if !wait {
+                    return Err(LockError::Busy {
+                        key: key.clone(),
+                        holder: "another holder".into(),
+                    });
+                }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
                     return Err(LockError::Timeout {
                         key: key.clone(),
@@ -74,11 +99,7 @@ impl DistributedLock for MemoryLocks {
                     });
                 }
             }
-        })
-    }
-
-    fn session_lost(&self) -> CancellationToken {
-        self.lost.clone()
+        }
     }
 }
 
@@ -99,6 +120,10 @@ mod tests {
         a.release().await;
         let b = locks.lock(&key, Duration::from_millis(10)).await.unwrap();
         assert!(b.token() > t);
+        assert!(matches!(
+            locks.try_lock(&key).await,
+            Err(LockError::Busy { .. })
+        ));
         locks.lose_all();
         b.lost().await;
         assert!(b.is_lost());

@@ -24,6 +24,8 @@ pub enum LockError {
         waited: Duration,
         holder: String,
     },
+    #[error("the lock on {key} is held by {holder}")]
+    Busy { key: DatabaseKey, holder: String },
     #[error("this daemon's etcd lease is lost: it holds no locks and takes none until restarted")]
     SessionLost,
     #[error("etcd is unavailable: {0}")]
@@ -98,6 +100,9 @@ pub trait DistributedLock: Send + Sync + 'static {
         key: &'a DatabaseKey,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<LockGuard, LockError>>;
+
+    /// Take the lock on `key` if nobody holds it, else [`LockError::Busy`] at once.
+    fn try_lock<'a>(&'a self, key: &'a DatabaseKey) -> BoxFuture<'a, Result<LockGuard, LockError>>;
 
     /// Fires when every lock of this service is lost (the session's lease).
     fn session_lost(&self) -> CancellationToken;

@@ -1,33 +1,33 @@
 //! Runs rollouts. Every replica supervises: it claims running or paused rollouts that no
 //! replica owns (their owner key lives under the owner's etcd lease, so it vanishes when the
-//! owner dies) and drives them wave by wave through fleet jobs. Tenants that were in flight
-//! under a dead owner are run again: their database's history decides what is left to apply,
-//! and the per-database lock and fence keep two replicas off one database.
+//! owner dies) and drives them wave by wave ([`super::wave`]); rollouts another replica owns,
+//! it helps with ([`super::helper`]). Tenants that were in flight under a dead owner are run
+//! again: their database's history decides what is left to apply, and the per-database lock
+//! and fence keep two replicas off one database.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::store::{Desired, RolloutStore, StoreError};
+use super::wave::WaveEnd;
 use super::{
-    RolloutDoc, RolloutSpec, RolloutState, SelectorDoc, Tally, TenantDoc, TenantState, WaveState,
-    over_budget, plan_waves,
+    RolloutDoc, RolloutSpec, RolloutState, SelectorDoc, TenantDoc, TenantState, WaveState,
+    plan_waves,
 };
 use crate::auth::{Caller, Via};
-use crate::fleet::{Fleet, FleetError, JobEvent, JobSpec, Selector, TenantEvent};
+use crate::fleet::{Fleet, FleetError, Selector, TenantEvent};
 use crate::registry::tenant::TenantId;
 
-/// How often a replica looks for rollouts nobody drives (also woken by Start).
+/// How often a replica looks for rollouts to drive or help with (also woken by Start).
 const CLAIM_EVERY: Duration = Duration::from_secs(1);
-/// Per-tenant progress is written to etcd at most this often (state changes at once).
-const SAVE_EVERY: Duration = Duration::from_millis(250);
-/// How often the owner reads what operators asked for (pause, cancel).
-const CONTROL_EVERY: Duration = Duration::from_millis(200);
+/// How often the owner reads what operators asked for (pause, cancel), and helpers the gate.
+pub(super) const CONTROL_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -44,23 +44,33 @@ pub enum RolloutError {
 }
 
 pub struct Rollouts {
-    fleet: Arc<Fleet>,
-    store: RolloutStore,
-    owner: String,
-    lease: i64,
+    pub(super) fleet: Arc<Fleet>,
+    pub(super) store: RolloutStore,
+    /// This replica's name in owner keys and tenant records.
+    pub(super) owner: String,
+    /// This replica's etcd lease: ownership and helpers' claims live under it.
+    pub(super) lease: i64,
     driving: Mutex<HashSet<String>>,
+    helping: Mutex<HashSet<String>>,
+    listeners: Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Progress>>>>,
     wake: Notify,
     tracker: TaskTracker,
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
 }
 
-enum WaveEnd {
-    Completed,
-    Halted(String),
-    /// Pause or cancel was asked for: the loop looks at the control again.
-    Interrupted,
-    /// Shutdown or lost ownership: stop driving, leave the state for the next owner.
-    Stop,
+/// What a stream on the replica that started and drives a rollout hears (Migrations/Upgrade).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// This replica's own events, as its jobs report them; tenants another replica ran
+    /// appear with their final event only.
+    Tenant {
+        tenant_id: String,
+        event: TenantEvent,
+    },
+    /// The rollout reached a final state.
+    Ended(Box<RolloutDoc>),
+    /// This replica stopped driving it (shutdown, or ownership lost); it goes on elsewhere.
+    Left(String),
 }
 
 impl Rollouts {
@@ -78,6 +88,8 @@ impl Rollouts {
             owner,
             lease,
             driving: Mutex::default(),
+            helping: Mutex::default(),
+            listeners: Mutex::default(),
             wake: Notify::new(),
             tracker,
             shutdown,
@@ -93,13 +105,51 @@ impl Rollouts {
         &self.store
     }
 
-    /// Plan the waves and persist the rollout (or return the one its idempotency key names).
-    /// `true`: created now.
+    /// Plan the waves and persist the rollout (or return the one its idempotency key names),
+    /// for whichever replica claims it first. `true`: created now.
     pub async fn start(
         &self,
         spec: RolloutSpec,
         caller: &Caller,
     ) -> Result<(RolloutDoc, bool), RolloutError> {
+        let doc = self.plan(spec, caller).await?;
+        let created = self.store.create(&doc, None).await?;
+        if created.1 {
+            tracing::info!(rollout = %doc.id, app = %doc.spec.app, tenants = doc.tenants.len(), waves = doc.waves.len(), "rollout started");
+            self.wake.notify_one();
+        }
+        Ok(created)
+    }
+
+    /// Start a rollout driven by this replica from the start, and follow it here.
+    pub async fn start_here(
+        self: &Arc<Self>,
+        spec: RolloutSpec,
+        caller: &Caller,
+    ) -> Result<(RolloutDoc, mpsc::UnboundedReceiver<Progress>), RolloutError> {
+        let doc = self.plan(spec, caller).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.listeners
+            .lock()
+            .unwrap()
+            .insert(doc.id.clone(), vec![tx]);
+        self.driving.lock().unwrap().insert(doc.id.clone());
+        if let Err(e) = self
+            .store
+            .create(&doc, Some((&self.owner, self.lease)))
+            .await
+        {
+            self.listeners.lock().unwrap().remove(&doc.id);
+            self.driving.lock().unwrap().remove(&doc.id);
+            return Err(e.into());
+        }
+        tracing::info!(rollout = %doc.id, app = %doc.spec.app, tenants = doc.tenants.len(), "rollout started (driven here)");
+        // Its jobs' spans continue the caller's trace.
+        self.spawn_drive(doc.id.clone(), tracing::Span::current());
+        Ok((doc, rx))
+    }
+
+    async fn plan(&self, spec: RolloutSpec, caller: &Caller) -> Result<RolloutDoc, RolloutError> {
         if self.shutdown.is_cancelled() {
             return Err(FleetError::ShuttingDown.into());
         }
@@ -130,6 +180,8 @@ impl Rollouts {
                     started_at: None,
                     finished_at: None,
                     attempts: 0,
+                    replica: String::new(),
+                    applied: 0,
                 });
             }
         }
@@ -144,13 +196,9 @@ impl Rollouts {
             created_at: now,
             updated_at: now,
             created_by: caller.who(),
+            request_id: caller.request_id.clone(),
         };
-        let created = self.store.create(&doc).await?;
-        if created.1 {
-            tracing::info!(rollout = %doc.id, app = %doc.spec.app, tenants = doc.tenants.len(), waves = doc.waves.len(), "rollout started");
-            self.wake.notify_one();
-        }
-        Ok(created)
+        Ok(doc)
     }
 
     /// Pause, resume or cancel: recorded for the owner, which follows within a moment.
@@ -235,20 +283,82 @@ impl Rollouts {
             if self.store.claim(&id, &self.owner, self.lease).await? {
                 tracing::info!(rollout = %id, "driving rollout");
                 self.driving.lock().unwrap().insert(id.clone());
+                let span = tracing::info_span!("rollout", fleetmig.rollout.id = %id);
+                self.spawn_drive(id, span);
+            } else if self.store.owner(&id).await?.as_deref() == Some(&self.owner) {
+                // Ours, but our driver stopped on an etcd error: drive it again.
+                tracing::info!(rollout = %id, "driving rollout again");
+                self.driving.lock().unwrap().insert(id.clone());
+                let span = tracing::info_span!("rollout", fleetmig.rollout.id = %id);
+                self.spawn_drive(id, span);
+            } else if self.helping.lock().unwrap().insert(id.clone()) {
                 let me = self.clone();
                 self.tracker.spawn(async move {
-                    if let Err(e) = me.drive(&id).await {
-                        tracing::error!(rollout = %id, error = %e, "rollout driver stopped");
+                    if let Err(e) = me.help(&id).await {
+                        tracing::warn!(rollout = %id, error = %e, "helping with a rollout");
                     }
-                    let _ = me.store.release(&id, &me.owner).await;
-                    me.driving.lock().unwrap().remove(&id);
+                    me.helping.lock().unwrap().remove(&id);
                 });
             }
         }
         Ok(())
     }
 
-    async fn save(&self, doc: &mut RolloutDoc) -> Result<bool, StoreError> {
+    fn spawn_drive(self: &Arc<Self>, id: String, span: tracing::Span) {
+        use tracing::Instrument;
+        let me = self.clone();
+        let drive = async move {
+            if let Err(e) = me.drive(&id).await {
+                tracing::error!(rollout = %id, error = %e, "rollout driver stopped");
+            }
+            let _ = me.store.release(&id, &me.owner).await;
+            me.driving.lock().unwrap().remove(&id);
+            let listeners = me.listeners.lock().unwrap().remove(&id).unwrap_or_default();
+            if !listeners.is_empty() {
+                let end = match me.store.get(&id).await {
+                    Ok((doc, _)) if doc.state.is_final() => Progress::Ended(Box::new(doc)),
+                    Ok(_) if me.shutdown.is_cancelled() => {
+                        Progress::Left("this replica is shutting down".into())
+                    }
+                    Ok(_) => Progress::Left("another replica drives it now".into()),
+                    Err(e) => Progress::Left(e.to_string()),
+                };
+                for l in listeners {
+                    let _ = l.send(end.clone());
+                }
+            }
+        };
+        self.tracker.spawn(drive.instrument(span));
+    }
+
+    /// Tell local streams following rollout `id`.
+    pub(super) fn tell(&self, id: &str, tenant_id: &str, event: &TenantEvent) {
+        if let Some(ls) = self.listeners.lock().unwrap().get(id) {
+            for l in ls {
+                let _ = l.send(Progress::Tenant {
+                    tenant_id: tenant_id.to_string(),
+                    event: event.clone(),
+                });
+            }
+        }
+    }
+
+    /// Revisions a rollout applies are audited as done on behalf of whoever started it.
+    pub(super) fn caller_for(doc: &RolloutDoc) -> Caller {
+        Caller {
+            subject: format!("rollout {} started by {}", doc.id, doc.created_by),
+            via: Via::OnBehalf,
+            scopes: vec![],
+            request_id: if doc.request_id.is_empty() {
+                doc.id.clone()
+            } else {
+                doc.request_id.clone()
+            },
+            certificate: None,
+        }
+    }
+
+    pub(super) async fn save(&self, doc: &mut RolloutDoc) -> Result<bool, StoreError> {
         doc.updated_at = Utc::now();
         self.store.save_owned(doc, &self.owner).await
     }
@@ -304,48 +414,41 @@ impl Rollouts {
                 tracing::info!(rollout = %id, counts = ?doc.counts(), "rollout done");
                 return Ok(());
             };
-            let todo: Vec<String> = doc
-                .tenants
-                .iter()
-                .filter(|t| {
-                    t.wave == w as u32
-                        && matches!(t.state, TenantState::Pending | TenantState::Interrupted)
-                })
-                .map(|t| t.id.clone())
-                .collect();
-            if todo.is_empty() {
-                let last = w + 1 == doc.waves.len();
-                let bake = Duration::from_secs(u64::from(doc.spec.waves.bake_seconds));
-                if !last && !bake.is_zero() && doc.waves[w].state != WaveState::Baking {
+            if doc.waves[w].state != WaveState::Baking {
+                doc.waves[w].state = WaveState::Running;
+                if !self.save(&mut doc).await? {
+                    return Ok(());
+                }
+                match self.run_wave(&mut doc, w, &mut consecutive).await? {
+                    WaveEnd::Completed => {}
+                    WaveEnd::Interrupted => continue,
+                    WaveEnd::Stop => return Ok(()),
+                    WaveEnd::Halted(reason) => {
+                        tracing::warn!(rollout = %id, %reason, "rollout halted");
+                        doc.waves[w].state = WaveState::Halted;
+                        doc.state = RolloutState::Halted;
+                        doc.reason = reason;
+                        self.save(&mut doc).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            let last = w + 1 == doc.waves.len();
+            let bake = Duration::from_secs(u64::from(doc.spec.waves.bake_seconds));
+            if !last && !bake.is_zero() {
+                if doc.waves[w].state != WaveState::Baking {
                     doc.waves[w].state = WaveState::Baking;
                     if !self.save(&mut doc).await? {
                         return Ok(());
                     }
-                    if !self.bake(id, bake).await? {
-                        continue; // paused or cancelled while baking: bake again after resume
-                    }
                 }
-                doc.waves[w].state = WaveState::Done;
-                if !self.save(&mut doc).await? {
-                    return Ok(());
+                if !self.bake(id, bake).await? {
+                    continue; // paused or cancelled while baking: bake again after resume
                 }
-                continue;
             }
-            doc.waves[w].state = WaveState::Running;
+            doc.waves[w].state = WaveState::Done;
             if !self.save(&mut doc).await? {
                 return Ok(());
-            }
-            match self.run_wave(&mut doc, w, todo, &mut consecutive).await? {
-                WaveEnd::Completed | WaveEnd::Interrupted => {}
-                WaveEnd::Stop => return Ok(()),
-                WaveEnd::Halted(reason) => {
-                    tracing::warn!(rollout = %id, %reason, "rollout halted");
-                    doc.waves[w].state = WaveState::Halted;
-                    doc.state = RolloutState::Halted;
-                    doc.reason = reason;
-                    self.save(&mut doc).await?;
-                    return Ok(());
-                }
             }
         }
     }
@@ -361,133 +464,4 @@ impl Rollouts {
         }
         Ok(true)
     }
-
-    async fn run_wave(
-        &self,
-        doc: &mut RolloutDoc,
-        w: usize,
-        todo: Vec<String>,
-        consecutive: &mut u32,
-    ) -> Result<WaveEnd, StoreError> {
-        let caller = Caller {
-            subject: format!("rollout {} started by {}", doc.id, doc.created_by),
-            via: Via::OnBehalf,
-            scopes: vec![],
-            request_id: doc.id.clone(),
-            certificate: None,
-        };
-        let ids = todo
-            .iter()
-            .filter_map(|i| TenantId::parse("tenant", i).ok())
-            .collect();
-        let spec = JobSpec {
-            app: doc.spec.app.clone(),
-            direction: doc.spec.direction,
-            target: doc.spec.target.clone(),
-            selector: Selector::Ids(ids),
-            concurrency: doc.spec.concurrency as usize,
-            dry_run: false,
-            allow_changed: false,
-            caller,
-        };
-        let mut job = match self.fleet.start(spec).await {
-            Ok(job) => job,
-            Err(FleetError::ShuttingDown) => return Ok(WaveEnd::Stop),
-            Err(e) => return Ok(WaveEnd::Halted(format!("wave {}: {e}", w + 1))),
-        };
-        let job_id = match &job.accepted {
-            JobEvent::Accepted { job_id, .. } => job_id.clone(),
-            _ => String::new(),
-        };
-        let canary = doc.waves[w].name == "canary";
-        let (mut halting, mut interrupted, mut lost) = (None, false, false);
-        let mut dirty = false;
-        let mut save_tick = tokio::time::interval(SAVE_EVERY);
-        let mut control_tick = tokio::time::interval(CONTROL_EVERY);
-        loop {
-            tokio::select! {
-                event = job.events.recv() => {
-                    let Some(JobEvent::Tenant { tenant_id, event }) = event else {
-                        if matches!(event, Some(JobEvent::Summary(_)) | None) { break; }
-                        continue;
-                    };
-                    let Some(t) = doc.tenant_mut(&tenant_id) else { continue };
-                    dirty |= apply(t, event, consecutive);
-                    if t.state == TenantState::Failed && halting.is_none() {
-                        let wave = Tally::of(doc.tenants.iter().filter(|t| t.wave == w as u32));
-                        let overall = Tally::of(doc.tenants.iter());
-                        if let Some(reason) = over_budget(&doc.spec.budget, canary, wave, overall, *consecutive) {
-                            halting = Some(reason);
-                            let _ = self.fleet.cancel(&job_id);
-                        }
-                    }
-                }
-                _ = save_tick.tick(), if dirty && !lost => {
-                    dirty = false;
-                    if !self.save(doc).await? {
-                        lost = true;
-                        let _ = self.fleet.cancel(&job_id);
-                    }
-                }
-                _ = control_tick.tick(), if !interrupted && !lost => {
-                    if self.store.desired(&doc.id).await? != Desired::Running {
-                        interrupted = true;
-                        let _ = self.fleet.cancel(&job_id);
-                    }
-                }
-            }
-        }
-        if lost {
-            tracing::warn!(rollout = %doc.id, "another replica owns this rollout now: stopped driving it");
-            return Ok(WaveEnd::Stop);
-        }
-        if !self.save(doc).await? {
-            return Ok(WaveEnd::Stop);
-        }
-        Ok(match halting {
-            Some(reason) => WaveEnd::Halted(reason),
-            None if self.shutdown.is_cancelled() => WaveEnd::Stop,
-            None if interrupted => WaveEnd::Interrupted,
-            None => WaveEnd::Completed,
-        })
-    }
-}
-
-/// One job event into the tenant's rollout state. `true`: it changed.
-fn apply(t: &mut TenantDoc, event: TenantEvent, consecutive: &mut u32) -> bool {
-    let now = Some(Utc::now());
-    match event {
-        TenantEvent::Locked { .. } => {
-            t.state = TenantState::Running;
-            t.started_at = now;
-            t.attempts += 1;
-        }
-        TenantEvent::UpToDate { revisions } | TenantEvent::Done { revisions, .. } => {
-            t.state = TenantState::Done;
-            t.revisions = revisions;
-            t.error.clear();
-            t.finished_at = now;
-            *consecutive = 0;
-        }
-        TenantEvent::Failed(f) => {
-            t.state = TenantState::Failed;
-            t.error = [
-                (!f.revision.is_empty()).then(|| format!("revision {}", f.revision)),
-                (!f.sqlstate.is_empty()).then(|| format!("SQLSTATE {}", f.sqlstate)),
-                (!f.location.is_empty()).then(|| f.location.clone()),
-                Some(f.message),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ");
-            t.finished_at = now;
-            *consecutive += 1;
-        }
-        // Not started (pause, cancel, halt, shutdown): it stays to do.
-        TenantEvent::Skipped { .. } => t.state = TenantState::Pending,
-        TenantEvent::Interrupted { .. } => t.state = TenantState::Interrupted,
-        _ => return false,
-    }
-    true
 }

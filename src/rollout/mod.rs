@@ -4,8 +4,10 @@
 //! failure budget); [`store`] keeps it in etcd, [`driver`] runs it, [`watch`] follows it.
 
 pub mod driver;
+mod helper;
 pub mod store;
 pub mod watch;
+mod wave;
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,17 @@ pub enum SelectorDoc {
     Ids(Vec<String>),
     Labels(BTreeMap<String, String>),
     All,
+}
+
+impl From<&crate::fleet::Selector> for SelectorDoc {
+    fn from(s: &crate::fleet::Selector) -> SelectorDoc {
+        use crate::fleet::Selector;
+        match s {
+            Selector::Ids(ids) => SelectorDoc::Ids(ids.iter().map(|i| i.to_string()).collect()),
+            Selector::Labels(l) => SelectorDoc::Labels(l.clone()),
+            Selector::All => SelectorDoc::All,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +66,12 @@ pub struct RolloutSpec {
     pub selector: SelectorDoc,
     pub waves: WavePlan,
     pub budget: FailureBudget,
+    /// Tenants at once, on each replica taking part.
     pub concurrency: u32,
     pub idempotency_key: String,
+    /// Proceed on tenants whose applied revision files changed since.
+    #[serde(default)]
+    pub allow_changed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +171,12 @@ pub struct TenantDoc {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub attempts: u32,
+    /// The replica that ran it last.
+    #[serde(default)]
+    pub replica: String,
+    /// Revisions its last run applied (0: it was already at the target).
+    #[serde(default)]
+    pub applied: u32,
 }
 
 /// The rollout as persisted under `<prefix>rollouts/<id>`.
@@ -169,6 +192,9 @@ pub struct RolloutDoc {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub created_by: String,
+    /// The request that started it: audit records of its revisions carry it.
+    #[serde(default)]
+    pub request_id: String,
 }
 
 impl RolloutDoc {

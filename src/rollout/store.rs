@@ -4,12 +4,16 @@
 //! - `rollout-owner/<id>`: the replica driving it, under that replica's lease (it vanishes
 //!   when the replica dies, and another one claims the rollout);
 //! - `rollout-control/<id>`: what operators asked for (running, paused, cancelled);
-//! - `rollout-keys/<key>`: idempotency keys of Start.
+//! - `rollout-keys/<key>`: idempotency keys of Start;
+//! - `rollout-gate/<id>`: the wave other replicas may help with now (absent: none);
+//! - `rollout-tenants/<id>/<tenant>`: a tenant run by a helping replica: under that
+//!   replica's lease while running (it vanishes if the replica dies), then its final state.
+//!   The owner folds these into the document.
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use super::RolloutDoc;
+use super::{RolloutDoc, TenantDoc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +61,12 @@ impl RolloutStore {
     pub fn control_key(&self, id: &str) -> String {
         format!("{}rollout-control/{id}", self.prefix)
     }
+    fn gate_key(&self, id: &str) -> String {
+        format!("{}rollout-gate/{id}", self.prefix)
+    }
+    fn results_dir(&self, id: &str) -> String {
+        format!("{}rollout-tenants/{id}/", self.prefix)
+    }
     fn idempotency_key(&self, key: &str) -> String {
         format!("{}rollout-keys/{key}", self.prefix)
     }
@@ -76,14 +86,26 @@ impl RolloutStore {
         })
     }
 
-    /// Create the rollout, or return the one its idempotency key already names.
-    pub async fn create(&self, doc: &RolloutDoc) -> Result<(RolloutDoc, bool), StoreError> {
+    /// Create the rollout, or return the one its idempotency key already names. With `owner`
+    /// (name, lease), that replica owns it from the start.
+    pub async fn create(
+        &self,
+        doc: &RolloutDoc,
+        owner: Option<(&str, i64)>,
+    ) -> Result<(RolloutDoc, bool), StoreError> {
         let control = serde_json::to_vec(&Desired::Running).expect("serializable");
         let mut puts = vec![
             TxnOp::put(self.doc_key(&doc.id), Self::encode(doc), None),
             TxnOp::put(self.active_key(&doc.id), doc.id.as_bytes(), None),
             TxnOp::put(self.control_key(&doc.id), control, None),
         ];
+        if let Some((name, lease)) = owner {
+            puts.push(TxnOp::put(
+                self.owner_key(&doc.id),
+                name,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
         let key = &doc.spec.idempotency_key;
         if key.is_empty() {
             self.client
@@ -244,6 +266,11 @@ impl RolloutStore {
         if doc.state.is_final() {
             ops.push(TxnOp::delete(self.active_key(&doc.id), None));
             ops.push(TxnOp::delete(key.as_str(), None));
+            ops.push(TxnOp::delete(self.gate_key(&doc.id), None));
+            ops.push(TxnOp::delete(
+                self.results_dir(&doc.id),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ));
         }
         let r = self
             .client
@@ -292,5 +319,144 @@ impl RolloutStore {
             )
             .await?;
         Ok(r.succeeded())
+    }
+}
+
+/// Helping replicas: the gate and per-tenant results.
+impl RolloutStore {
+    /// Open the gate to wave `wave` (`None`: closed), if `owner` still owns the rollout.
+    pub async fn set_gate(
+        &self,
+        id: &str,
+        owner: &str,
+        wave: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let op = match wave {
+            Some(w) => TxnOp::put(self.gate_key(id), w.to_string(), None),
+            None => TxnOp::delete(self.gate_key(id), None),
+        };
+        let r = self
+            .client
+            .kv_client()
+            .txn(
+                Txn::new()
+                    .when([Compare::value(self.owner_key(id), CompareOp::Equal, owner)])
+                    .and_then([op]),
+            )
+            .await?;
+        Ok(r.succeeded())
+    }
+
+    /// The open wave, if operators want the rollout running and its owner lets others help.
+    pub async fn open_wave(&self, id: &str) -> Result<Option<u32>, StoreError> {
+        let r = self
+            .client
+            .kv_client()
+            .txn(Txn::new().and_then([
+                TxnOp::get(self.gate_key(id), None),
+                TxnOp::get(self.control_key(id), None),
+            ]))
+            .await?;
+        let mut values = r.op_responses().into_iter().map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        let gate = values.next().flatten();
+        let desired: Desired = values
+            .next()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        Ok(match (gate, desired) {
+            (Some(w), Desired::Running) => String::from_utf8_lossy(&w).parse().ok(),
+            _ => None,
+        })
+    }
+
+    /// Record a tenant run by a helper: under `lease` while it runs, without once final.
+    pub async fn put_result(
+        &self,
+        id: &str,
+        tenant: &TenantDoc,
+        lease: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let options = lease.map(|l| PutOptions::new().with_lease(l));
+        self.client
+            .kv_client()
+            .put(
+                format!("{}{}", self.results_dir(id), tenant.id),
+                serde_json::to_vec(tenant).expect("serializable"),
+                options,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Results written after etcd revision `since`, and the revision read at.
+    pub async fn results_since(
+        &self,
+        id: &str,
+        since: i64,
+    ) -> Result<(Vec<TenantDoc>, i64), StoreError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(
+                self.results_dir(id),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_min_mod_revision(since + 1),
+                ),
+            )
+            .await?;
+        let at = r.header().map(|h| h.revision()).unwrap_or(since);
+        let docs = r
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect();
+        Ok((docs, at))
+    }
+
+    /// Tenants a live helper is running now (their result key is still under a lease).
+    pub async fn live_claims(
+        &self,
+        id: &str,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let dir = self.results_dir(id);
+        let r = self
+            .client
+            .kv_client()
+            .get(
+                dir.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .filter(|kv| kv.lease() != 0)
+            .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
+            .collect())
+    }
+
+    /// Every tenant with a result (running or final).
+    pub async fn result_ids(
+        &self,
+        id: &str,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let dir = self.results_dir(id);
+        let r = self
+            .client
+            .kv_client()
+            .get(
+                dir.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
+            .collect())
     }
 }

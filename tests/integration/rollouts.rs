@@ -389,17 +389,18 @@ async fn a_watcher_that_reads_nothing_slows_nothing_and_then_gets_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_a_rollout_and_a_watch_on_another_sees_it_end() {
-    let Some(s) = setup("three", 6, &[], 0.1).await else {
+    let Some(s) = setup("three", 12, &[], 0.5).await else {
         return;
     };
     let replicas = [s.daemon().await, s.daemon().await, s.daemon().await];
     let mut on_a = client(&replicas[0]).await;
     let mut on_b = client(&replicas[1]).await;
+    // A canary, then 11 tenants in one wave: alone, its owner would take ~3 s for it at
+    // concurrency 2; the other replicas join in within a second.
     let r = on_a
         .start(start_request(
             proto::WavePlan {
                 canary_count: 1,
-                batch_count: 2,
                 ..Default::default()
             },
             proto::FailureBudget::default(),
@@ -425,7 +426,15 @@ async fn three_replicas_share_a_rollout_and_a_watch_on_another_sees_it_end() {
     }
     let last = last.unwrap().rollout.unwrap();
     assert_eq!(last.state, "done", "{last:#?}");
-    assert_eq!(count(&last, "done"), 6);
+    assert_eq!(count(&last, "done"), 12);
+    // The tenants were shared: more than one replica ran some.
+    let ran_by: std::collections::BTreeSet<&str> =
+        last.tenants.iter().map(|t| t.replica.as_str()).collect();
+    assert!(
+        ran_by.len() >= 2,
+        "one replica ran every tenant: {ran_by:?}"
+    );
+    assert!(ran_by.iter().all(|r| !r.is_empty()), "{ran_by:?}");
     assert!(
         kinds.len() >= 2,
         "a snapshot, updates, the final state: {kinds:?}"
@@ -494,6 +503,65 @@ async fn kill_9_mid_rollout_and_restart_completes_it_applying_nothing_twice() {
     .await;
     assert_eq!(count(&done, "done"), 8, "{done:#?}");
     s.applied_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_owner_and_a_running_replica_takes_the_rollout_over() {
+    let Some(s) = setup("takeover", 8, &[], 0.4).await else {
+        return;
+    };
+    let etcd = harness::etcd().unwrap();
+    let connect = |addr: String| async move {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let mut a = dh::Process::start(&etcd.endpoint, &s.prefix, &s.root, &[]);
+    let b = dh::Process::start(&etcd.endpoint, &s.prefix, &s.root, &[]);
+    // The grpcurl-style Upgrade on A: a rollout A drives from the start.
+    let mut upgrade =
+        proto::migrations_client::MigrationsClient::new(connect(a.addr.clone()).await)
+            .upgrade(proto::MigrateRequest {
+                app: "roll".into(),
+                target: "head".into(),
+                selector: Some(proto::Selector {
+                    all: true,
+                    ..Default::default()
+                }),
+                concurrency: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let id = match upgrade.message().await.unwrap().unwrap().event {
+        Some(proto::migration_event::Event::Accepted(a)) => a.job_id,
+        other => panic!("first event: {other:?}"),
+    };
+    let mut on_b = RolloutsClient::new(connect(b.addr.clone()).await);
+    let first = until(&mut on_b, &id, Duration::from_secs(30), |r| {
+        count(r, "done") >= 2
+    })
+    .await;
+    let owner_a = first.owner.clone();
+    assert!(!owner_a.is_empty(), "{first:#?}");
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    // A's stream breaks; B, which never stopped, takes over once A's lease expires.
+    while let Ok(Some(_)) = upgrade.message().await {}
+    let done = until(&mut on_b, &id, Duration::from_secs(60), |r| {
+        r.state == "done"
+    })
+    .await;
+    assert_eq!(count(&done, "done"), 8, "{done:#?}");
+    assert!(
+        done.tenants.iter().any(|t| t.replica != owner_a),
+        "B ran tenants: {done:#?}"
+    );
+    s.applied_once().await;
+    drop(b);
 }
 
 // The CLI runs as a blocking child process: the in-process daemon needs its own threads.

@@ -565,9 +565,13 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
         let file = app.graph.revision(app.graph.node(revision).unwrap());
         assert_eq!(r.checksum.as_deref(), Some(file.checksum.as_str()));
         assert_eq!(r.fence_token, Some(*fence));
+        // An Upgrade is a rollout: its revisions are applied on behalf of the caller.
         assert_eq!(
             (r.who.as_str(), r.request_id.as_str()),
-            (who, "req-audit-2")
+            (
+                format!("rollout {accepted} started by {who}").as_str(),
+                "req-audit-2"
+            )
         );
         assert_eq!(r.tenant.as_deref(), Some("audited-1"));
         assert!(

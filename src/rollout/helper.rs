@@ -1,0 +1,121 @@
+//! Helping with a rollout another replica owns: while its owner keeps the gate open on a
+//! wave, take that wave's tenants nobody has taken, through their database locks (a held
+//! lock means another replica has the tenant: skip it), and report each one under
+//! `rollout-tenants/` for the owner to fold in. A claim lives under this replica's lease
+//! until the tenant is final, so if this replica dies the owner runs the tenant again.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use super::driver::{CONTROL_EVERY, Rollouts};
+use super::store::StoreError;
+use super::wave::apply;
+use super::{RolloutState, TenantState};
+use crate::fleet::{FleetError, JobEvent, JobSpec, Selector};
+use crate::registry::tenant::TenantId;
+
+impl Rollouts {
+    /// One helping pass over the open wave of rollout `id` (the supervisor starts the next).
+    pub(super) async fn help(&self, id: &str) -> Result<(), StoreError> {
+        let Some(w) = self.store.open_wave(id).await? else {
+            return Ok(());
+        };
+        let (doc, _) = self.store.get(id).await?;
+        if doc.state != RolloutState::Running {
+            return Ok(());
+        }
+        let taken = self.store.result_ids(id).await?;
+        let mut todo: Vec<_> = doc
+            .tenants
+            .iter()
+            .filter(|t| t.wave == w && !taken.contains(&t.id))
+            .filter(|t| matches!(t.state, TenantState::Pending | TenantState::Interrupted))
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // Another order than the owner's (wave order) and other helpers', so they rarely meet.
+        todo.sort_by_key(|t| {
+            let mut h = std::hash::DefaultHasher::new();
+            (&self.owner, &t.id).hash(&mut h);
+            h.finish()
+        });
+        let spec = JobSpec {
+            app: doc.spec.app.clone(),
+            direction: doc.spec.direction,
+            target: doc.spec.target.clone(),
+            selector: Selector::Ids(
+                todo.iter()
+                    .filter_map(|t| TenantId::parse("tenant", &t.id).ok())
+                    .collect(),
+            ),
+            concurrency: doc.spec.concurrency as usize,
+            dry_run: false,
+            allow_changed: doc.spec.allow_changed,
+            skip_locked: true,
+            leave: None,
+            caller: Self::caller_for(&doc),
+        };
+        let mut job = match self.fleet.start(spec).await {
+            Ok(job) => job,
+            Err(FleetError::ShuttingDown) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(rollout = %id, error = %e, "could not help with the rollout");
+                return Ok(());
+            }
+        };
+        let job_id = match &job.accepted {
+            JobEvent::Accepted { job_id, .. } => job_id.clone(),
+            _ => String::new(),
+        };
+        tracing::info!(rollout = %id, wave = w, tenants = todo.len(), "helping with a rollout");
+        let mut tenants: HashMap<String, _> = todo.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let mut control_tick = tokio::time::interval(CONTROL_EVERY);
+        let mut stopped = false;
+        // Every event is drained to the end: a claim written must become final (or vanish
+        // with the lease), or the owner would wait for it.
+        loop {
+            tokio::select! {
+                event = job.events.recv() => match event {
+                    Some(JobEvent::Tenant { tenant_id, event }) => {
+                        let Some(t) = tenants.get_mut(&tenant_id) else { continue };
+                        if apply(t, event, &mut 0, &self.owner).is_none() {
+                            continue;
+                        }
+                        let lease = match t.state {
+                            TenantState::Running => Some(self.lease),
+                            TenantState::Done | TenantState::Failed | TenantState::Interrupted => None,
+                            _ => continue,
+                        };
+                        self.report(id, t, lease).await;
+                    }
+                    Some(JobEvent::Summary(_)) | None => break,
+                    Some(_) => {}
+                },
+                _ = control_tick.tick(), if !stopped => {
+                    // The owner closed the gate (halt, pause, cancel, wave over) or is gone.
+                    if !matches!(self.store.open_wave(id).await, Ok(Some(open)) if open == w) {
+                        stopped = true;
+                        let _ = self.fleet.cancel(&job_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a tenant's result, retrying a few times: the owner relies on it.
+    async fn report(&self, id: &str, t: &super::TenantDoc, lease: Option<i64>) {
+        for attempt in 1..=5 {
+            match self.store.put_result(id, t, lease).await {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => {
+                    tracing::error!(rollout = %id, tenant = %t.id, error = %e, "could not report a tenant's result; the owner runs it again once this replica's lease ends");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
+            }
+        }
+    }
+}

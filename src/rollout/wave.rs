@@ -1,0 +1,419 @@
+//! One wave of a rollout, as its owner runs it: its own fleet jobs over the wave's tenants,
+//! plus what helping replicas report ([`super::helper`]), folded into the document, with the
+//! failure budget checked on both. The owner opens the wave to helpers through the gate key,
+//! and closes it when it stops taking tenants; it then waits for the helpers' tenants in
+//! flight before it records the wave's end.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use super::driver::{CONTROL_EVERY, Rollouts};
+use super::store::{Desired, StoreError};
+use super::{RolloutDoc, Tally, TenantDoc, TenantState, over_budget};
+use crate::fleet::{FleetError, JobEvent, JobSpec, JobStream, Leave, Selector, TenantEvent};
+use crate::registry::tenant::TenantId;
+
+/// Per-tenant progress is written to etcd at most this often (state changes at once).
+const SAVE_EVERY: Duration = Duration::from_millis(250);
+/// How often the owner reads helpers' results.
+const MERGE_EVERY: Duration = Duration::from_millis(250);
+
+pub(super) enum WaveEnd {
+    Completed,
+    Halted(String),
+    /// Pause or cancel was asked for: the loop looks at the control again.
+    Interrupted,
+    /// Shutdown or lost ownership: stop driving, leave the state for the next owner.
+    Stop,
+}
+
+/// The owner's running state of one wave.
+struct WaveRun {
+    w: u32,
+    canary: bool,
+    halting: Option<String>,
+    interrupted: bool,
+    lost: bool,
+    dirty: bool,
+    /// Tenants helpers have (running or finished): the owner's jobs leave them alone.
+    taken: Arc<Mutex<HashSet<String>>>,
+    /// The etcd revision up to which helpers' results are folded in.
+    merged_at: i64,
+    job_id: Option<String>,
+}
+
+impl Rollouts {
+    pub(super) async fn run_wave(
+        &self,
+        doc: &mut RolloutDoc,
+        w: usize,
+        consecutive: &mut u32,
+    ) -> Result<WaveEnd, StoreError> {
+        let mut run = WaveRun {
+            w: w as u32,
+            canary: doc.waves[w].name == "canary",
+            halting: None,
+            interrupted: false,
+            lost: false,
+            dirty: false,
+            taken: Arc::default(),
+            merged_at: 0,
+            job_id: None,
+        };
+        if !self
+            .store
+            .set_gate(&doc.id, &self.owner, Some(run.w))
+            .await?
+        {
+            return Ok(WaveEnd::Stop);
+        }
+        let mut closed_at: Option<Instant> = None;
+        let mut save_tick = tokio::time::interval(SAVE_EVERY);
+        let mut control_tick = tokio::time::interval(CONTROL_EVERY);
+        let mut merge_tick = tokio::time::interval(MERGE_EVERY);
+        loop {
+            let stopping = run.halting.is_some() || run.interrupted || run.lost;
+            if run.lost || self.shutdown.is_cancelled() {
+                break; // the next owner picks up whatever is in flight
+            }
+            if stopping && closed_at.is_none() {
+                self.store.set_gate(&doc.id, &self.owner, None).await?;
+                closed_at = Some(Instant::now());
+            }
+            let in_wave = |t: &&TenantDoc| t.wave == run.w;
+            let elsewhere = doc
+                .tenants
+                .iter()
+                .filter(in_wave)
+                .any(|t| t.state == TenantState::Running && t.replica != self.owner);
+            let todo: Vec<String> = if stopping {
+                vec![]
+            } else {
+                let taken = run.taken.lock().unwrap();
+                doc.tenants
+                    .iter()
+                    .filter(in_wave)
+                    .filter(|t| matches!(t.state, TenantState::Pending | TenantState::Interrupted))
+                    .filter(|t| !taken.contains(&t.id))
+                    .map(|t| t.id.clone())
+                    .collect()
+            };
+            if todo.is_empty() && !elsewhere {
+                // A helper may still take a tenant just before it sees the gate closed.
+                let settled = closed_at.is_some_and(|at| at.elapsed() >= CONTROL_EVERY * 2);
+                let all_final = doc
+                    .tenants
+                    .iter()
+                    .filter(in_wave)
+                    .all(|t| matches!(t.state, TenantState::Done | TenantState::Failed));
+                if (stopping && settled) || (!stopping && all_final) {
+                    break;
+                }
+            }
+            let mut job = match todo.is_empty() {
+                true => None,
+                false => match self.start_job(doc, &run, todo).await {
+                    Ok(job) => Some(job),
+                    Err(FleetError::ShuttingDown) => break,
+                    Err(e) => {
+                        run.halting = Some(format!("wave {}: {e}", w + 1));
+                        continue;
+                    }
+                },
+            };
+            run.job_id = job.as_ref().and_then(|j| match &j.accepted {
+                JobEvent::Accepted { job_id, .. } => Some(job_id.clone()),
+                _ => None,
+            });
+            // One pass: until the job ends, or (without a job) until the next merge.
+            let has_job = job.is_some();
+            loop {
+                tokio::select! {
+                    event = async { job.as_mut().expect("guarded").events.recv().await }, if job.is_some() => {
+                        match event {
+                            Some(JobEvent::Tenant { tenant_id, event }) => {
+                                if !matches!(event, TenantEvent::Busy { .. }) {
+                                    self.tell(&doc.id, &tenant_id, &event);
+                                }
+                                let Some(t) = doc.tenant_mut(&tenant_id) else { continue };
+                                let failed = apply(t, event, consecutive, &self.owner);
+                                run.dirty |= failed.is_some();
+                                if failed == Some(true) {
+                                    self.check_budget(doc, &mut run, *consecutive);
+                                }
+                            }
+                            Some(JobEvent::Summary(_)) | None => break,
+                            Some(_) => {}
+                        }
+                    }
+                    _ = merge_tick.tick(), if !run.lost => {
+                        let merged = self.merge(doc, &mut run, consecutive).await;
+                        self.check_store(&mut run, merged.map(|_| true));
+                        if !has_job {
+                            break;
+                        }
+                    }
+                    _ = save_tick.tick(), if run.dirty && !run.lost => {
+                        run.dirty = false;
+                        let saved = self.save(doc).await;
+                        self.check_store(&mut run, saved);
+                    }
+                    _ = control_tick.tick(), if !run.interrupted && !run.lost => {
+                        match self.store.desired(&doc.id).await {
+                            Ok(Desired::Running) => {}
+                            Ok(_) => {
+                                run.interrupted = true;
+                                self.cancel_job(&run);
+                            }
+                            Err(e) => self.check_store(&mut run, Err(e)),
+                        }
+                    }
+                    else => break,
+                }
+            }
+        }
+        if run.lost {
+            tracing::warn!(rollout = %doc.id, "another replica owns this rollout now: stopped driving it");
+            return Ok(WaveEnd::Stop);
+        }
+        if !self.save(doc).await? || !self.store.set_gate(&doc.id, &self.owner, None).await? {
+            return Ok(WaveEnd::Stop);
+        }
+        Ok(match run.halting {
+            Some(reason) => WaveEnd::Halted(reason),
+            None if self.shutdown.is_cancelled() => WaveEnd::Stop,
+            None if run.interrupted => WaveEnd::Interrupted,
+            None => WaveEnd::Completed,
+        })
+    }
+
+    async fn start_job(
+        &self,
+        doc: &RolloutDoc,
+        run: &WaveRun,
+        todo: Vec<String>,
+    ) -> Result<JobStream, FleetError> {
+        let taken = run.taken.clone();
+        let spec = JobSpec {
+            app: doc.spec.app.clone(),
+            direction: doc.spec.direction,
+            target: doc.spec.target.clone(),
+            selector: Selector::Ids(
+                todo.iter()
+                    .filter_map(|i| TenantId::parse("tenant", i).ok())
+                    .collect(),
+            ),
+            concurrency: doc.spec.concurrency as usize,
+            dry_run: false,
+            allow_changed: doc.spec.allow_changed,
+            // A tenant a helper holds is left for now and looked at again after this pass.
+            skip_locked: true,
+            leave: Some(Leave(Arc::new(move |id| {
+                taken.lock().unwrap().contains(id)
+            }))),
+            caller: Self::caller_for(doc),
+        };
+        self.fleet.start(spec).await
+    }
+
+    /// After a write fenced by ownership: on `Ok(false)` (ownership lost) stop taking
+    /// tenants; the job still runs to its end, its events drained and told. An etcd error is
+    /// retried at the next tick: tenant work goes on (if etcd stays away, the lease and with
+    /// it every lock is lost, and the tenants stop on their own).
+    fn check_store(&self, run: &mut WaveRun, outcome: Result<bool, StoreError>) {
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => {
+                run.lost = true;
+                self.cancel_job(run);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd failed while driving a rollout; retrying");
+                run.dirty = true;
+            }
+        }
+    }
+
+    fn cancel_job(&self, run: &WaveRun) {
+        if let Some(id) = &run.job_id {
+            let _ = self.fleet.cancel(id);
+        }
+    }
+
+    fn check_budget(&self, doc: &RolloutDoc, run: &mut WaveRun, consecutive: u32) {
+        if run.halting.is_some() {
+            return;
+        }
+        let wave = Tally::of(doc.tenants.iter().filter(|t| t.wave == run.w));
+        let overall = Tally::of(doc.tenants.iter());
+        if let Some(reason) = over_budget(&doc.spec.budget, run.canary, wave, overall, consecutive)
+        {
+            run.halting = Some(reason);
+            self.cancel_job(run);
+        }
+    }
+
+    /// Fold in what helpers reported since the last merge; a tenant a dead helper was
+    /// running (its claim vanished with its lease) is to be run again.
+    async fn merge(
+        &self,
+        doc: &mut RolloutDoc,
+        run: &mut WaveRun,
+        consecutive: &mut u32,
+    ) -> Result<(), StoreError> {
+        let (results, at) = self.store.results_since(&doc.id, run.merged_at).await?;
+        run.merged_at = at;
+        let mut finished = vec![];
+        for r in results {
+            let Some(t) = doc.tenant_mut(&r.id) else {
+                continue;
+            };
+            let newer = match (r.finished_at, t.finished_at) {
+                (Some(a), Some(b)) => a > b,
+                _ => true,
+            };
+            match r.state {
+                TenantState::Running
+                    if matches!(t.state, TenantState::Pending | TenantState::Interrupted) =>
+                {
+                    run.taken.lock().unwrap().insert(r.id.clone());
+                    *t = TenantDoc { wave: t.wave, ..r };
+                    run.dirty = true;
+                }
+                TenantState::Done | TenantState::Failed
+                    if newer || !matches!(t.state, TenantState::Done | TenantState::Failed) =>
+                {
+                    run.taken.lock().unwrap().insert(r.id.clone());
+                    finished.push((r.id.clone(), remote_event(&r)));
+                    *t = TenantDoc { wave: t.wave, ..r };
+                    run.dirty = true;
+                }
+                TenantState::Interrupted if t.state == TenantState::Running => {
+                    run.taken.lock().unwrap().remove(&r.id);
+                    t.state = TenantState::Interrupted;
+                    run.dirty = true;
+                }
+                _ => {}
+            }
+        }
+        for (tenant_id, event) in finished {
+            self.tell(&doc.id, &tenant_id, &event);
+            if matches!(event, TenantEvent::Failed(_)) {
+                *consecutive += 1;
+                self.check_budget(doc, run, *consecutive);
+            } else {
+                *consecutive = 0;
+            }
+        }
+        let elsewhere = |t: &TenantDoc| {
+            t.wave == run.w && t.state == TenantState::Running && t.replica != self.owner
+        };
+        if doc.tenants.iter().any(elsewhere) {
+            let live = self.store.live_claims(&doc.id).await?;
+            for t in doc.tenants.iter_mut() {
+                if elsewhere(t) && !live.contains(&t.id) {
+                    tracing::warn!(rollout = %doc.id, tenant = %t.id, replica = %t.replica, "a helping replica went away mid-tenant: it runs again");
+                    run.taken.lock().unwrap().remove(&t.id);
+                    t.state = TenantState::Interrupted;
+                    run.dirty = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A helper's final result as the event a local stream shows.
+fn remote_event(t: &TenantDoc) -> TenantEvent {
+    if t.state == TenantState::Failed {
+        return TenantEvent::Failed(crate::fleet::events::Failure {
+            message: format!("on replica {}: {}", t.replica, t.error),
+            ..Default::default()
+        });
+    }
+    if t.applied == 0 {
+        return TenantEvent::UpToDate {
+            revisions: t.revisions.clone(),
+        };
+    }
+    let duration = match (t.started_at, t.finished_at) {
+        (Some(a), Some(b)) => (b - a).to_std().unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    TenantEvent::Done {
+        revisions: t.revisions.clone(),
+        applied: t.applied,
+        duration,
+    }
+}
+
+/// One job event into the tenant's rollout state. `None`: no change; `Some(failed)`.
+pub(super) fn apply(
+    t: &mut TenantDoc,
+    event: TenantEvent,
+    consecutive: &mut u32,
+    replica: &str,
+) -> Option<bool> {
+    let now = Some(Utc::now());
+    match event {
+        TenantEvent::Locked { .. } => {
+            t.state = TenantState::Running;
+            t.started_at = now;
+            t.attempts += 1;
+            t.replica = replica.to_string();
+        }
+        TenantEvent::UpToDate { revisions } => {
+            t.state = TenantState::Done;
+            t.revisions = revisions;
+            t.applied = 0;
+            t.error.clear();
+            t.finished_at = now;
+            *consecutive = 0;
+        }
+        TenantEvent::Done {
+            revisions, applied, ..
+        } => {
+            t.applied = applied;
+            t.state = TenantState::Done;
+            t.revisions = revisions;
+            t.error.clear();
+            t.finished_at = now;
+            *consecutive = 0;
+        }
+        TenantEvent::Failed(f) => {
+            t.state = TenantState::Failed;
+            t.error = [
+                (!f.revision.is_empty()).then(|| format!("revision {}", f.revision)),
+                (!f.sqlstate.is_empty()).then(|| format!("SQLSTATE {}", f.sqlstate)),
+                (!f.location.is_empty()).then(|| f.location.clone()),
+                Some(f.message),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+            t.finished_at = now;
+            *consecutive += 1;
+            return Some(true);
+        }
+        // Not started (pause, cancel, halt, shutdown): it stays to do, unless another
+        // replica has it meanwhile.
+        TenantEvent::Skipped { .. }
+            if matches!(t.state, TenantState::Pending | TenantState::Interrupted) =>
+        {
+            t.state = TenantState::Pending
+        }
+        TenantEvent::Interrupted { .. }
+            if t.replica == replica
+                || matches!(t.state, TenantState::Pending | TenantState::Interrupted) =>
+        {
+            t.state = TenantState::Interrupted
+        }
+        _ => return None,
+    }
+    Some(false)
+}
