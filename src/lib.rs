@@ -5,7 +5,8 @@
 //! - [`app`]: composition root of `fleetmig serve`; [`transport`]: its TLS edges.
 //! - [`grpc`]: tonic services and the auth layer; [`auth`]: callers and scopes;
 //!   [`audit`]: audit records.
-//! - [`rollout`]: fleet-wide rollouts in waves, persisted in etcd, driven by any replica.
+//! - [`rollout`]: fleet-wide rollouts in waves, persisted in etcd, driven by one replica and
+//!   shared with the others.
 //! - [`fleet`]: jobs over many tenants; [`registry`]: tenants and pools; [`lock`]: etcd locks.
 //! - [`engine`]: one database: version and history tables, apply, stamp, offline SQL.
 //! - [`revision`]: revision files, placeholders, SQL splitting, the graph, pure planning.
