@@ -106,15 +106,21 @@ impl Rollouts {
         Ok(())
     }
 
-    /// Write a tenant's result, retrying a few times: the owner relies on it.
+    /// Write a tenant's result until etcd takes it: the owner waits for a claimed tenant's
+    /// final result (or for the claim to vanish with this replica's lease, at shutdown).
     async fn report(&self, id: &str, t: &super::TenantDoc, lease: Option<i64>) {
-        for attempt in 1..=5 {
+        let mut delay = Duration::from_millis(100);
+        loop {
             match self.store.put_result(id, t, lease).await {
                 Ok(()) => return,
-                Err(e) if attempt == 5 => {
-                    tracing::error!(rollout = %id, tenant = %t.id, error = %e, "could not report a tenant's result; the owner runs it again once this replica's lease ends");
+                Err(e) => {
+                    tracing::warn!(rollout = %id, tenant = %t.id, error = %e, "reporting a tenant's result; retrying");
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
             }
         }
     }

@@ -419,27 +419,6 @@ impl RolloutStore {
         Ok((docs, at))
     }
 
-    /// Tenants a live helper is running now (their result key is still under a lease).
-    pub async fn live_claims(
-        &self,
-        id: &str,
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let dir = self.results_dir(id);
-        let r = self
-            .client
-            .kv_client()
-            .get(
-                dir.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
-        Ok(r.kvs()
-            .iter()
-            .filter(|kv| kv.lease() != 0)
-            .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
-            .collect())
-    }
-
     /// Every tenant with a result (running or final).
     pub async fn result_ids(
         &self,

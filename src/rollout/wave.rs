@@ -72,6 +72,7 @@ impl Rollouts {
             return Ok(WaveEnd::Stop);
         }
         let mut closed_at: Option<Instant> = None;
+        let mut passes = 0u32;
         let mut save_tick = tokio::time::interval(SAVE_EVERY);
         let mut control_tick = tokio::time::interval(CONTROL_EVERY);
         let mut merge_tick = tokio::time::interval(MERGE_EVERY);
@@ -104,7 +105,7 @@ impl Rollouts {
             };
             if todo.is_empty() && !elsewhere {
                 // A helper may still take a tenant just before it sees the gate closed.
-                let settled = closed_at.is_some_and(|at| at.elapsed() >= CONTROL_EVERY * 2);
+                let settled = closed_at.is_some_and(|at| at.elapsed() >= CONTROL_EVERY * 3);
                 let all_final = doc
                     .tenants
                     .iter()
@@ -131,12 +132,19 @@ impl Rollouts {
             });
             // One pass: until the job ends, or (without a job) until the next merge.
             let has_job = job.is_some();
+            let mut progressed = false;
             loop {
                 tokio::select! {
                     event = async { job.as_mut().expect("guarded").events.recv().await }, if job.is_some() => {
                         match event {
                             Some(JobEvent::Tenant { tenant_id, event }) => {
-                                if !matches!(event, TenantEvent::Busy { .. }) {
+                                let queued = matches!(event, TenantEvent::Queued);
+                                if matches!(event, TenantEvent::Locked { .. }) {
+                                    progressed = true;
+                                }
+                                // Busy tenants are tried again: one `queued` per tenant is enough.
+                                let repeat = matches!(event, TenantEvent::Busy { .. }) || (queued && passes > 0);
+                                if !repeat {
                                     self.tell(&doc.id, &tenant_id, &event);
                                 }
                                 let Some(t) = doc.tenant_mut(&tenant_id) else { continue };
@@ -173,6 +181,24 @@ impl Rollouts {
                         }
                     }
                     else => break,
+                }
+            }
+            if has_job {
+                passes += 1;
+                // A tenant of ours still running after our job ended (its task panicked) is
+                // to be run again.
+                for t in doc.tenants.iter_mut() {
+                    if t.wave == run.w && t.state == TenantState::Running && t.replica == self.owner
+                    {
+                        t.state = TenantState::Interrupted;
+                    }
+                }
+                if !progressed {
+                    // Every tenant was busy: wait for helpers' results or the holders to let go.
+                    tokio::select! {
+                        _ = tokio::time::sleep(MERGE_EVERY) => {}
+                        _ = self.shutdown.cancelled() => {}
+                    }
                 }
             }
         }
@@ -272,10 +298,6 @@ impl Rollouts {
             let Some(t) = doc.tenant_mut(&r.id) else {
                 continue;
             };
-            let newer = match (r.finished_at, t.finished_at) {
-                (Some(a), Some(b)) => a > b,
-                _ => true,
-            };
             match r.state {
                 TenantState::Running
                     if matches!(t.state, TenantState::Pending | TenantState::Interrupted) =>
@@ -284,8 +306,10 @@ impl Rollouts {
                     *t = TenantDoc { wave: t.wave, ..r };
                     run.dirty = true;
                 }
+                // The first final outcome stands: a helper that ran a tenant again from a
+                // stale list (finding it up to date, or failing) does not rewrite it.
                 TenantState::Done | TenantState::Failed
-                    if newer || !matches!(t.state, TenantState::Done | TenantState::Failed) =>
+                    if !matches!(t.state, TenantState::Done | TenantState::Failed) =>
                 {
                     run.taken.lock().unwrap().insert(r.id.clone());
                     finished.push((r.id.clone(), remote_event(&r)));
@@ -313,9 +337,11 @@ impl Rollouts {
             t.wave == run.w && t.state == TenantState::Running && t.replica != self.owner
         };
         if doc.tenants.iter().any(elsewhere) {
-            let live = self.store.live_claims(&doc.id).await?;
+            // A claim's key lives under its helper's lease until the result is final: absent
+            // means the helper died (a final result written since is still present).
+            let present = self.store.result_ids(&doc.id).await?;
             for t in doc.tenants.iter_mut() {
-                if elsewhere(t) && !live.contains(&t.id) {
+                if elsewhere(t) && !present.contains(&t.id) {
                     tracing::warn!(rollout = %doc.id, tenant = %t.id, replica = %t.replica, "a helping replica went away mid-tenant: it runs again");
                     run.taken.lock().unwrap().remove(&t.id);
                     t.state = TenantState::Interrupted;
