@@ -177,17 +177,27 @@ impl TenantRun {
             fleetmig.fence_token = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let locking = if self.spec.skip_locked {
-            self.fleet.locks.try_lock(&key)
+        // A try-lock answers at once, so connect meanwhile: one round trip fewer per tenant,
+        // and nothing is written before the lock is held. A waiting lock may take long: no
+        // connection is held while it waits.
+        let (guard, early_conn) = if self.spec.skip_locked {
+            let (g, c) = tokio::join!(
+                self.fleet
+                    .locks
+                    .try_lock(&key)
+                    .instrument(lock_span.clone()),
+                self.fleet.pools.get(&tenant.connection)
+            );
+            (g, Some(c))
         } else {
-            self.fleet.locks.lock(&key, self.fleet.limits.lock_wait)
-        };
-        let guard = tokio::select! {
-            g = locking.instrument(lock_span.clone()) => g,
-            _ = self.cancel.cancelled() => {
-                self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
-                return Outcome::Skipped;
-            }
+            let g = tokio::select! {
+                g = self.fleet.locks.lock(&key, self.fleet.limits.lock_wait).instrument(lock_span.clone()) => g,
+                _ = self.cancel.cancelled() => {
+                    self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
+                    return Outcome::Skipped;
+                }
+            };
+            (g, None)
         };
         let waited = waiting.elapsed();
         lock_span.record("fleetmig.lock.wait_ms", waited.as_millis() as u64);
@@ -239,7 +249,11 @@ impl TenantRun {
                 wait: waiting.elapsed(),
             },
         );
-        let mut conn = match self.fleet.pools.get(&tenant.connection).await {
+        let connected = match early_conn {
+            Some(c) => c,
+            None => self.fleet.pools.get(&tenant.connection).await,
+        };
+        let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 guard.release().await;
