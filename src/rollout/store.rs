@@ -392,31 +392,47 @@ impl RolloutStore {
         Ok(())
     }
 
-    /// Results written after etcd revision `since`, and the revision read at.
-    pub async fn results_since(
+    /// The owner's poll, in one request: what operators want, the results written after etcd
+    /// revision `since`, and the revision read at.
+    pub async fn poll(
         &self,
         id: &str,
         since: i64,
-    ) -> Result<(Vec<TenantDoc>, i64), StoreError> {
+    ) -> Result<(Desired, Vec<TenantDoc>, i64), StoreError> {
+        let results = GetOptions::new()
+            .with_prefix()
+            .with_min_mod_revision(since + 1);
         let r = self
             .client
             .kv_client()
-            .get(
-                self.results_dir(id),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_min_mod_revision(since + 1),
-                ),
-            )
+            .txn(Txn::new().and_then([
+                TxnOp::get(self.control_key(id), None),
+                TxnOp::get(self.results_dir(id), Some(results)),
+            ]))
             .await?;
         let at = r.header().map(|h| h.revision()).unwrap_or(since);
-        let docs = r
-            .kvs()
-            .iter()
-            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-            .collect();
-        Ok((docs, at))
+        let mut gets = r.op_responses().into_iter().filter_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let desired = gets
+            .next()
+            .and_then(|g| {
+                g.kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice(kv.value()).ok())
+            })
+            .unwrap_or_default();
+        let docs = gets
+            .next()
+            .map(|g| {
+                g.kvs()
+                    .iter()
+                    .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((desired, docs, at))
     }
 
     /// Every tenant with a result (running or final).

@@ -19,8 +19,8 @@ use crate::registry::tenant::TenantId;
 
 /// Per-tenant progress is written to etcd at most this often (state changes at once).
 const SAVE_EVERY: Duration = Duration::from_millis(250);
-/// How often the owner reads helpers' results.
-const MERGE_EVERY: Duration = Duration::from_millis(250);
+/// How often the owner reads what operators want (pause, cancel) and helpers' results.
+const POLL_EVERY: Duration = Duration::from_millis(200);
 
 pub(super) enum WaveEnd {
     Completed,
@@ -74,8 +74,7 @@ impl Rollouts {
         let mut closed_at: Option<Instant> = None;
         let mut passes = 0u32;
         let mut save_tick = tokio::time::interval(SAVE_EVERY);
-        let mut control_tick = tokio::time::interval(CONTROL_EVERY);
-        let mut merge_tick = tokio::time::interval(MERGE_EVERY);
+        let mut poll_tick = tokio::time::interval(POLL_EVERY);
         loop {
             let stopping = run.halting.is_some() || run.interrupted || run.lost;
             if run.lost || self.shutdown.is_cancelled() {
@@ -158,9 +157,16 @@ impl Rollouts {
                             Some(_) => {}
                         }
                     }
-                    _ = merge_tick.tick(), if !run.lost => {
-                        let merged = self.merge(doc, &mut run, consecutive).await;
-                        self.check_store(&mut run, merged.map(|_| true));
+                    _ = poll_tick.tick(), if !run.lost => {
+                        match self.merge(doc, &mut run, consecutive).await {
+                            Ok(Desired::Running) => {}
+                            Ok(_) if !run.interrupted => {
+                                run.interrupted = true;
+                                self.cancel_job(&run);
+                            }
+                            Ok(_) => {}
+                            Err(e) => self.check_store(&mut run, Err(e)),
+                        }
                         if !has_job {
                             break;
                         }
@@ -169,16 +175,6 @@ impl Rollouts {
                         run.dirty = false;
                         let saved = self.save(doc).await;
                         self.check_store(&mut run, saved);
-                    }
-                    _ = control_tick.tick(), if !run.interrupted && !run.lost => {
-                        match self.store.desired(&doc.id).await {
-                            Ok(Desired::Running) => {}
-                            Ok(_) => {
-                                run.interrupted = true;
-                                self.cancel_job(&run);
-                            }
-                            Err(e) => self.check_store(&mut run, Err(e)),
-                        }
                     }
                     else => break,
                 }
@@ -196,7 +192,7 @@ impl Rollouts {
                 if !progressed {
                     // Every tenant was busy: wait for helpers' results or the holders to let go.
                     tokio::select! {
-                        _ = tokio::time::sleep(MERGE_EVERY) => {}
+                        _ = tokio::time::sleep(POLL_EVERY) => {}
                         _ = self.shutdown.cancelled() => {}
                     }
                 }
@@ -283,15 +279,15 @@ impl Rollouts {
         }
     }
 
-    /// Fold in what helpers reported since the last merge; a tenant a dead helper was
-    /// running (its claim vanished with its lease) is to be run again.
+    /// Fold in what helpers reported since the last merge (a tenant a dead helper was running,
+    /// its claim gone with its lease, is to be run again); return what operators want.
     async fn merge(
         &self,
         doc: &mut RolloutDoc,
         run: &mut WaveRun,
         consecutive: &mut u32,
-    ) -> Result<(), StoreError> {
-        let (results, at) = self.store.results_since(&doc.id, run.merged_at).await?;
+    ) -> Result<Desired, StoreError> {
+        let (desired, results, at) = self.store.poll(&doc.id, run.merged_at).await?;
         run.merged_at = at;
         let mut finished = vec![];
         for r in results {
@@ -349,7 +345,7 @@ impl Rollouts {
                 }
             }
         }
-        Ok(())
+        Ok(desired)
     }
 }
 
