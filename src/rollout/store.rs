@@ -75,15 +75,28 @@ impl RolloutStore {
         self.client.clone()
     }
 
-    fn encode(doc: &RolloutDoc) -> Vec<u8> {
-        serde_json::to_vec(doc).expect("rollouts serialize")
+    /// gzip-compressed JSON: a tenant's entry repeats the same keys and replica names, so a
+    /// document shrinks about tenfold.
+    pub fn encode(doc: &RolloutDoc) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+        serde_json::to_writer(&mut gz, doc).expect("rollouts serialize");
+        gz.flush().expect("writes to memory");
+        gz.finish().expect("writes to memory")
     }
 
+    /// gzip-compressed or (as written before compression) plain JSON.
     pub fn decode(id: &str, bytes: &[u8]) -> Result<RolloutDoc, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        let corrupt = |message: String| StoreError::Corrupt {
             id: id.to_string(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            serde_json::from_reader(flate2::read::GzDecoder::new(bytes))
+                .map_err(|e| corrupt(e.to_string()))
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
+        }
     }
 
     /// Create the rollout, or return the one its idempotency key already names. With `owner`
@@ -265,6 +278,7 @@ impl RolloutStore {
         let mut ops = vec![TxnOp::put(self.doc_key(&doc.id), Self::encode(doc), None)];
         if doc.state.is_final() {
             ops.push(TxnOp::delete(self.active_key(&doc.id), None));
+            ops.push(TxnOp::delete(self.control_key(&doc.id), None));
             ops.push(TxnOp::delete(key.as_str(), None));
             ops.push(TxnOp::delete(self.gate_key(&doc.id), None));
             ops.push(TxnOp::delete(
@@ -315,6 +329,11 @@ impl RolloutStore {
                         TxnOp::put(self.doc_key(&doc.id), Self::encode(doc), None),
                         TxnOp::put(self.active_key(&doc.id), doc.id.as_bytes(), None),
                         TxnOp::put(self.control_key(&doc.id), control, None),
+                        // A result a helper wrote late must not count in the new run.
+                        TxnOp::delete(
+                            self.results_dir(&doc.id),
+                            Some(etcd_client::DeleteOptions::new().with_prefix()),
+                        ),
                     ]),
             )
             .await?;
@@ -373,7 +392,8 @@ impl RolloutStore {
         })
     }
 
-    /// Record a tenant run by a helper: under `lease` while it runs, without once final.
+    /// Record a tenant run by a helper: under `lease` while it runs, without once final; only
+    /// while the rollout is active (a late result of a finished one is dropped).
     pub async fn put_result(
         &self,
         id: &str,
@@ -383,10 +403,18 @@ impl RolloutStore {
         let options = lease.map(|l| PutOptions::new().with_lease(l));
         self.client
             .kv_client()
-            .put(
-                format!("{}{}", self.results_dir(id), tenant.id),
-                serde_json::to_vec(tenant).expect("serializable"),
-                options,
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        self.active_key(id),
+                        CompareOp::Greater,
+                        0,
+                    )])
+                    .and_then([TxnOp::put(
+                        format!("{}{}", self.results_dir(id), tenant.id),
+                        serde_json::to_vec(tenant).expect("serializable"),
+                        options,
+                    )]),
             )
             .await?;
         Ok(())

@@ -111,3 +111,76 @@ fn the_budget_halts_on_counts_percentages_streaks_and_any_canary_failure() {
     assert_eq!(over_budget(&streak, false, t(9, 2), t(9, 2), 2), None);
     assert!(over_budget(&streak, false, t(9, 3), t(9, 3), 3).is_some());
 }
+
+#[test]
+fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
+    let now = Utc::now();
+    let tenants = (0..10_000)
+        .map(|i| TenantDoc {
+            id: format!("tenant-{i:05}"),
+            wave: 0,
+            state: TenantState::Done,
+            error: if i % 100 == 0 {
+                format!(
+                    "revision 0002: SQLSTATE 42P07: 0002.sql:3: relation \"t{i}\" already exists"
+                )
+            } else {
+                String::new()
+            },
+            revisions: vec!["0003".into()],
+            started_at: Some(now),
+            finished_at: Some(now + chrono::Duration::milliseconds(i)),
+            attempts: 1,
+            replica: format!(
+                "fleetmig-{} pid {} lease 694d9a{:x}",
+                i % 3,
+                4000 + i % 3,
+                i % 3
+            ),
+            applied: 3,
+        })
+        .collect();
+    let doc = RolloutDoc {
+        id: "0123456789abcdef".into(),
+        spec: RolloutSpec {
+            app: "aletheia".into(),
+            direction: crate::model::Direction::Upgrade,
+            target: "head".into(),
+            selector: SelectorDoc::All,
+            waves: WavePlan::default(),
+            budget: FailureBudget::default(),
+            concurrency: 8,
+            idempotency_key: String::new(),
+            allow_changed: false,
+        },
+        state: RolloutState::Done,
+        reason: String::new(),
+        waves: vec![],
+        tenants,
+        created_at: now,
+        updated_at: now,
+        created_by: "ops (token)".into(),
+        request_id: "r".into(),
+    };
+    let bytes = store::RolloutStore::encode(&doc);
+    let plain = serde_json::to_vec(&doc).unwrap().len();
+    assert!(
+        bytes.len() < 1024 * 1024,
+        "{} bytes compressed ({plain} plain): over etcd's 1.5 MiB request limit soon",
+        bytes.len()
+    );
+    assert!(
+        plain > 1536 * 1024,
+        "the plain document ({plain}) would not fit"
+    );
+    eprintln!(
+        "10,000 tenants: {plain} bytes of JSON, {} compressed",
+        bytes.len()
+    );
+    assert_eq!(store::RolloutStore::decode("x", &bytes).unwrap(), doc);
+    // Documents written before compression still read.
+    assert_eq!(
+        store::RolloutStore::decode("x", &serde_json::to_vec(&doc).unwrap()).unwrap(),
+        doc
+    );
+}
