@@ -186,6 +186,10 @@ impl Fleet {
         &self.audit
     }
 
+    pub fn limits(&self) -> &FleetLimits {
+        &self.limits
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

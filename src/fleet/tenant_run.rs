@@ -177,27 +177,27 @@ impl TenantRun {
             fleetmig.fence_token = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        // A try-lock answers at once, so connect meanwhile: one round trip fewer per tenant,
-        // and nothing is written before the lock is held. A waiting lock may take long: no
-        // connection is held while it waits.
-        let (guard, early_conn) = if self.spec.skip_locked {
-            let (g, c) = tokio::join!(
-                self.fleet
-                    .locks
-                    .try_lock(&key)
-                    .instrument(lock_span.clone()),
-                self.fleet.pools.get(&tenant.connection)
-            );
-            (g, Some(c))
+        // A try-lock answers at once, so start connecting meanwhile: one round trip fewer per
+        // tenant, and nothing is written before the lock is held. A waiting lock may take long:
+        // then no connection is taken while it waits.
+        let locking = if self.spec.skip_locked {
+            self.fleet.locks.try_lock(&key)
         } else {
-            let g = tokio::select! {
-                g = self.fleet.locks.lock(&key, self.fleet.limits.lock_wait).instrument(lock_span.clone()) => g,
+            self.fleet.locks.lock(&key, self.fleet.limits.lock_wait)
+        };
+        let locking = locking.instrument(lock_span.clone());
+        let connecting = self.fleet.pools.get(&tenant.connection);
+        tokio::pin!(locking, connecting);
+        let mut early_conn = None;
+        let guard = loop {
+            tokio::select! {
+                g = &mut locking => break g,
+                c = &mut connecting, if self.spec.skip_locked && early_conn.is_none() => early_conn = Some(c),
                 _ = self.cancel.cancelled() => {
                     self.emit(&tenant, TenantEvent::Skipped { reason: super::skipped_reason(&self.fleet.shutdown) });
                     return Outcome::Skipped;
                 }
-            };
-            (g, None)
+            }
         };
         let waited = waiting.elapsed();
         lock_span.record("fleetmig.lock.wait_ms", waited.as_millis() as u64);
@@ -251,7 +251,7 @@ impl TenantRun {
         );
         let connected = match early_conn {
             Some(c) => c,
-            None => self.fleet.pools.get(&tenant.connection).await,
+            None => connecting.await,
         };
         let mut conn = match connected {
             Ok(c) => c,

@@ -277,7 +277,10 @@ impl Rollouts {
             return Ok(());
         }
         for id in self.store.active_ids().await? {
-            if self.driving.lock().unwrap().contains(&id) {
+            // Not while our own helper pass runs on it: its claims would look like ours.
+            if self.driving.lock().unwrap().contains(&id)
+                || self.helping.lock().unwrap().contains(&id)
+            {
                 continue;
             }
             if self.store.claim(&id, &self.owner, self.lease).await? {
@@ -308,8 +311,19 @@ impl Rollouts {
         use tracing::Instrument;
         let me = self.clone();
         let drive = async move {
-            if let Err(e) = me.drive(&id).await {
-                tracing::error!(rollout = %id, error = %e, "rollout driver stopped");
+            // An etcd error stops one drive; while we still own the rollout, drive it again
+            // (local streams stay attached).
+            while let Err(e) = me.drive(&id).await {
+                tracing::error!(rollout = %id, error = %e, "rollout driver stopped; retrying in a second");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = me.shutdown.cancelled() => break,
+                }
+                match me.store.owner(&id).await {
+                    Ok(Some(o)) if o == me.owner => {}
+                    Ok(_) => break,
+                    Err(_) => {} // etcd still away: our lease decides
+                }
             }
             let _ = me.store.release(&id, &me.owner).await;
             me.driving.lock().unwrap().remove(&id);

@@ -4,15 +4,16 @@
 //! `rollout-tenants/` for the owner to fold in. A claim lives under this replica's lease
 //! until the tenant is final, so if this replica dies the owner runs the tenant again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::driver::{CONTROL_EVERY, Rollouts};
 use super::store::StoreError;
 use super::wave::apply;
 use super::{RolloutState, TenantState};
-use crate::fleet::{FleetError, JobEvent, JobSpec, Selector};
+use crate::fleet::{FleetError, JobEvent, JobSpec, Leave, Selector};
 use crate::registry::tenant::TenantId;
 
 impl Rollouts {
@@ -42,6 +43,9 @@ impl Rollouts {
             (&self.owner, &t.id).hash(&mut h);
             h.finish()
         });
+        // Tenants others finished or took since this pass began: refreshed every second, asked
+        // before each tenant starts.
+        let done: Arc<Mutex<HashSet<String>>> = Arc::default();
         let spec = JobSpec {
             app: doc.spec.app.clone(),
             direction: doc.spec.direction,
@@ -55,7 +59,10 @@ impl Rollouts {
             dry_run: false,
             allow_changed: doc.spec.allow_changed,
             skip_locked: true,
-            leave: None,
+            leave: Some(Leave(Arc::new({
+                let done = done.clone();
+                move |tenant| done.lock().unwrap().contains(tenant)
+            }))),
             caller: Self::caller_for(&doc),
         };
         let mut job = match self.fleet.start(spec).await {
@@ -73,6 +80,7 @@ impl Rollouts {
         tracing::info!(rollout = %id, wave = w, tenants = todo.len(), "helping with a rollout");
         let mut tenants: HashMap<String, _> = todo.into_iter().map(|t| (t.id.clone(), t)).collect();
         let mut control_tick = tokio::time::interval(CONTROL_EVERY);
+        let mut ticks = 0u32;
         let mut stopped = false;
         // Every event is drained to the end: a claim written must become final (or vanish
         // with the lease), or the owner would wait for it.
@@ -100,10 +108,27 @@ impl Rollouts {
                         stopped = true;
                         let _ = self.fleet.cancel(&job_id);
                     }
+                    ticks += 1;
+                    if ticks.is_multiple_of(5) && !stopped {
+                        self.refresh_done(id, w, &done).await;
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    async fn refresh_done(&self, id: &str, w: u32, done: &Mutex<HashSet<String>>) {
+        let (Ok(taken), Ok((doc, _))) = (self.store.result_ids(id).await, self.store.get(id).await)
+        else {
+            return; // etcd hiccup: the next refresh
+        };
+        let finished = doc.tenants.into_iter().filter(|t| {
+            t.wave == w && !matches!(t.state, TenantState::Pending | TenantState::Interrupted)
+        });
+        let mut set = done.lock().unwrap();
+        set.extend(taken);
+        set.extend(finished.map(|t| t.id));
     }
 
     /// Write a tenant's result until etcd takes it: the owner waits for a claimed tenant's

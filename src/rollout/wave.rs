@@ -4,7 +4,7 @@
 //! and closes it when it stops taking tenants; it then waits for the helpers' tenants in
 //! flight before it records the wave's end.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,10 +14,12 @@ use tokio::time::Instant;
 use super::driver::{CONTROL_EVERY, Rollouts};
 use super::store::{Desired, StoreError};
 use super::{RolloutDoc, Tally, TenantDoc, TenantState, over_budget};
+use crate::fleet::events::Failure;
 use crate::fleet::{FleetError, JobEvent, JobSpec, JobStream, Leave, Selector, TenantEvent};
+use crate::registry::RegistryError;
 use crate::registry::tenant::TenantId;
 
-/// Per-tenant progress is written to etcd at most this often (state changes at once).
+/// Per-tenant progress is written to etcd at most this often per 1,000 tenants.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 /// How often the owner reads what operators want (pause, cancel) and helpers' results.
 const POLL_EVERY: Duration = Duration::from_millis(200);
@@ -71,9 +73,18 @@ impl Rollouts {
         {
             return Ok(WaveEnd::Stop);
         }
+        // What helpers reported already (after a takeover, before any tenant is started).
+        if self.merge(doc, &mut run, consecutive).await? != Desired::Running {
+            run.interrupted = true;
+        }
         let mut closed_at: Option<Instant> = None;
         let mut passes = 0u32;
-        let mut save_tick = tokio::time::interval(SAVE_EVERY);
+        let mut busy_since: HashMap<String, Instant> = HashMap::new();
+        let lock_wait = self.fleet.limits().lock_wait;
+        // Bigger documents are written less often: each write is the whole document, and etcd
+        // keeps every version until it is compacted.
+        let per_thousand = (doc.tenants.len() as u32).div_ceil(1000).max(1);
+        let mut save_tick = tokio::time::interval(SAVE_EVERY * per_thousand);
         let mut poll_tick = tokio::time::interval(POLL_EVERY);
         loop {
             let stopping = run.halting.is_some() || run.interrupted || run.lost;
@@ -119,9 +130,18 @@ impl Rollouts {
                 false => match self.start_job(doc, &run, todo).await {
                     Ok(job) => Some(job),
                     Err(FleetError::ShuttingDown) => break,
-                    Err(e) => {
-                        run.halting = Some(format!("wave {}: {e}", w + 1));
+                    Err(FleetError::Registry(RegistryError::NotFound(gone))) => {
+                        let failure = Failure {
+                            message: "no longer registered".into(),
+                            ..Failure::default()
+                        };
+                        self.fail_here(doc, &mut run, consecutive, gone.as_str(), failure);
                         continue;
+                    }
+                    Err(e) => {
+                        // The registry is unreachable, say: try again after the next poll.
+                        tracing::warn!(rollout = %doc.id, error = %e, "starting a wave's tenants; retrying");
+                        None
                     }
                 },
             };
@@ -137,16 +157,35 @@ impl Rollouts {
                     event = async { job.as_mut().expect("guarded").events.recv().await }, if job.is_some() => {
                         match event {
                             Some(JobEvent::Tenant { tenant_id, event }) => {
-                                let queued = matches!(event, TenantEvent::Queued);
-                                if matches!(event, TenantEvent::Locked { .. }) {
-                                    progressed = true;
-                                }
-                                // Busy tenants are tried again: one `queued` per tenant is enough.
-                                let repeat = matches!(event, TenantEvent::Busy { .. }) || (queued && passes > 0);
-                                if !repeat {
+                                // Busy tenants are tried again each pass: their waiting is told once.
+                                let waiting = matches!(event, TenantEvent::Queued | TenantEvent::WaitingForLock { .. } | TenantEvent::Busy { .. });
+                                if !(waiting && passes > 0) {
                                     self.tell(&doc.id, &tenant_id, &event);
                                 }
+                                match &event {
+                                    TenantEvent::Locked { .. } => {
+                                        progressed = true;
+                                        busy_since.remove(&tenant_id);
+                                    }
+                                    TenantEvent::Busy { holder } => {
+                                        let since = *busy_since.entry(tenant_id.clone()).or_insert_with(Instant::now);
+                                        let helped = run.taken.lock().unwrap().contains(&tenant_id);
+                                        if !helped && since.elapsed() >= lock_wait {
+                                            let failure = Failure {
+                                                message: format!("its database lock stayed held by {holder} for more than {lock_wait:?} (fleet.lock_wait)"),
+                                                ..Failure::default()
+                                            };
+                                            self.fail_here(doc, &mut run, consecutive, &tenant_id, failure);
+                                        }
+                                        continue;
+                                    }
+                                    _ => {}
+                                }
                                 let Some(t) = doc.tenant_mut(&tenant_id) else { continue };
+                                // The first final outcome stands (a helper's, merged meanwhile).
+                                if matches!(t.state, TenantState::Done | TenantState::Failed) {
+                                    continue;
+                                }
                                 let failed = apply(t, event, consecutive, &self.owner);
                                 run.dirty |= failed.is_some();
                                 if failed == Some(true) {
@@ -260,6 +299,26 @@ impl Rollouts {
         }
     }
 
+    /// Record a failure found by the owner itself (not by a tenant run).
+    fn fail_here(
+        &self,
+        doc: &mut RolloutDoc,
+        run: &mut WaveRun,
+        consecutive: &mut u32,
+        tenant_id: &str,
+        failure: Failure,
+    ) {
+        tracing::warn!(rollout = %doc.id, tenant = %tenant_id, error = %failure.message, "tenant failed");
+        let event = TenantEvent::Failed(failure);
+        self.tell(&doc.id, tenant_id, &event);
+        if let Some(t) = doc.tenant_mut(tenant_id) {
+            t.state = TenantState::Pending; // apply() sets the failure on a tenant not final
+            apply(t, event, consecutive, &self.owner);
+            run.dirty = true;
+            self.check_budget(doc, run, *consecutive);
+        }
+    }
+
     fn cancel_job(&self, run: &WaveRun) {
         if let Some(id) = &run.job_id {
             let _ = self.fleet.cancel(id);
@@ -352,7 +411,7 @@ impl Rollouts {
 /// A helper's final result as the event a local stream shows.
 fn remote_event(t: &TenantDoc) -> TenantEvent {
     if t.state == TenantState::Failed {
-        return TenantEvent::Failed(crate::fleet::events::Failure {
+        return TenantEvent::Failed(Failure {
             message: format!("on replica {}: {}", t.replica, t.error),
             ..Default::default()
         });
