@@ -347,6 +347,13 @@ async fn a_watcher_that_reads_nothing_slows_nothing_and_then_gets_a_snapshot() {
         .into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.kind, "snapshot");
+    // The same watch without the gRPC stream in between (whose HTTP/2 window would absorb a
+    // few dozen small events): its buffer of 16 is all a stalled watcher holds.
+    let mut etcd = etcd_client::Client::connect([&harness::etcd().unwrap().endpoint], None)
+        .await
+        .unwrap();
+    let store = fleetmig::rollout::store::RolloutStore::new(etcd.clone(), &s.prefix);
+    let mut stalled = fleetmig::rollout::watch::watch(store, &r.id).await.unwrap();
     // Read nothing while the rollout (12 waves, many updates) runs to its end.
     let started = Instant::now();
     until(&mut c, &r.id, Duration::from_secs(60), |r| {
@@ -354,21 +361,29 @@ async fn a_watcher_that_reads_nothing_slows_nothing_and_then_gets_a_snapshot() {
     })
     .await;
     let took = started.elapsed();
-    let (mut last, mut received) = (None, 1);
+    let mut last = None;
     while let Some(e) = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
         .expect("the stream ends after the final state")
         .unwrap()
     {
-        received += 1;
         last = Some(e);
     }
     let last = last.expect("at least the final event");
-    // The document changed far more often than the stalled watcher was sent: it skipped
-    // updates instead of holding the rollout back.
-    let mut etcd = etcd_client::Client::connect([&harness::etcd().unwrap().endpoint], None)
+    let (mut last_stalled, mut received) = (None, 0);
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), stalled.recv())
         .await
-        .unwrap();
+        .expect("the watch ends after the final state")
+    {
+        received += 1;
+        last_stalled = Some(e.unwrap());
+    }
+    // The document changed far more often than the stalled watcher was sent: it skipped
+    // updates instead of holding the rollout back, and its last event is a snapshot.
+    assert!(matches!(
+        last_stalled,
+        Some(fleetmig::rollout::watch::WatchEvent::Snapshot(ref d)) if d.state.as_str() == "done"
+    ));
     let versions = etcd
         .get(format!("{}rollouts/{}", s.prefix, r.id), None)
         .await
@@ -562,6 +577,80 @@ async fn kill_9_of_the_owner_and_a_running_replica_takes_the_rollout_over() {
     );
     s.applied_once().await;
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_a_rollout_cancelled_from_another_replica() {
+    let Some(s) = setup("upcancel", 8, &[], 0.5).await else {
+        return;
+    };
+    let (a, b) = (s.daemon().await, s.daemon().await);
+    let mut stream = a
+        .migrations()
+        .await
+        .upgrade(proto::MigrateRequest {
+            app: "roll".into(),
+            selector: Some(proto::Selector {
+                all: true,
+                ..Default::default()
+            }),
+            concurrency: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = vec![];
+    let id = loop {
+        let e = stream.message().await.unwrap().unwrap();
+        if let Some(proto::migration_event::Event::Accepted(acc)) = &e.event {
+            break acc.job_id.clone();
+        }
+    };
+    // The Upgrade is visible as a rollout on every replica.
+    let mut on_b = client(&b).await;
+    assert_eq!(get(&mut on_b, &id).await.state, "running");
+    // Cancel reaches it from the replica that does not drive it.
+    let cancelled = b
+        .migrations()
+        .await
+        .cancel(proto::CancelRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .cancelled;
+    assert!(cancelled);
+    while let Some(e) = stream.message().await.unwrap() {
+        events.push(e);
+    }
+    let summary = dh::summary(&events);
+    assert!(summary.cancelled, "{summary:?}");
+    assert!(
+        summary.skipped >= 1,
+        "tenants not started are skipped: {summary:?}"
+    );
+    assert_eq!(summary.job_id, id);
+    let r = until(&mut on_b, &id, Duration::from_secs(10), |r| {
+        r.state == "cancelled"
+    })
+    .await;
+    assert_eq!(
+        count(&r, "done"),
+        summary.done + summary.up_to_date,
+        "the stream and the rollout agree: {summary:?} {r:#?}"
+    );
+    // Cancelling again: already over.
+    assert!(
+        !b.migrations()
+            .await
+            .cancel(proto::CancelRequest { job_id: id })
+            .await
+            .unwrap()
+            .into_inner()
+            .cancelled
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 // The CLI runs as a blocking child process: the in-process daemon needs its own threads.
