@@ -239,23 +239,18 @@ impl Fleet {
             Selector::All => Ok(self.registry.select(app, &BTreeMap::new()).await?),
             Selector::Labels(labels) => Ok(self.registry.select(app, labels).await?),
             Selector::Ids(ids) => {
-                let mut out = Vec::with_capacity(ids.len());
                 let mut seen = std::collections::BTreeSet::new();
-                for id in ids {
-                    if !seen.insert(id.clone()) {
-                        continue;
-                    }
-                    let t = self.registry.get(id).await?;
-                    if t.app != app {
-                        return Err(FleetError::WrongApp {
-                            tenant: id.clone(),
-                            actual: t.app,
-                            requested: app.to_string(),
-                        });
-                    }
-                    out.push(t);
+                let unique: Vec<TenantId> =
+                    ids.iter().filter(|id| seen.insert(*id)).cloned().collect();
+                let tenants = self.registry.get_many(&unique).await?;
+                if let Some(t) = tenants.iter().find(|t| t.app != app) {
+                    return Err(FleetError::WrongApp {
+                        tenant: t.id.clone(),
+                        actual: t.app.clone(),
+                        requested: app.to_string(),
+                    });
                 }
-                Ok(out)
+                Ok(tenants)
             }
         }
     }

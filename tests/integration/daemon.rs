@@ -1016,4 +1016,17 @@ async fn the_registry_reads_a_fleet_bigger_than_one_etcd_response() {
         }
     }
     assert_eq!(seen, n / 2);
+    // By ids (a rollout's wave): in the order asked, over several etcd transactions.
+    let ids: Vec<TenantId> = (0..250).rev().map(|i| tenant(i * 7).id).collect();
+    let got = registry.get_many(&ids).await.unwrap();
+    assert_eq!(
+        got.iter().map(|t| &t.id).collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>()
+    );
+    let missing = TenantId::parse("id", "t99999").unwrap();
+    let with_missing = [ids[0].clone(), missing.clone(), ids[1].clone()];
+    match registry.get_many(&with_missing).await {
+        Err(fleetmig::registry::RegistryError::NotFound(id)) => assert_eq!(id, missing),
+        other => panic!("{other:?}"),
+    }
 }
