@@ -186,6 +186,19 @@ struct Snapshot {
     recorded: HashMap<String, Recorded>,
 }
 
+/// Whether the version, history and fence tables exist (a row of `exists_sql`).
+#[derive(Debug, Clone)]
+struct TablesExist(Vec<bool>);
+
+impl TablesExist {
+    fn from_row(row: Option<&Vec<Option<String>>>) -> TablesExist {
+        TablesExist(
+            row.map(|r| r.iter().map(|c| c.as_deref() == Some("t")).collect())
+                .unwrap_or_default(),
+        )
+    }
+}
+
 /// Rows of a multi-statement simple query whose first column tags them.
 pub(crate) fn tagged<'r>(
     rows: &'r [Vec<Option<String>>],
@@ -265,22 +278,24 @@ impl<'a> Engine<'a> {
         i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 
-    /// Session settings for a migration connection, and the local migration lock, in one
-    /// round trip. The lock is non-blocking and session-level: a second fleetmig on the same
-    /// database fails fast instead of queueing (a blocking advisory lock can deadlock with
-    /// CREATE INDEX CONCURRENTLY).
-    async fn open(&self, client: &Client) -> Result<(), EngineError> {
+    /// Session settings for a migration connection, the local migration lock, and which
+    /// bookkeeping tables exist, in one round trip. The lock is non-blocking and session-level:
+    /// a second fleetmig on the same database fails fast instead of queueing (a blocking
+    /// advisory lock can deadlock with CREATE INDEX CONCURRENTLY).
+    async fn open(&self, client: &Client) -> Result<TablesExist, EngineError> {
         let path = self.settings.search_path_sql();
         let messages = client
             .simple_query(&format!(
-                "SET application_name = 'fleetmig'; SET standard_conforming_strings = on; SET search_path = {path}; SET idle_in_transaction_session_timeout = '{}ms'; SELECT pg_try_advisory_lock({})",
+                "SET application_name = 'fleetmig'; SET standard_conforming_strings = on; SET search_path = {path}; SET idle_in_transaction_session_timeout = '{}ms'; SELECT pg_try_advisory_lock({}); {}",
                 self.settings.idle_in_transaction_timeout.as_millis(),
-                self.lock_key()
+                self.lock_key(),
+                self.settings.tables.exists_sql(),
             ))
             .await
             .map_err(EngineError::db("preparing the session"))?;
-        match rows_of(&messages).first().and_then(|r| r[0].as_deref()) {
-            Some("t") => Ok(()),
+        let rows = rows_of(&messages);
+        match rows.first().and_then(|r| r[0].as_deref()) {
+            Some("t") => Ok(TablesExist::from_row(rows.get(1))),
             _ => Err(EngineError::LockHeld),
         }
     }
@@ -299,17 +314,26 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Which bookkeeping tables exist, the version rows and what history recorded: two round trips.
-    async fn snapshot(&self, client: &Client) -> Result<Snapshot, EngineError> {
+    /// Which bookkeeping tables exist, the version rows and what history recorded: two round
+    /// trips, or one when [`Engine::open`] already looked for the tables.
+    async fn snapshot(
+        &self,
+        client: &Client,
+        known: Option<TablesExist>,
+    ) -> Result<Snapshot, EngineError> {
         let tables = &self.settings.tables;
-        let exists = client
-            .simple_query(&tables.exists_sql())
-            .await
-            .map_err(EngineError::db("looking for fleetmig's tables"))?;
-        let flags: Vec<bool> = rows_of(&exists)
-            .first()
-            .map(|r| r.iter().map(|c| c.as_deref() == Some("t")).collect())
-            .unwrap_or_default();
+        let TablesExist(flags) = match known {
+            Some(k) => k,
+            None => TablesExist::from_row(
+                rows_of(
+                    &client
+                        .simple_query(&tables.exists_sql())
+                        .await
+                        .map_err(EngineError::db("looking for fleetmig's tables"))?,
+                )
+                .first(),
+            ),
+        };
         let (version, history) = (flags.first() == Some(&true), flags.get(1) == Some(&true));
         let mut sql = String::new();
         if version {
@@ -385,7 +409,7 @@ impl<'a> Engine<'a> {
         client: &Client,
     ) -> Result<HashMap<String, bool>, EngineError> {
         Ok(self
-            .snapshot(client)
+            .snapshot(client, None)
             .await?
             .recorded
             .into_iter()
@@ -399,7 +423,7 @@ impl<'a> Engine<'a> {
         client: &Client,
         applied: &BTreeSet<Node>,
     ) -> Result<Vec<ChangedRevision>, EngineError> {
-        let recorded = self.snapshot(client).await?.recorded;
+        let recorded = self.snapshot(client, None).await?.recorded;
         Ok(self.changed_in(&recorded, applied))
     }
 
@@ -432,8 +456,10 @@ impl<'a> Engine<'a> {
         target: &Target,
         opts: &RunOptions<'_>,
     ) -> Result<Migrated, EngineError> {
-        self.open(client).await?;
-        let result = self.migrate_locked(client, direction, target, opts).await;
+        let tables = self.open(client).await?;
+        let result = self
+            .migrate_locked(client, direction, target, opts, tables)
+            .await;
         self.unlock(client).await;
         result
     }
@@ -444,9 +470,10 @@ impl<'a> Engine<'a> {
         direction: Direction,
         target: &Target,
         opts: &RunOptions<'_>,
+        tables: TablesExist,
     ) -> Result<Migrated, EngineError> {
         let g = &self.app.graph;
-        let snapshot = self.snapshot(client).await?;
+        let snapshot = self.snapshot(client, Some(tables)).await?;
         let mut applied = plan::applied_from_rows(g, &snapshot.rows)?;
         let steps = match direction {
             Direction::Upgrade => plan::upgrade(g, &applied, target)?,
@@ -538,8 +565,8 @@ impl<'a> Engine<'a> {
         purge: bool,
         opts: &RunOptions<'_>,
     ) -> Result<Vec<RevisionId>, EngineError> {
-        self.open(client).await?;
-        let result = self.stamp_locked(client, target, purge, opts).await;
+        let tables = self.open(client).await?;
+        let result = self.stamp_locked(client, target, purge, opts, tables).await;
         self.unlock(client).await;
         result
     }
@@ -550,6 +577,7 @@ impl<'a> Engine<'a> {
         target: &str,
         purge: bool,
         opts: &RunOptions<'_>,
+        tables: TablesExist,
     ) -> Result<Vec<RevisionId>, EngineError> {
         let g = &self.app.graph;
         let new_applied: BTreeSet<Node> = match target {
@@ -561,7 +589,7 @@ impl<'a> Engine<'a> {
                 None => g.ancestors([g.resolve(t).map_err(plan::PlanError::from)?]),
             },
         };
-        if !self.snapshot(client).await?.all_tables {
+        if !self.snapshot(client, Some(tables)).await?.all_tables {
             self.ensure_tables(client).await?;
         }
         let tx = client
