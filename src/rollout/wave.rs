@@ -130,12 +130,21 @@ impl Rollouts {
                 false => match self.start_job(doc, &run, todo).await {
                     Ok(job) => Some(job),
                     Err(FleetError::ShuttingDown) => break,
+                    // A tenant deregistered or moved to another app meanwhile fails alone.
                     Err(FleetError::Registry(RegistryError::NotFound(gone))) => {
                         let failure = Failure {
                             message: "no longer registered".into(),
                             ..Failure::default()
                         };
                         self.fail_here(doc, &mut run, consecutive, gone.as_str(), failure);
+                        continue;
+                    }
+                    Err(FleetError::WrongApp { tenant, actual, .. }) => {
+                        let failure = Failure {
+                            message: format!("now registered for app '{actual}'"),
+                            ..Failure::default()
+                        };
+                        self.fail_here(doc, &mut run, consecutive, tenant.as_str(), failure);
                         continue;
                     }
                     Err(e) => {

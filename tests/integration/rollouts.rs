@@ -653,6 +653,52 @@ async fn an_upgrade_is_a_rollout_cancelled_from_another_replica() {
     b.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_deregistered_mid_rollout_fails_alone() {
+    let Some(s) = setup("gone", 3, &[], 0.0).await else {
+        return;
+    };
+    let d = s.daemon().await;
+    let mut c = client(&d).await;
+    // The canary, then 2 s of bake time in which a wave-2 tenant is deregistered.
+    let r = c
+        .start(start_request(
+            proto::WavePlan {
+                canary_count: 1,
+                bake_seconds: 2,
+                ..Default::default()
+            },
+            proto::FailureBudget::default(),
+            2,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until(&mut c, &r.id, Duration::from_secs(30), |r| {
+        r.waves.first().is_some_and(|w| w.state == "baking")
+    })
+    .await;
+    let gone = s.tenants[2].0.clone();
+    d.tenants()
+        .await
+        .deregister(proto::DeregisterTenantRequest {
+            id: gone.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let end = until(&mut c, &r.id, Duration::from_secs(30), |r| {
+        r.state == "done"
+    })
+    .await;
+    let failed: Vec<_> = end.tenants.iter().filter(|t| t.state == "failed").collect();
+    assert_eq!(failed.len(), 1, "{end:#?}");
+    assert_eq!(failed[0].tenant_id, gone);
+    assert!(failed[0].error.contains("no longer registered"), "{end:#?}");
+    assert_eq!(count(&end, "done"), 2);
+    d.shutdown().await.unwrap();
+}
+
 // The CLI runs as a blocking child process: the in-process daemon needs its own threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_starts_watches_and_lists_rollouts() {
