@@ -21,7 +21,7 @@ use super::{
     plan_waves,
 };
 use crate::auth::{Caller, Via};
-use crate::fleet::{Fleet, FleetError, Selector, TenantEvent};
+use crate::fleet::{Fleet, FleetError, JobSpec, Leave, Selector, TenantEvent};
 use crate::registry::tenant::TenantId;
 
 /// How often a replica looks for rollouts to drive or help with (also woken by Start).
@@ -354,6 +354,33 @@ impl Rollouts {
                     event: event.clone(),
                 });
             }
+        }
+    }
+
+    /// A job over some of a wave's tenants, as the owner and helpers run them: a tenant whose
+    /// lock is held elsewhere is skipped (tried again later), and one in `leave` is left alone.
+    pub(super) fn wave_job<'a>(
+        doc: &RolloutDoc,
+        tenant_ids: impl Iterator<Item = &'a str>,
+        leave: Arc<Mutex<HashSet<String>>>,
+    ) -> JobSpec {
+        JobSpec {
+            app: doc.spec.app.clone(),
+            direction: doc.spec.direction,
+            target: doc.spec.target.clone(),
+            selector: Selector::Ids(
+                tenant_ids
+                    .filter_map(|i| TenantId::parse("tenant", i).ok())
+                    .collect(),
+            ),
+            concurrency: doc.spec.concurrency as usize,
+            dry_run: false,
+            allow_changed: doc.spec.allow_changed,
+            skip_locked: true,
+            leave: Some(Leave(Arc::new(move |id| {
+                leave.lock().unwrap().contains(id)
+            }))),
+            caller: Self::caller_for(doc),
         }
     }
 

@@ -13,8 +13,7 @@ use super::driver::{CONTROL_EVERY, Rollouts};
 use super::store::StoreError;
 use super::wave::apply;
 use super::{RolloutState, TenantState};
-use crate::fleet::{FleetError, JobEvent, JobSpec, Leave, Selector};
-use crate::registry::tenant::TenantId;
+use crate::fleet::{FleetError, JobEvent};
 
 impl Rollouts {
     /// One helping pass over the open wave of rollout `id` (the supervisor starts the next).
@@ -46,25 +45,7 @@ impl Rollouts {
         // Tenants others finished or took since this pass began: refreshed every second, asked
         // before each tenant starts.
         let done: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let spec = JobSpec {
-            app: doc.spec.app.clone(),
-            direction: doc.spec.direction,
-            target: doc.spec.target.clone(),
-            selector: Selector::Ids(
-                todo.iter()
-                    .filter_map(|t| TenantId::parse("tenant", &t.id).ok())
-                    .collect(),
-            ),
-            concurrency: doc.spec.concurrency as usize,
-            dry_run: false,
-            allow_changed: doc.spec.allow_changed,
-            skip_locked: true,
-            leave: Some(Leave(Arc::new({
-                let done = done.clone();
-                move |tenant| done.lock().unwrap().contains(tenant)
-            }))),
-            caller: Self::caller_for(&doc),
-        };
+        let spec = Self::wave_job(&doc, todo.iter().map(|t| t.id.as_str()), done.clone());
         let mut job = match self.fleet.start(spec).await {
             Ok(job) => job,
             Err(FleetError::ShuttingDown) => return Ok(()),

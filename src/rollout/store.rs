@@ -237,14 +237,16 @@ impl RolloutStore {
 
     /// Ids of rollouts running or paused.
     pub async fn active_ids(&self) -> Result<Vec<String>, StoreError> {
-        let dir = format!("{}rollout-active/", self.prefix);
+        self.names_under(&format!("{}rollout-active/", self.prefix))
+            .await
+    }
+
+    /// The key names under `dir` (without it), in one keys-only read.
+    async fn names_under<C: FromIterator<String>>(&self, dir: &str) -> Result<C, StoreError> {
         let r = self
             .client
             .kv_client()
-            .get(
-                dir.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
+            .get(dir, Some(GetOptions::new().with_prefix().with_keys_only()))
             .await?;
         Ok(r.kvs()
             .iter()
@@ -468,18 +470,6 @@ impl RolloutStore {
         &self,
         id: &str,
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let dir = self.results_dir(id);
-        let r = self
-            .client
-            .kv_client()
-            .get(
-                dir.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await?;
-        Ok(r.kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
-            .collect())
+        self.names_under(&self.results_dir(id)).await
     }
 }

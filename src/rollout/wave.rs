@@ -15,9 +15,8 @@ use super::driver::{CONTROL_EVERY, Rollouts};
 use super::store::{Desired, StoreError};
 use super::{RolloutDoc, Tally, TenantDoc, TenantState, over_budget};
 use crate::fleet::events::Failure;
-use crate::fleet::{FleetError, JobEvent, JobSpec, JobStream, Leave, Selector, TenantEvent};
+use crate::fleet::{FleetError, JobEvent, JobStream, TenantEvent};
 use crate::registry::RegistryError;
-use crate::registry::tenant::TenantId;
 
 /// Per-tenant progress is written to etcd at most this often per 1,000 tenants.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
@@ -268,25 +267,8 @@ impl Rollouts {
         todo: Vec<String>,
     ) -> Result<JobStream, FleetError> {
         let taken = run.taken.clone();
-        let spec = JobSpec {
-            app: doc.spec.app.clone(),
-            direction: doc.spec.direction,
-            target: doc.spec.target.clone(),
-            selector: Selector::Ids(
-                todo.iter()
-                    .filter_map(|i| TenantId::parse("tenant", i).ok())
-                    .collect(),
-            ),
-            concurrency: doc.spec.concurrency as usize,
-            dry_run: false,
-            allow_changed: doc.spec.allow_changed,
-            // A tenant a helper holds is left for now and looked at again after this pass.
-            skip_locked: true,
-            leave: Some(Leave(Arc::new(move |id| {
-                taken.lock().unwrap().contains(id)
-            }))),
-            caller: Self::caller_for(doc),
-        };
+        // A tenant a helper holds is left for now and looked at again after this pass.
+        let spec = Self::wave_job(doc, todo.iter().map(String::as_str), taken);
         self.fleet.start(spec).await
     }
 
