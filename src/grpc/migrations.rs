@@ -35,7 +35,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::MigrationEvent, S
 pub type OnboardStream = Pin<Box<dyn Stream<Item = Result<proto::OnboardEvent, Status>> + Send>>;
 
 /// Requests above this are refused rather than silently clamped.
-const MAX_REQUESTED_CONCURRENCY: u32 = 10_000;
+pub(super) const MAX_REQUESTED_CONCURRENCY: u32 = 10_000;
 
 impl MigrationsService {
     async fn migrate(

@@ -93,7 +93,7 @@ fn spec(r: proto::StartRolloutRequest) -> Result<RolloutSpec, Status> {
     if b.max_failure_percent > 100 {
         return bad("budget.max_failure_percent", "at most 100");
     }
-    if r.concurrency > 10_000 {
+    if r.concurrency > super::migrations::MAX_REQUESTED_CONCURRENCY {
         return bad("concurrency", "at most 10000");
     }
     let key_ok = r.idempotency_key.len() <= 128

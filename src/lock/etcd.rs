@@ -140,12 +140,12 @@ impl EtcdSession {
         }
     }
 
-    /// Treat every lock as lost (stop all tenant SQL) without revoking the lease yet.
     /// The lease every key of this daemon lives under (locks, rollout ownership).
     pub fn lease_id(&self) -> i64 {
         self.lease
     }
 
+    /// Treat every lock as lost (stop all tenant SQL) without revoking the lease yet.
     pub fn abandon(&self) {
         self.lose("shutting down after the grace period");
     }

@@ -276,21 +276,23 @@ impl Rollouts {
         if self.shutdown.is_cancelled() {
             return Ok(());
         }
-        for id in self.store.active_ids().await? {
+        let active = self.store.active_ids().await?;
+        // Every owner in one read, not one per rollout.
+        let owners = self.store.owners().await?;
+        for id in active {
             // Not while our own helper pass runs on it: its claims would look like ours.
             if self.driving.lock().unwrap().contains(&id)
                 || self.helping.lock().unwrap().contains(&id)
             {
                 continue;
             }
-            if self.store.claim(&id, &self.owner, self.lease).await? {
-                tracing::info!(rollout = %id, "driving rollout");
-                self.driving.lock().unwrap().insert(id.clone());
-                let span = tracing::info_span!("rollout", fleetmig.rollout.id = %id);
-                self.spawn_drive(id, span);
-            } else if self.store.owner(&id).await?.as_deref() == Some(&self.owner) {
-                // Ours, but our driver stopped on an etcd error: drive it again.
-                tracing::info!(rollout = %id, "driving rollout again");
+            let owner = owners.get(&id);
+            // Ours while not driven here: our driver stopped on an etcd error.
+            let ours_again = owner == Some(&self.owner);
+            if ours_again
+                || (owner.is_none() && self.store.claim(&id, &self.owner, self.lease).await?)
+            {
+                tracing::info!(rollout = %id, again = ours_again, "driving rollout");
                 self.driving.lock().unwrap().insert(id.clone());
                 let span = tracing::info_span!("rollout", fleetmig.rollout.id = %id);
                 self.spawn_drive(id, span);

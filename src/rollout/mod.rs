@@ -205,10 +205,6 @@ impl RolloutDoc {
         }
         counts
     }
-
-    pub fn tenant_mut(&mut self, id: &str) -> Option<&mut TenantDoc> {
-        self.tenants.iter_mut().find(|t| t.id == id)
-    }
 }
 
 /// Order tenants (by `order_label` in `order_values`' order, others after; then by id) and

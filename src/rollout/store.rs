@@ -35,6 +35,15 @@ pub enum Desired {
     Cancelled,
 }
 
+impl Desired {
+    /// The control key's value (absent or unreadable: running).
+    fn of(value: Option<&[u8]>) -> Desired {
+        value
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Clone)]
 pub struct RolloutStore {
     client: Client,
@@ -217,10 +226,7 @@ impl RolloutStore {
             .kv_client()
             .get(self.control_key(id), None)
             .await?;
-        Ok(r.kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice(kv.value()).ok())
-            .unwrap_or_default())
+        Ok(Desired::of(r.kvs().first().map(|kv| kv.value())))
     }
 
     pub async fn set_desired(&self, id: &str, desired: Desired) -> Result<(), StoreError> {
@@ -383,11 +389,7 @@ impl RolloutStore {
             _ => None,
         });
         let gate = values.next().flatten();
-        let desired: Desired = values
-            .next()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default();
+        let desired = Desired::of(values.next().flatten().as_deref());
         Ok(match (gate, desired) {
             (Some(w), Desired::Running) => String::from_utf8_lossy(&w).parse().ok(),
             _ => None,
@@ -445,14 +447,12 @@ impl RolloutStore {
             etcd_client::TxnOpResponse::Get(g) => Some(g),
             _ => None,
         });
-        let desired = gets
-            .next()
-            .and_then(|g| {
-                g.kvs()
-                    .first()
-                    .and_then(|kv| serde_json::from_slice(kv.value()).ok())
-            })
-            .unwrap_or_default();
+        let desired = Desired::of(
+            gets.next()
+                .as_ref()
+                .and_then(|g| g.kvs().first())
+                .map(|kv| kv.value()),
+        );
         let docs = gets
             .next()
             .map(|g| {

@@ -20,8 +20,6 @@ use crate::registry::RegistryError;
 
 /// Per-tenant progress is written to etcd at most this often per 1,000 tenants.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
-/// How often the owner reads what operators want (pause, cancel) and helpers' results.
-const POLL_EVERY: Duration = Duration::from_millis(200);
 
 pub(super) enum WaveEnd {
     Completed,
@@ -45,6 +43,14 @@ struct WaveRun {
     /// The etcd revision up to which helpers' results are folded in.
     merged_at: i64,
     job_id: Option<String>,
+    /// Each tenant's position in the document (events name tenants by id).
+    index: HashMap<String, usize>,
+}
+
+impl WaveRun {
+    fn tenant<'d>(&self, doc: &'d mut RolloutDoc, id: &str) -> Option<&'d mut TenantDoc> {
+        self.index.get(id).map(|&i| &mut doc.tenants[i])
+    }
 }
 
 impl Rollouts {
@@ -64,6 +70,12 @@ impl Rollouts {
             taken: Arc::default(),
             merged_at: 0,
             job_id: None,
+            index: doc
+                .tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.id.clone(), i))
+                .collect(),
         };
         if !self
             .store
@@ -84,7 +96,7 @@ impl Rollouts {
         // keeps every version until it is compacted.
         let per_thousand = (doc.tenants.len() as u32).div_ceil(1000).max(1);
         let mut save_tick = tokio::time::interval(SAVE_EVERY * per_thousand);
-        let mut poll_tick = tokio::time::interval(POLL_EVERY);
+        let mut poll_tick = tokio::time::interval(CONTROL_EVERY);
         loop {
             let stopping = run.halting.is_some() || run.interrupted || run.lost;
             if run.lost || self.shutdown.is_cancelled() {
@@ -189,7 +201,7 @@ impl Rollouts {
                                     }
                                     _ => {}
                                 }
-                                let Some(t) = doc.tenant_mut(&tenant_id) else { continue };
+                                let Some(t) = run.tenant(doc, &tenant_id) else { continue };
                                 // The first final outcome stands (a helper's, merged meanwhile).
                                 if matches!(t.state, TenantState::Done | TenantState::Failed) {
                                     continue;
@@ -239,7 +251,7 @@ impl Rollouts {
                 if !progressed {
                     // Every tenant was busy: wait for helpers' results or the holders to let go.
                     tokio::select! {
-                        _ = tokio::time::sleep(POLL_EVERY) => {}
+                        _ = tokio::time::sleep(CONTROL_EVERY) => {}
                         _ = self.shutdown.cancelled() => {}
                     }
                 }
@@ -302,7 +314,7 @@ impl Rollouts {
         tracing::warn!(rollout = %doc.id, tenant = %tenant_id, error = %failure.message, "tenant failed");
         let event = TenantEvent::Failed(failure);
         self.tell(&doc.id, tenant_id, &event);
-        if let Some(t) = doc.tenant_mut(tenant_id) {
+        if let Some(t) = run.tenant(doc, tenant_id) {
             t.state = TenantState::Pending; // apply() sets the failure on a tenant not final
             apply(t, event, consecutive, &self.owner);
             run.dirty = true;
@@ -341,7 +353,7 @@ impl Rollouts {
         run.merged_at = at;
         let mut finished = vec![];
         for r in results {
-            let Some(t) = doc.tenant_mut(&r.id) else {
+            let Some(t) = run.tenant(doc, &r.id) else {
                 continue;
             };
             match r.state {
