@@ -60,7 +60,77 @@ struct Row {
     daemon_ms_per_tenant: f64,
     etcd_requests_per_tenant: f64,
     connections_per_tenant: f64,
+    /// CPU time per tenant (ms, mean over runs) while the daemon migrated: where its time goes.
+    daemon_cpu_ms_per_tenant: CpuSplit,
+    /// CPU time per tenant (ms, mean over runs) while psql applied the same SQL.
+    floor_cpu_ms_per_tenant: CpuSplit,
     failures: u32,
+}
+
+/// CPU time by process, in ms: the daemon, etcd, PostgreSQL (server and backends), and the
+/// benchmark's own children (the psql sessions of the floor).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct CpuSplit {
+    daemon: f64,
+    etcd: f64,
+    postgres: f64,
+    psql: f64,
+}
+
+impl CpuSplit {
+    /// Now, cumulative: each process's user + system time, with its reaped children's (the
+    /// postmaster holds the CPU of its ended backends; this process, of its ended psql runs).
+    fn now(daemon_pid: u32) -> CpuSplit {
+        let tick_ms = 1000.0 / 100.0; // USER_HZ: 100 on Linux
+        let mut split = CpuSplit::default();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let f: Vec<f64> = stat[close + 2..]
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(0.0))
+                .collect();
+            let (own, children) = (f[11] + f[12], f[13] + f[14]);
+            if pid == daemon_pid {
+                split.daemon += own * tick_ms;
+            } else if pid == std::process::id() {
+                split.psql += children * tick_ms;
+            } else if comm == "etcd" {
+                split.etcd += (own + children) * tick_ms;
+            } else if comm == "postgres" {
+                split.postgres += (own + children) * tick_ms;
+            }
+        }
+        split
+    }
+
+    fn minus(self, o: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            daemon: self.daemon - o.daemon,
+            etcd: self.etcd - o.etcd,
+            postgres: self.postgres - o.postgres,
+            psql: self.psql - o.psql,
+        }
+    }
+
+    fn add(&mut self, o: CpuSplit, scale: f64) {
+        self.daemon += o.daemon * scale;
+        self.etcd += o.etcd * scale;
+        self.postgres += o.postgres * scale;
+        self.psql += o.psql * scale;
+    }
+
+    fn total(&self) -> f64 {
+        self.daemon + self.etcd + self.postgres + self.psql
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -80,8 +150,9 @@ struct Report {
     registry: Option<RegistryScale>,
 }
 
-/// Per direction: daemon times, floor times, etcd requests and connections per tenant (summed over runs), failures.
-type Samples = (Vec<f64>, Vec<f64>, f64, f64, u32);
+/// Per direction: daemon times, floor times, etcd requests and connections per tenant (summed
+/// over runs), failures, CPU per tenant of the daemon's runs and of the floor's (summed).
+type Samples = (Vec<f64>, Vec<f64>, f64, f64, u32, CpuSplit, CpuSplit);
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -238,6 +309,7 @@ async fn bench(opts: &Opts) -> Report {
         &harness::repo_migrations(),
         &env,
     );
+    let pid = daemon.child.id();
     let channel = Channel::from_shared(format!("http://{}", daemon.addr))
         .unwrap()
         .connect()
@@ -280,22 +352,29 @@ async fn bench(opts: &Opts) -> Report {
                             etcd_messages(&etcd.endpoint).await,
                             sessions(&admin, &daemon_dbs).await,
                         );
+                        let cpu0 = CpuSplit::now(pid);
                         let (d_ms, failures) =
                             migrate(&channel, app, &label, target, down, c).await;
+                        let cpu1 = CpuSplit::now(pid);
                         let (etcd1, sess1) = (
                             etcd_messages(&etcd.endpoint).await,
                             sessions(&admin, &daemon_dbs).await,
                         );
+                        let cpu2 = CpuSplit::now(pid);
                         let f_ms = floor(&psql, &floor_urls, file, c).await;
+                        let cpu3 = CpuSplit::now(pid);
+                        let per_run = 1.0 / (size * opts.runs) as f64;
                         let e = m.entry(direction).or_default();
                         e.0.push(d_ms);
                         e.1.push(f_ms);
                         e.2 += (etcd1 - etcd0) / size as f64;
                         e.3 += (sess1 - sess0) / size as f64;
                         e.4 += failures;
+                        e.5.add(cpu1.minus(cpu0), per_run);
+                        e.6.add(cpu3.minus(cpu2), per_run);
                     }
                 }
-                for (direction, (mut d, mut f, etcd_per, conn_per, failures)) in m {
+                for (direction, (mut d, mut f, etcd_per, conn_per, failures, d_cpu, f_cpu)) in m {
                     let (dm, fm) = (median(&mut d), median(&mut f));
                     let row = Row {
                         app: app.clone(),
@@ -313,6 +392,8 @@ async fn bench(opts: &Opts) -> Report {
                         daemon_ms_per_tenant: dm / size as f64,
                         etcd_requests_per_tenant: etcd_per / opts.runs as f64,
                         connections_per_tenant: conn_per / opts.runs as f64,
+                        daemon_cpu_ms_per_tenant: d_cpu,
+                        floor_cpu_ms_per_tenant: f_cpu,
                         failures,
                     };
                     eprintln!("{row:?}");
@@ -448,6 +529,26 @@ fn markdown(r: &Report) -> String {
             x.daemon_ms_per_tenant,
             x.etcd_requests_per_tenant,
             x.connections_per_tenant
+        );
+    }
+    s += "\nCPU ms per tenant, by process (where the time goes; the machine's cores are shared by all of them):\n\n";
+    s += "| app | direction | concurrency | daemon run: daemon + etcd + postgres = total | floor: psql + postgres = total | CPU ratio |\n";
+    s += "|---|---|---:|---|---|---:|\n";
+    for x in &r.rows {
+        let (d, f) = (&x.daemon_cpu_ms_per_tenant, &x.floor_cpu_ms_per_tenant);
+        s += &format!(
+            "| {} | {} | {} | {:.1} + {:.1} + {:.1} = {:.1} | {:.1} + {:.1} = {:.1} | {:.2} |\n",
+            x.app,
+            x.direction,
+            x.concurrency,
+            d.daemon,
+            d.etcd,
+            d.postgres,
+            d.total(),
+            f.psql,
+            f.postgres,
+            f.total(),
+            d.total() / f.total()
         );
     }
     if let Some(g) = &r.registry {

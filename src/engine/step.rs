@@ -12,8 +12,9 @@ use tracing::Instrument;
 use super::error::{EngineError, StepFailure};
 use super::record::{self, HistoryRow};
 use super::tables::Tables;
-use super::{Applied, Engine, Event, RunOptions, millis, parse_rows, rows_of, tagged};
+use super::{Applied, Engine, Event, RunOptions, millis, rows_of, tagged};
 use crate::model::{Direction, FenceToken, TransactionMode};
+use crate::revision::placeholder::quote_literal;
 use crate::revision::plan;
 use crate::revision::render::{self, RenderedRevision};
 use crate::revision::{Node, Revision};
@@ -344,21 +345,15 @@ async fn transactional_once(
     if let Some(token) = opts.fence {
         check_fence(&tx, tables, token, &rows).await?;
     }
-    let versions = tagged(&rows, "version")
-        .map(|r| r[1].as_deref().unwrap_or_default().parse())
-        .collect::<Result<Vec<crate::model::RevisionId>, _>>()
-        .map_err(|_| {
-            EngineError::StateChanged(
-                "the version table holds a value that is not a revision id".into(),
-            )
-        })?;
+    let versions = versions_of(&rows)?;
     if !still_needed(engine, &versions, node, direction)? {
         tracing::info!(revision = %rev.id, %direction, "already done by another process; nothing to do");
         return Ok(());
     }
-    // The statements, ANALYZE and the bookkeeping, pipelined on the connection: sent in order
-    // without waiting for each answer. After the first failure the server rejects the rest
-    // (25P02), so the first error in order is the one to report.
+    // The statements, ANALYZE, the bookkeeping and COMMIT, pipelined on the connection: sent
+    // in order without waiting for each answer. After the first failure the server rejects
+    // the rest (25P02) and the COMMIT rolls back, so the first error in order is the one to
+    // report.
     let bookkeeping = record_sql(engine, &versions, node, direction, rendered, None, opts)?;
     let located = rendered
         .statements
@@ -370,7 +365,7 @@ async fn transactional_once(
                 .iter()
                 .map(|a| (a.as_str(), Some(rev.location(1)))),
         )
-        .chain(std::iter::once((bookkeeping.as_str(), None)));
+        .chain([(bookkeeping.as_str(), None), ("COMMIT", None)]);
     let (sqls, locations): (Vec<&str>, Vec<Option<String>>) = located.unzip();
     let results = futures::future::join_all(sqls.iter().map(|sql| execute(&tx, sql))).await;
     if let Some((e, location)) = results
@@ -380,8 +375,26 @@ async fn transactional_once(
     {
         return Err(Attempt::Sql(e, location));
     }
-    tx.commit().await.map_err(|e| Attempt::Sql(e, None))?;
+    committed(tx);
     Ok(())
+}
+
+/// The transaction's COMMIT went out with its last statements and succeeded: forget the
+/// guard, whose drop would send a ROLLBACK (one more round trip, and a server warning).
+fn committed(tx: tokio_postgres::Transaction<'_>) {
+    std::mem::forget(tx);
+}
+
+/// The version rows of a tagged query (`'version', version_num`).
+fn versions_of(rows: &[Vec<Option<String>>]) -> Result<Vec<crate::model::RevisionId>, EngineError> {
+    tagged(rows, "version")
+        .map(|r| r[1].as_deref().unwrap_or_default().parse())
+        .collect::<Result<Vec<crate::model::RevisionId>, _>>()
+        .map_err(|_| {
+            EngineError::StateChanged(
+                "the version table holds a value that is not a revision id".into(),
+            )
+        })
 }
 
 /// Non-transactional revision: statement by statement in autocommit.
@@ -405,33 +418,33 @@ async fn autocommit(
             attempts,
         ))
     };
-    // Precheck: fenced, and still needed?
-    {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| sql_err(e, None, 1))?;
-        if let Some(token) = opts.fence {
-            fence(&tx, tables, token).await?;
-        }
-        let rows = parse_rows(
-            &tx.simple_query(&tables.select_versions_sql())
-                .await
-                .map_err(|e| sql_err(e, None, 1))?,
-        )?;
-        tx.commit().await.map_err(|e| sql_err(e, None, 1))?;
-        if !still_needed(engine, &rows, node, direction)? {
-            return Ok(1);
-        }
+    // Precheck, one round trip in one implicit transaction: the session's timeouts for the
+    // statements (reset when the revision is recorded, or by the unlock), the fence, and
+    // whether the revision is still needed.
+    let mut precheck = format!(
+        "SET lock_timeout = {}; SET statement_timeout = {};\n",
+        millis(engine.settings.lock_timeout),
+        millis(engine.settings.statement_timeout)
+    );
+    if let Some(token) = opts.fence {
+        precheck.push_str(&tables.fence_check_sql(token.0));
+        precheck.push_str(";\n");
     }
-    client
-        .batch_execute(&format!(
-            "SET lock_timeout = {}; SET statement_timeout = {}",
-            millis(engine.settings.lock_timeout),
-            millis(engine.settings.statement_timeout)
-        ))
-        .await
-        .map_err(|e| sql_err(e, None, 1))?;
+    precheck.push_str(&tables.tagged_versions_sql());
+    let rows = rows_of(
+        &client
+            .simple_query(&precheck)
+            .await
+            .map_err(|e| sql_err(e, None, 1))?,
+    );
+    if let Some(token) = opts.fence {
+        check_fence(&*client, tables, token, &rows).await?;
+    }
+    if !still_needed(engine, &versions_of(&rows)?, node, direction)? {
+        return Ok(1);
+    }
+    // The precheck has just fenced: the first statement's first attempt needs no other check.
+    let mut fenced = opts.fence.is_some();
     let mut max_attempts = 1;
     for stmt in &rendered.statements {
         let attempts = run_with_retries(
@@ -441,6 +454,7 @@ async fn autocommit(
             &stmt.sql,
             stmt.index_build.as_ref(),
             opts,
+            &mut fenced,
         )
         .await
         .map_err(|f| f.at(rev, direction, Some(stmt.line)))?;
@@ -458,42 +472,47 @@ async fn autocommit(
         }
     }
     for analyze in &rendered.analyze {
-        run_with_retries(engine, client, rev, analyze, None, opts)
+        run_with_retries(engine, client, rev, analyze, None, opts, &mut fenced)
             .await
             .map_err(|f| f.at(rev, direction, Some(1)))?;
     }
-    client
-        .batch_execute("RESET lock_timeout; RESET statement_timeout")
-        .await
-        .map_err(|e| sql_err(e, None, 1))?;
-    // Record completion in a fenced transaction.
+    // Record completion in a fenced transaction, the session's timeouts reset in it.
     let tx = client
         .transaction()
         .await
         .map_err(|e| sql_err(e, None, 1))?;
+    let mut check = String::from("RESET lock_timeout; RESET statement_timeout;\n");
     if let Some(token) = opts.fence {
-        fence(&tx, tables, token).await?;
+        check.push_str(&tables.fence_check_sql(token.0));
+        check.push_str(";\n");
     }
-    let rows = parse_rows(
-        &tx.simple_query(&tables.select_versions_sql())
+    check.push_str(&tables.tagged_versions_sql());
+    let rows = rows_of(
+        &tx.simple_query(&check)
             .await
             .map_err(|e| sql_err(e, None, 1))?,
-    )?;
-    if still_needed(engine, &rows, node, direction)? {
-        let sql = record_sql(
+    );
+    if let Some(token) = opts.fence {
+        check_fence(&tx, tables, token, &rows).await?;
+    }
+    let versions = versions_of(&rows)?;
+    let mut sql = String::new();
+    if still_needed(engine, &versions, node, direction)? {
+        sql = record_sql(
             engine,
-            &rows,
+            &versions,
             node,
             direction,
             rendered,
             Some(started),
             opts,
         )?;
-        tx.batch_execute(&sql)
-            .await
-            .map_err(|e| sql_err(e, None, 1))?;
     }
-    tx.commit().await.map_err(|e| sql_err(e, None, 1))?;
+    sql.push_str("COMMIT");
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|e| sql_err(e, None, 1))?;
+    committed(tx);
     Ok(max_attempts)
 }
 
@@ -548,12 +567,15 @@ async fn run_with_retries(
     sql: &str,
     index_build: Option<&crate::revision::sql::ConcurrentIndexBuild>,
     opts: &RunOptions<'_>,
+    fenced: &mut bool,
 ) -> Result<u32, StatementError> {
     let mut delays = engine.settings.backoff();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        if let Some(token) = opts.fence {
+        if let Some(token) = opts.fence
+            && !std::mem::take(fenced)
+        {
             fence(client, &engine.settings.tables, token)
                 .await
                 .map_err(StatementError::Step)?;
@@ -582,14 +604,18 @@ async fn index_validity(
     client: &Client,
     build: &crate::revision::sql::ConcurrentIndexBuild,
 ) -> Result<Option<bool>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-             WHERE c.relname = $1 AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass($2))",
-            &[&build.index, &build.table],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
+    // The simple protocol, values as literals: one round trip instead of prepare + execute.
+    let rows = rows_of(
+        &client
+            .simple_query(&format!(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE c.relname = {} AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass({}))",
+                quote_literal(&build.index),
+                quote_literal(&build.table)
+            ))
+            .await?,
+    );
+    Ok(rows.first().map(|r| r[0].as_deref() == Some("t")))
 }
 
 /// An INVALID index left by an interrupted CREATE INDEX CONCURRENTLY would make

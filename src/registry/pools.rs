@@ -92,7 +92,8 @@ pub enum PrivilegedRoles {
 }
 
 /// Superuser and BYPASSRLS of the connected role, in one round trip: a role with either can
-/// read or change any tenant's data, far beyond what a schema migration needs.
+/// read or change any tenant's data, far beyond what a schema migration needs. Asked on a
+/// role's first connection to a host, then again after [`ROLE_CHECK_TTL`].
 async fn check_privileges(
     client: &Client,
     key: &DatabaseKey,
@@ -137,9 +138,18 @@ async fn check_privileges(
     }
 }
 
+/// How long a role found unprivileged on a host is trusted without asking again: the check
+/// costs a catalog query on every new connection, and a fleet opens one per tenant.
+const ROLE_CHECK_TTL: Duration = Duration::from_secs(300);
+
+/// Roles (`host:port|user`) last found unprivileged, and when: roles are per cluster.
+type RoleVerdicts = Arc<Mutex<HashMap<String, Instant>>>;
+
 pub struct BudgetedManager {
     config: tokio_postgres::Config,
     privileged_roles: PrivilegedRoles,
+    role_verdicts: RoleVerdicts,
+    role: String,
     host: Arc<Semaphore>,
     key: DatabaseKey,
     /// Closes other databases' idle pools on this host when the budget is spent.
@@ -179,7 +189,14 @@ impl bb8::ManageConnection for BudgetedManager {
             }
             drop(permit);
         });
-        check_privileges(&client, &self.key, self.privileged_roles).await?;
+        let checked_at = self.role_verdicts.lock().unwrap().get(&self.role).copied();
+        if checked_at.is_none_or(|at| at.elapsed() >= ROLE_CHECK_TTL) {
+            check_privileges(&client, &self.key, self.privileged_roles).await?;
+            self.role_verdicts
+                .lock()
+                .unwrap()
+                .insert(self.role.clone(), Instant::now());
+        }
         Ok(Budgeted {
             client,
             poisoned: false,
@@ -262,6 +279,7 @@ fn pool_key(spec: &ConnectionSpec) -> PoolKey {
 
 pub struct Pools {
     limits: PoolLimits,
+    role_verdicts: RoleVerdicts,
     databases: Arc<Mutex<HashMap<PoolKey, Entry>>>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
@@ -270,6 +288,7 @@ impl Pools {
     pub fn new(limits: PoolLimits) -> Pools {
         Pools {
             limits,
+            role_verdicts: RoleVerdicts::default(),
             databases: Arc::default(),
             hosts: Mutex::default(),
         }
@@ -310,6 +329,8 @@ impl Pools {
                     let manager = BudgetedManager {
                         config: pg_config(spec, self.limits.connect_timeout)?,
                         privileged_roles: self.limits.privileged_roles,
+                        role_verdicts: self.role_verdicts.clone(),
+                        role: format!("{}|{}", spec.host_key(), spec.user),
                         host: self.host_budget(&spec.host_key()),
                         key: key.clone(),
                         release_idle: {

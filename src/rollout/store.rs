@@ -86,11 +86,16 @@ impl RolloutStore {
 
     /// gzip-compressed JSON: a tenant's entry repeats the same keys and replica names, so a
     /// document shrinks about tenfold.
+    /// The JSON is built first and compressed in one write: the encoder zeroes its output
+    /// buffer on every write, and the serializer writes token by token.
     pub fn encode(doc: &RolloutDoc) -> Vec<u8> {
         use std::io::Write;
-        let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
-        serde_json::to_writer(&mut gz, doc).expect("rollouts serialize");
-        gz.flush().expect("writes to memory");
+        let json = serde_json::to_vec(doc).expect("rollouts serialize");
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(json.len() / 8),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(&json).expect("writes to memory");
         gz.finish().expect("writes to memory")
     }
 
@@ -101,8 +106,12 @@ impl RolloutStore {
             message,
         };
         if bytes.starts_with(&[0x1f, 0x8b]) {
-            serde_json::from_reader(flate2::read::GzDecoder::new(bytes))
-                .map_err(|e| corrupt(e.to_string()))
+            use std::io::Read;
+            let mut json = Vec::with_capacity(bytes.len() * 10);
+            flate2::read::GzDecoder::new(bytes)
+                .read_to_end(&mut json)
+                .map_err(|e| corrupt(e.to_string()))?;
+            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
         } else {
             serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
         }

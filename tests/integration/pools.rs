@@ -146,4 +146,52 @@ async fn privileged_roles_are_refused_when_configured() {
         .unwrap()
         .get(0);
     assert_eq!(who, "lp_app");
+    drop(c);
+    // The verdict on a role is kept per host for a few minutes (one catalog query per role,
+    // not per tenant): lp_app made superuser now is still taken on another database.
+    let (_, db2) = pg.database("leastpriv2").await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db2}\" OWNER TO lp_app; ALTER ROLE lp_app SUPERUSER"
+        ))
+        .await
+        .unwrap();
+    let cached = pools
+        .get(&ConnectionSpec {
+            user: "lp_app".into(),
+            ..spec(pg.port, &db2)
+        })
+        .await;
+    admin
+        .batch_execute("ALTER ROLE lp_app NOSUPERUSER")
+        .await
+        .unwrap();
+    assert!(cached.is_ok(), "checked once per role and host");
+    // A fresh daemon (its own pools) asks again, and refuses.
+    let fresh = Pools::new(PoolLimits {
+        per_host: 4,
+        per_database: 1,
+        connect_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(60),
+        privileged_roles: PrivilegedRoles::Refuse,
+    });
+    admin
+        .batch_execute("ALTER ROLE lp_app SUPERUSER")
+        .await
+        .unwrap();
+    let refused = fresh
+        .get(&ConnectionSpec {
+            user: "lp_app".into(),
+            ..spec(pg.port, &db2)
+        })
+        .await
+        .err();
+    admin
+        .batch_execute("ALTER ROLE lp_app NOSUPERUSER")
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Some(PoolError::Privileged { .. })),
+        "a new role check refuses the promoted role"
+    );
 }
