@@ -10,6 +10,9 @@
 //!   granted it, the key is deleted (unlike etcd's Lock RPC, whose late grant would otherwise
 //!   need the whole process lease revoked).
 //! - Fencing token: the lock key's create revision, which grows with every new holder.
+//! - Release: the key is deleted if it is still ours. Releases ride on this session's next
+//!   acquire transaction (in a fleet job a slot freed is a slot refilled: one etcd write per
+//!   tenant instead of two), or go on their own after [`RELEASE_DELAY`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +31,13 @@ use crate::registry::DatabaseKey;
 
 /// Pause before the next keep-alive attempt after a failed one.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(300);
+/// How long a release waits for an acquire to ride on before it is sent alone.
+const RELEASE_DELAY: Duration = Duration::from_millis(20);
+/// Releases per transaction at most (etcd allows 128 operations, compares counted apart).
+const RELEASES_PER_TXN: usize = 32;
+
+/// Lock keys to delete if still ours: (key, create revision).
+type Releases = Vec<(String, i64)>;
 
 fn unavailable(e: etcd_client::Error) -> LockError {
     LockError::Unavailable(e.to_string())
@@ -40,6 +50,9 @@ pub struct EtcdSession {
     owner: String,
     lost: CancellationToken,
     safe_until: Arc<Mutex<Instant>>,
+    /// Released locks not yet deleted in etcd.
+    releases: Arc<Mutex<Releases>>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl EtcdSession {
@@ -68,6 +81,8 @@ impl EtcdSession {
             safe_until: Arc::new(Mutex::new(
                 sent + Duration::from_secs(grant.ttl().max(0) as u64),
             )),
+            releases: Arc::default(),
+            released: Arc::default(),
         });
         tracing::info!(
             lease = format!("{:x}", session.lease),
@@ -75,11 +90,44 @@ impl EtcdSession {
             "etcd lease granted"
         );
         let s = session.clone();
+        let stopped = stop.clone();
         tracker.spawn(async move {
-            s.keep_alive(Duration::from_secs(ttl_secs as u64), stop)
+            s.keep_alive(Duration::from_secs(ttl_secs as u64), stopped)
                 .await
         });
+        let s = session.clone();
+        tracker.spawn(async move { s.send_releases(stop).await });
         Ok(session)
+    }
+
+    /// Releases no acquire took along: sent after [`RELEASE_DELAY`], and at shutdown.
+    async fn send_releases(&self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.released.notified() => {}
+                _ = stop.cancelled() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RELEASE_DELAY) => {}
+                _ = stop.cancelled() => break,
+            }
+            let due = std::mem::take(&mut *self.releases.lock().unwrap());
+            release_all(self.client.clone(), due).await;
+        }
+        let due = std::mem::take(&mut *self.releases.lock().unwrap());
+        release_all(self.client.clone(), due).await;
+    }
+
+    /// Queued releases for an acquire of `lock_key` to carry (never that key itself: a txn
+    /// may not touch one key twice; its release is sent first).
+    async fn riders(&self, lock_key: &str) -> Releases {
+        let (same, others): (Releases, Releases) = {
+            let mut queued = self.releases.lock().unwrap();
+            let n = queued.len().min(RELEASES_PER_TXN);
+            queued.drain(..n).partition(|(k, _)| k == lock_key)
+        };
+        release_all(self.client.clone(), same).await;
+        others
     }
 
     fn lose(&self, why: &str) {
@@ -186,17 +234,28 @@ impl EtcdSession {
             if self.lost.is_cancelled() {
                 return Err(LockError::SessionLost);
             }
+            let riders = self.riders(&lock_key).await;
             let txn = Txn::new()
-                .when([Compare::create_revision(
-                    lock_key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([TxnOp::put(
-                    lock_key.clone(),
-                    self.owner.clone(),
-                    Some(PutOptions::new().with_lease(self.lease)),
-                )])
+                .when(
+                    std::iter::once(Compare::create_revision(
+                        lock_key.clone(),
+                        CompareOp::Equal,
+                        0,
+                    ))
+                    .chain(riders.iter().map(|(k, rev)| {
+                        Compare::create_revision(k.clone(), CompareOp::Equal, *rev)
+                    }))
+                    .collect::<Vec<_>>(),
+                )
+                .and_then(
+                    std::iter::once(TxnOp::put(
+                        lock_key.clone(),
+                        self.owner.clone(),
+                        Some(PutOptions::new().with_lease(self.lease)),
+                    ))
+                    .chain(riders.iter().map(|(k, _)| TxnOp::delete(k.clone(), None)))
+                    .collect::<Vec<_>>(),
+                )
                 .or_else([TxnOp::get(lock_key.clone(), None)]);
             // The txn runs to completion on its own task: if we stop waiting (timeout, or our
             // caller is cancelled), a lock the server granted late is released, not leaked.
@@ -207,6 +266,7 @@ impl EtcdSession {
                 })),
                 client: self.client.clone(),
                 lock_key: lock_key.clone(),
+                riders: riders.clone(),
             };
             let resp = tokio::time::timeout_at(deadline, pending.txn.as_mut().expect("just set"))
                 .await
@@ -215,19 +275,39 @@ impl EtcdSession {
                     waited: started.elapsed(),
                     holder: "(etcd did not answer)".into(),
                 })?
-                .expect("the txn task does not panic")
-                .map_err(unavailable)?;
+                .expect("the txn task does not panic");
             pending.txn = None;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    release_all(self.client.clone(), riders).await;
+                    return Err(unavailable(e));
+                }
+            };
             if resp.succeeded() {
                 let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
                 let token = FenceToken(revision);
-                let (client, lock_key) = (self.client.clone(), lock_key.clone());
+                let (releases, released, lock_key) = (
+                    self.releases.clone(),
+                    self.released.clone(),
+                    lock_key.clone(),
+                );
                 return Ok(LockGuard::new(
                     key.clone(),
                     token,
                     self.lost.child_token(),
-                    Box::new(move || Box::pin(release(client, lock_key, revision))),
+                    Box::new(move || {
+                        Box::pin(async move {
+                            releases.lock().unwrap().push((lock_key, revision));
+                            released.notify_one();
+                        })
+                    }),
                 ));
+            }
+            if !riders.is_empty() {
+                // Held, or a rider no longer ours: send the riders alone, then ask again.
+                release_all(self.client.clone(), riders).await;
+                continue;
             }
             // Held: by whom, and since which revision; wait for its deletion.
             let (holder, seen) = resp
@@ -292,12 +372,15 @@ struct PendingAcquire {
     txn: Option<tokio::task::JoinHandle<Result<etcd_client::TxnResponse, etcd_client::Error>>>,
     client: Client,
     lock_key: String,
+    /// Releases carried by the txn: done if it succeeded, still to send if not.
+    riders: Releases,
 }
 
 impl Drop for PendingAcquire {
     fn drop(&mut self) {
         if let Some(txn) = self.txn.take() {
             let (client, lock_key) = (self.client.clone(), self.lock_key.clone());
+            let riders = std::mem::take(&mut self.riders);
             tokio::spawn(async move {
                 if let Ok(Ok(resp)) = txn.await
                     && resp.succeeded()
@@ -305,8 +388,40 @@ impl Drop for PendingAcquire {
                     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
                     tracing::info!(key = %lock_key, "releasing a lock granted after its waiter gave up");
                     release(client, lock_key, revision).await;
+                } else {
+                    release_all(client, riders).await;
                 }
             });
+        }
+    }
+}
+
+/// Delete these lock keys where still ours: in one transaction, or (one is no longer ours)
+/// one by one.
+async fn release_all(client: Client, releases: Releases) {
+    for chunk in releases.chunks(RELEASES_PER_TXN) {
+        if let [(key, revision)] = chunk {
+            release(client.clone(), key.clone(), *revision).await;
+            continue;
+        }
+        let txn = Txn::new()
+            .when(
+                chunk
+                    .iter()
+                    .map(|(k, rev)| Compare::create_revision(k.clone(), CompareOp::Equal, *rev))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                chunk
+                    .iter()
+                    .map(|(k, _)| TxnOp::delete(k.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+        let all = tokio::time::timeout(Duration::from_secs(5), client.clone().txn(txn)).await;
+        if !matches!(all, Ok(Ok(ref r)) if r.succeeded()) {
+            for (key, revision) in chunk {
+                release(client.clone(), key.clone(), *revision).await;
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod daemon_e2e;
 mod engine;
+mod locks;
 mod onboard;
 mod pki;
 mod pools;

@@ -1,0 +1,99 @@
+//! The etcd lock session against a real etcd: a release rides on the session's next acquire
+//! (one etcd write per tenant in a job, not two), or goes alone shortly after.
+
+use std::time::Duration;
+
+use fleetmig::lock::DistributedLock;
+use fleetmig::lock::etcd::EtcdSession;
+use fleetmig::registry::DatabaseKey;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::harness;
+
+async fn exists(client: &mut etcd_client::Client, key: &str) -> bool {
+    client.get(key, None).await.unwrap().count() > 0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_ride_on_the_next_acquire_or_go_alone() {
+    let Some(etcd) = harness::etcd() else { return };
+    let prefix = etcd.prefix("locks");
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let start = |owner: &'static str| {
+        EtcdSession::start(
+            client.clone(),
+            &prefix,
+            Duration::from_secs(5),
+            owner,
+            &tracker,
+            stop.clone(),
+        )
+    };
+    let (a, b) = (start("a").await.unwrap(), start("b").await.unwrap());
+    let (db1, db2) = (
+        DatabaseKey("h:5432/one".into()),
+        DatabaseKey("h:5432/two".into()),
+    );
+    let (key1, key2) = (
+        format!("{prefix}locks/{db1}"),
+        format!("{prefix}locks/{db2}"),
+    );
+
+    let one = a.try_lock(&db1).await.unwrap();
+    let first_token = one.token();
+    one.release().await;
+    // Queued, not yet sent: the next acquire carries it.
+    let two = a.try_lock(&db2).await.unwrap();
+    assert!(!exists(&mut client, &key1).await);
+    // In the same etcd transaction: just before two's lock was written, one's still stood.
+    let created = client.get(key2.as_str(), None).await.unwrap().kvs()[0].create_revision();
+    let before = client
+        .get(
+            key1.as_str(),
+            Some(etcd_client::GetOptions::new().with_revision(created - 1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(before.count(), 1, "the release rode on the next acquire");
+    // Nothing to ride on: the release goes alone within a moment.
+    two.release().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while exists(&mut client, &key2).await {
+        assert!(tokio::time::Instant::now() < deadline, "sent alone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The same database again while its release is queued: released first, then taken anew.
+    let again = a.try_lock(&db1).await.unwrap();
+    again.release().await;
+    let third = a.try_lock(&db1).await.unwrap();
+    assert!(third.token() > first_token, "a new holder, a larger token");
+
+    // Another daemon waiting for the lock gets it once the release goes out.
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        let db1 = db1.clone();
+        async move {
+            b.lock(&db1, Duration::from_secs(5))
+                .await
+                .map(|g| g.token())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "held by a");
+    let held = third.token();
+    third.release().await;
+    let got = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("the waiter is served")
+        .unwrap()
+        .unwrap();
+    assert!(got > held);
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
