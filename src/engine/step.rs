@@ -418,19 +418,21 @@ async fn autocommit(
             attempts,
         ))
     };
-    // Precheck, one round trip in one implicit transaction: the session's timeouts for the
-    // statements (reset when the revision is recorded, or by the unlock), the fence, and
-    // whether the revision is still needed.
-    let mut precheck = format!(
-        "SET lock_timeout = {}; SET statement_timeout = {};\n",
-        millis(engine.settings.lock_timeout),
-        millis(engine.settings.statement_timeout)
-    );
+    // Precheck, one round trip in one implicit transaction: the fence, whether the revision
+    // is still needed, then the session's timeouts for the statements (set after the fence,
+    // which waits for a fence row another transaction holds; reset when the revision is
+    // recorded, or by the unlock).
+    let mut precheck = String::new();
     if let Some(token) = opts.fence {
         precheck.push_str(&tables.fence_check_sql(token.0));
         precheck.push_str(";\n");
     }
     precheck.push_str(&tables.tagged_versions_sql());
+    precheck.push_str(&format!(
+        ";\nSET lock_timeout = {}; SET statement_timeout = {}",
+        millis(engine.settings.lock_timeout),
+        millis(engine.settings.statement_timeout)
+    ));
     let rows = rows_of(
         &client
             .simple_query(&precheck)

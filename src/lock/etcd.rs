@@ -119,15 +119,21 @@ impl EtcdSession {
     }
 
     /// Queued releases for an acquire of `lock_key` to carry (never that key itself: a txn
-    /// may not touch one key twice; its release is sent first).
+    /// may not touch one key twice; its release is sent first). Taken off the queue without
+    /// an await after it: the caller hands them to the acquire txn's task at once.
     async fn riders(&self, lock_key: &str) -> Releases {
-        let (same, others): (Releases, Releases) = {
+        let same: Releases = {
             let mut queued = self.releases.lock().unwrap();
-            let n = queued.len().min(RELEASES_PER_TXN);
-            queued.drain(..n).partition(|(k, _)| k == lock_key)
+            let (same, others) = std::mem::take(&mut *queued)
+                .into_iter()
+                .partition(|(k, _)| k == lock_key);
+            *queued = others;
+            same
         };
-        release_all(self.client.clone(), same).await;
-        others
+        send_releases_detached(self.client.clone(), same).await;
+        let mut queued = self.releases.lock().unwrap();
+        let n = queued.len().min(RELEASES_PER_TXN);
+        queued.drain(..n).collect()
     }
 
     fn lose(&self, why: &str) {
@@ -280,7 +286,7 @@ impl EtcdSession {
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
-                    release_all(self.client.clone(), riders).await;
+                    send_releases_detached(self.client.clone(), riders).await;
                     return Err(unavailable(e));
                 }
             };
@@ -306,7 +312,7 @@ impl EtcdSession {
             }
             if !riders.is_empty() {
                 // Held, or a rider no longer ours: send the riders alone, then ask again.
-                release_all(self.client.clone(), riders).await;
+                send_releases_detached(self.client.clone(), riders).await;
                 continue;
             }
             // Held: by whom, and since which revision; wait for its deletion.
@@ -394,6 +400,15 @@ impl Drop for PendingAcquire {
             });
         }
     }
+}
+
+/// [`release_all`] on a task of its own, awaited: a caller cancelled meanwhile (a job
+/// cancelled, an RPC dropped) cannot lose releases it had taken off the queue.
+async fn send_releases_detached(client: Client, releases: Releases) {
+    if releases.is_empty() {
+        return;
+    }
+    let _ = tokio::spawn(release_all(client, releases)).await;
 }
 
 /// Delete these lock keys where still ours: in one transaction, or (one is no longer ours)

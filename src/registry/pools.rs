@@ -142,7 +142,9 @@ async fn check_privileges(
 /// costs a catalog query on every new connection, and a fleet opens one per tenant.
 const ROLE_CHECK_TTL: Duration = Duration::from_secs(300);
 
-/// Roles (`host:port|user`) last found unprivileged, and when: roles are per cluster.
+/// Roles (`host:port|user`) last checked (and not refused), and when: roles are per cluster.
+/// One host:port that reaches several clusters (a pooler routing by database) shares one
+/// verdict per user name.
 type RoleVerdicts = Arc<Mutex<HashMap<String, Instant>>>;
 
 pub struct BudgetedManager {

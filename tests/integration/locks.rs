@@ -77,22 +77,40 @@ async fn releases_ride_on_the_next_acquire_or_go_alone() {
     let waiter = tokio::spawn({
         let b = b.clone();
         let db1 = db1.clone();
-        async move {
-            b.lock(&db1, Duration::from_secs(5))
-                .await
-                .map(|g| g.token())
-        }
+        async move { b.lock(&db1, Duration::from_secs(5)).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "held by a");
     let held = third.token();
     third.release().await;
-    let got = tokio::time::timeout(Duration::from_secs(3), waiter)
+    let b_holds = tokio::time::timeout(Duration::from_secs(3), waiter)
         .await
         .expect("the waiter is served")
         .unwrap()
         .unwrap();
-    assert!(got > held);
+    assert!(b_holds.token() > held);
+
+    // An acquire given up at any point (a job cancelled, an RPC dropped) loses no release it
+    // had taken along: b still holds db1, so a's acquires carry riders and fail.
+    let db3 = DatabaseKey("h:5432/three".into());
+    let key3 = format!("{prefix}locks/{db3}");
+    for give_up_after_ms in [0, 1, 2, 5, 10, 20] {
+        a.try_lock(&db3).await.unwrap().release().await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(give_up_after_ms),
+            a.lock(&db1, Duration::from_secs(5)),
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while exists(&mut client, &key3).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "release lost by an acquire given up after {give_up_after_ms} ms"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    b_holds.release().await;
     stop.cancel();
     tracker.close();
     tracker.wait().await;
