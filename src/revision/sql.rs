@@ -56,10 +56,14 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
     let mut atomic_depth = 0usize;
     let mut prev_word: Option<String> = None;
     let line_at = |pos: usize| sql[..pos].matches('\n').count();
+    // A byte-order mark (an editor's, pasted mid-file) is not SQL: lexed as the three spaces
+    // it is as long as, so that it never joins the token after it (`\u{feff}$$` would lex as
+    // one identifier here, and as a dollar quote once the statement starts with it).
+    let lexed = sql.replace('\u{feff}', "   ");
 
-    for token in tokenize(sql) {
+    for token in tokenize(&lexed) {
         let len = token.len as usize;
-        let text = &sql[offset..offset + len];
+        let text = &lexed[offset..offset + len];
         if let Some(what) = unterminated(token.kind) {
             return Err(SplitError {
                 what,
@@ -68,8 +72,7 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
         }
         match token.kind {
             TokenKind::Eof => break,
-            // A byte-order mark (an editor's, pasted mid-file) is not SQL: treated as space.
-            k if is_trivia(k) || text == "\u{feff}" => {}
+            k if is_trivia(k) => {}
             TokenKind::Semi if atomic_depth == 0 => {
                 if let Some(s) = start.take() {
                     out.push(Statement {
@@ -307,6 +310,19 @@ mod tests {
             texts("\u{feff}SELECT 1;\u{feff};SELECT 2"),
             vec!["SELECT 1", "SELECT 2"]
         );
+        // Also found by it: a BOM joined the `$$` after it into one identifier, and the
+        // statement, split again, began a dollar quote it never closed.
+        let e = split("SELECT 1;\u{feff}$$a${; SELECT 2").unwrap_err();
+        assert_eq!(e.what, "dollar-quoted string");
+        let statements = texts("SELECT\u{feff}$$a$$;\u{feff}SELECT 2");
+        assert_eq!(statements, vec!["SELECT\u{feff}$$a$$", "SELECT 2"]);
+        for s in &statements {
+            assert_eq!(
+                split(s).map(|v| v.len()).ok(),
+                Some(1),
+                "{s:?} splits again"
+            );
+        }
     }
 
     #[test]
