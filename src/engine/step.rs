@@ -330,22 +330,17 @@ async fn transactional_once(
         .await
         .map_err(|e| Attempt::Sql(e, None))?;
     // One round trip: timeouts, fence, and the version rows as this transaction sees them.
-    let mut preamble = local_timeouts(engine);
-    if let Some(token) = opts.fence {
-        preamble.push_str(";\n");
-        preamble.push_str(&tables.fence_check_sql(token.0));
-    }
-    preamble.push_str(";\n");
-    preamble.push_str(&tables.tagged_versions_sql());
+    let preamble = format!(
+        "{};\n{}",
+        local_timeouts(engine),
+        fence_and_versions_sql(tables, opts.fence)
+    );
     let rows = rows_of(
         &tx.simple_query(&preamble)
             .await
             .map_err(|e| Attempt::Sql(e, None))?,
     );
-    if let Some(token) = opts.fence {
-        check_fence(&tx, tables, token, &rows).await?;
-    }
-    let versions = versions_of(&rows)?;
+    let versions = fenced_versions(&tx, tables, opts.fence, &rows).await?;
     if !still_needed(engine, &versions, node, direction)? {
         tracing::info!(revision = %rev.id, %direction, "already done by another process; nothing to do");
         return Ok(());
@@ -385,6 +380,29 @@ fn committed(tx: tokio_postgres::Transaction<'_>) {
     std::mem::forget(tx);
 }
 
+/// The fence write (when fenced) and the version rows, to send in one round trip.
+fn fence_and_versions_sql(tables: &Tables, fence: Option<FenceToken>) -> String {
+    let mut sql = fence
+        .map(|t| format!("{};\n", tables.fence_check_sql(t.0)))
+        .unwrap_or_default();
+    sql.push_str(&tables.tagged_versions_sql());
+    sql
+}
+
+/// From the rows of [`fence_and_versions_sql`]: stale if the fence did not write, else the
+/// version rows.
+async fn fenced_versions(
+    client: &impl GenericClient,
+    tables: &Tables,
+    fence: Option<FenceToken>,
+    rows: &[Vec<Option<String>>],
+) -> Result<Vec<crate::model::RevisionId>, StepError> {
+    if let Some(token) = fence {
+        check_fence(client, tables, token, rows).await?;
+    }
+    Ok(versions_of(rows)?)
+}
+
 /// The version rows of a tagged query (`'version', version_num`).
 fn versions_of(rows: &[Vec<Option<String>>]) -> Result<Vec<crate::model::RevisionId>, EngineError> {
     tagged(rows, "version")
@@ -422,12 +440,7 @@ async fn autocommit(
     // is still needed, then the session's timeouts for the statements (set after the fence,
     // which waits for a fence row another transaction holds; reset when the revision is
     // recorded, or by the unlock).
-    let mut precheck = String::new();
-    if let Some(token) = opts.fence {
-        precheck.push_str(&tables.fence_check_sql(token.0));
-        precheck.push_str(";\n");
-    }
-    precheck.push_str(&tables.tagged_versions_sql());
+    let mut precheck = fence_and_versions_sql(tables, opts.fence);
     precheck.push_str(&format!(
         ";\nSET lock_timeout = {}; SET statement_timeout = {}",
         millis(engine.settings.lock_timeout),
@@ -439,10 +452,8 @@ async fn autocommit(
             .await
             .map_err(|e| sql_err(e, None, 1))?,
     );
-    if let Some(token) = opts.fence {
-        check_fence(&*client, tables, token, &rows).await?;
-    }
-    if !still_needed(engine, &versions_of(&rows)?, node, direction)? {
+    let versions = fenced_versions(&*client, tables, opts.fence, &rows).await?;
+    if !still_needed(engine, &versions, node, direction)? {
         return Ok(1);
     }
     // The precheck has just fenced: the first statement's first attempt needs no other check.
@@ -483,21 +494,16 @@ async fn autocommit(
         .transaction()
         .await
         .map_err(|e| sql_err(e, None, 1))?;
-    let mut check = String::from("RESET lock_timeout; RESET statement_timeout;\n");
-    if let Some(token) = opts.fence {
-        check.push_str(&tables.fence_check_sql(token.0));
-        check.push_str(";\n");
-    }
-    check.push_str(&tables.tagged_versions_sql());
+    let check = format!(
+        "RESET lock_timeout; RESET statement_timeout;\n{}",
+        fence_and_versions_sql(tables, opts.fence)
+    );
     let rows = rows_of(
         &tx.simple_query(&check)
             .await
             .map_err(|e| sql_err(e, None, 1))?,
     );
-    if let Some(token) = opts.fence {
-        check_fence(&tx, tables, token, &rows).await?;
-    }
-    let versions = versions_of(&rows)?;
+    let versions = fenced_versions(&tx, tables, opts.fence, &rows).await?;
     let mut sql = String::new();
     if still_needed(engine, &versions, node, direction)? {
         sql = record_sql(

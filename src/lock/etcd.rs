@@ -248,9 +248,7 @@ impl EtcdSession {
                         CompareOp::Equal,
                         0,
                     ))
-                    .chain(riders.iter().map(|(k, rev)| {
-                        Compare::create_revision(k.clone(), CompareOp::Equal, *rev)
-                    }))
+                    .chain(still_ours(&riders))
                     .collect::<Vec<_>>(),
                 )
                 .and_then(
@@ -259,7 +257,7 @@ impl EtcdSession {
                         self.owner.clone(),
                         Some(PutOptions::new().with_lease(self.lease)),
                     ))
-                    .chain(riders.iter().map(|(k, _)| TxnOp::delete(k.clone(), None)))
+                    .chain(deletes(&riders))
                     .collect::<Vec<_>>(),
                 )
                 .or_else([TxnOp::get(lock_key.clone(), None)]);
@@ -393,7 +391,7 @@ impl Drop for PendingAcquire {
                 {
                     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
                     tracing::info!(key = %lock_key, "releasing a lock granted after its waiter gave up");
-                    release(client, lock_key, revision).await;
+                    release_all(client, vec![(lock_key, revision)]).await;
                 } else {
                     release_all(client, riders).await;
                 }
@@ -411,51 +409,51 @@ async fn send_releases_detached(client: Client, releases: Releases) {
     let _ = tokio::spawn(release_all(client, releases)).await;
 }
 
-/// Delete these lock keys where still ours: in one transaction, or (one is no longer ours)
-/// one by one.
+/// Compares that each key still has the create revision we took it at.
+fn still_ours(releases: &[(String, i64)]) -> Vec<Compare> {
+    releases
+        .iter()
+        .map(|(k, rev)| Compare::create_revision(k.clone(), CompareOp::Equal, *rev))
+        .collect()
+}
+
+fn deletes(releases: &[(String, i64)]) -> Vec<TxnOp> {
+    releases
+        .iter()
+        .map(|(k, _)| TxnOp::delete(k.clone(), None))
+        .collect()
+}
+
+/// Delete these lock keys where still ours: in one transaction, or (one is no longer ours,
+/// or etcd failed) one by one. A key that could not be deleted goes with the lease.
 async fn release_all(client: Client, releases: Releases) {
     for chunk in releases.chunks(RELEASES_PER_TXN) {
-        if let [(key, revision)] = chunk {
-            release(client.clone(), key.clone(), *revision).await;
-            continue;
-        }
-        let txn = Txn::new()
-            .when(
-                chunk
-                    .iter()
-                    .map(|(k, rev)| Compare::create_revision(k.clone(), CompareOp::Equal, *rev))
-                    .collect::<Vec<_>>(),
-            )
-            .and_then(
-                chunk
-                    .iter()
-                    .map(|(k, _)| TxnOp::delete(k.clone(), None))
-                    .collect::<Vec<_>>(),
-            );
-        let all = tokio::time::timeout(Duration::from_secs(5), client.clone().txn(txn)).await;
-        if !matches!(all, Ok(Ok(ref r)) if r.succeeded()) {
-            for (key, revision) in chunk {
-                release(client.clone(), key.clone(), *revision).await;
+        match delete_if_ours(&client, chunk).await {
+            Ok(true) => {}
+            _ if chunk.len() > 1 => {
+                for one in chunk {
+                    if let Err(error) = delete_if_ours(&client, std::slice::from_ref(one)).await {
+                        tracing::warn!(key = %one.0, %error, "could not release the lock; it goes with the lease");
+                    }
+                }
+            }
+            Ok(false) => {} // no longer ours: nothing to release
+            Err(error) => {
+                tracing::warn!(key = %chunk[0].0, %error, "could not release the lock; it goes with the lease");
             }
         }
     }
 }
 
-/// Delete the lock key if it is still ours (same create revision).
-async fn release(mut client: Client, lock_key: String, revision: i64) {
+/// One transaction deleting all these keys if all are still ours; `Ok(false)` if one is not.
+async fn delete_if_ours(client: &Client, releases: &[(String, i64)]) -> Result<bool, String> {
     let txn = Txn::new()
-        .when([Compare::create_revision(
-            lock_key.clone(),
-            CompareOp::Equal,
-            revision,
-        )])
-        .and_then([TxnOp::delete(lock_key.clone(), None)]);
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), client.txn(txn))
-        .await
-        .map_err(|_| "timeout".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        tracing::warn!(key = %lock_key, error = %e, "could not release the lock; it goes with the lease");
+        .when(still_ours(releases))
+        .and_then(deletes(releases));
+    match tokio::time::timeout(Duration::from_secs(5), client.clone().txn(txn)).await {
+        Ok(Ok(r)) => Ok(r.succeeded()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timeout".into()),
     }
 }
 

@@ -99,6 +99,24 @@ async fn the_host_budget_holds_and_idle_connections_give_way() {
     );
 }
 
+/// Pools that refuse privileged roles.
+fn refusing_pools() -> Pools {
+    Pools::new(PoolLimits {
+        per_host: 4,
+        per_database: 1,
+        connect_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(60),
+        privileged_roles: PrivilegedRoles::Refuse,
+    })
+}
+
+fn as_lp_app(port: u16, db: &str) -> ConnectionSpec {
+    ConnectionSpec {
+        user: "lp_app".into(),
+        ..spec(port, db)
+    }
+}
+
 /// Least privilege, checked at connect: with `refuse`, a superuser role is turned away with a
 /// message saying what to use instead; an ordinary role that owns the database connects.
 #[tokio::test]
@@ -117,13 +135,7 @@ async fn privileged_roles_are_refused_when_configured() {
         ))
         .await
         .unwrap();
-    let pools = Pools::new(PoolLimits {
-        per_host: 4,
-        per_database: 1,
-        connect_timeout: Duration::from_secs(3),
-        idle_timeout: Duration::from_secs(60),
-        privileged_roles: PrivilegedRoles::Refuse,
-    });
+    let pools = refusing_pools();
     let e = pools
         .get(&spec(pg.port, &db))
         .await
@@ -134,10 +146,7 @@ async fn privileged_roles_are_refused_when_configured() {
         e.to_string().contains("role postgres is a superuser"),
         "{e}"
     );
-    let app = ConnectionSpec {
-        user: "lp_app".into(),
-        ..spec(pg.port, &db)
-    };
+    let app = as_lp_app(pg.port, &db);
     // Same database, another role: its own pool, not the refused one.
     let c = pools.get(&app).await.expect("an ordinary owner connects");
     let who: String = c
@@ -156,36 +165,19 @@ async fn privileged_roles_are_refused_when_configured() {
         ))
         .await
         .unwrap();
-    let cached = pools
-        .get(&ConnectionSpec {
-            user: "lp_app".into(),
-            ..spec(pg.port, &db2)
-        })
-        .await;
+    let cached = pools.get(&as_lp_app(pg.port, &db2)).await;
     admin
         .batch_execute("ALTER ROLE lp_app NOSUPERUSER")
         .await
         .unwrap();
     assert!(cached.is_ok(), "checked once per role and host");
     // A fresh daemon (its own pools) asks again, and refuses.
-    let fresh = Pools::new(PoolLimits {
-        per_host: 4,
-        per_database: 1,
-        connect_timeout: Duration::from_secs(3),
-        idle_timeout: Duration::from_secs(60),
-        privileged_roles: PrivilegedRoles::Refuse,
-    });
+    let fresh = refusing_pools();
     admin
         .batch_execute("ALTER ROLE lp_app SUPERUSER")
         .await
         .unwrap();
-    let refused = fresh
-        .get(&ConnectionSpec {
-            user: "lp_app".into(),
-            ..spec(pg.port, &db2)
-        })
-        .await
-        .err();
+    let refused = fresh.get(&as_lp_app(pg.port, &db2)).await.err();
     admin
         .batch_execute("ALTER ROLE lp_app NOSUPERUSER")
         .await
