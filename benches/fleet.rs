@@ -6,7 +6,8 @@
 //! `cargo bench --bench fleet` runs the configured sizes; `cargo test --bench fleet` (in
 //! `make test`) runs a tiny smoke size. Knobs (environment): BENCH_SIZES=50,200,
 //! BENCH_CONCURRENCY=1,2,8, BENCH_RUNS=3, BENCH_APPS=aletheia,truthgraph, BENCH_REGISTRY=10000,
-//! BENCH_OUT=target/bench/fleet.json, BENCH_PER_HOST=64 (the daemon's per-host connection budget).
+//! BENCH_OUT=target/bench/fleet.json, BENCH_PER_HOST=64 (the daemon's per-host connection budget),
+//! BENCH_PGLOG=<file> (Postgres statement statistics, summarized by `benches/pg_statement_cpu.py`).
 
 #[allow(dead_code)]
 #[path = "../tests/integration/harness.rs"]
@@ -319,6 +320,27 @@ async fn bench(opts: &Opts) -> Report {
         .await
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
+    let pg_log = std::env::var("BENCH_PGLOG").ok();
+    if pg_log.is_some() {
+        // Per-statement CPU of every backend, sessions by database, background work: for
+        // `benches/pg_statement_cpu.py`. The logging itself costs CPU: not for the table.
+        for setting in [
+            "log_statement_stats = on",
+            "log_connections = 'authorization'",
+            "log_disconnections = on",
+            "log_autovacuum_min_duration = 0",
+            "log_checkpoints = on",
+        ] {
+            admin
+                .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+                .await
+                .unwrap();
+        }
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+    }
     let mut rows = vec![];
     for &size in &opts.sizes {
         for app in &opts.apps {
@@ -409,6 +431,10 @@ async fn bench(opts: &Opts) -> Report {
         None
     };
     daemon.terminate();
+    if let Some(dest) = pg_log {
+        std::fs::copy(&pg.log, &dest).unwrap();
+        eprintln!("Postgres log with statement statistics: {dest}");
+    }
     Report {
         machine: machine(),
         rows,

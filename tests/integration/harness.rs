@@ -87,6 +87,9 @@ fn scratch_dir(name: &str) -> PathBuf {
 pub struct Postgres {
     pub port: u16,
     pub bin: PathBuf,
+    /// The server's log file (the benchmark copies it out with `BENCH_PGLOG`).
+    #[allow(dead_code)]
+    pub log: PathBuf,
     counter: AtomicUsize,
 }
 
@@ -181,6 +184,7 @@ fn start_postgres() -> Option<Postgres> {
     Some(Postgres {
         port,
         bin,
+        log,
         counter: AtomicUsize::new(0),
     })
 }
