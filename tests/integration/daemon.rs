@@ -959,9 +959,7 @@ async fn the_registry_reads_a_fleet_bigger_than_one_etcd_response() {
     let Some(etcd) = harness::etcd() else {
         return;
     };
-    let client = etcd_client::Client::connect([&etcd.endpoint], None)
-        .await
-        .unwrap();
+    let client = etcd.client().await;
     let registry = Registry::new(client, &etcd.prefix("bigfleet"));
     let n = 2600;
     let tenant = |i: usize| Tenant {

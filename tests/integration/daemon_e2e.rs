@@ -222,9 +222,7 @@ async fn a_tenant_password_appears_nowhere() {
         })
         .await
     );
-    let mut etcd_client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
+    let mut etcd_client = etcd.client().await;
     let dump = etcd_client
         .get(
             prefix.as_str(),

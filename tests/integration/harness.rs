@@ -312,6 +312,13 @@ pub fn etcd() -> Option<&'static Etcd> {
 }
 
 impl Etcd {
+    /// A plain client of this etcd (no TLS, no auth).
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint.as_str()], None)
+            .await
+            .unwrap()
+    }
+
     /// A key prefix of one test's own.
     pub fn prefix(&self, hint: &str) -> String {
         format!(

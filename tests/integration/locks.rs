@@ -19,9 +19,7 @@ async fn exists(client: &mut etcd_client::Client, key: &str) -> bool {
 async fn releases_ride_on_the_next_acquire_or_go_alone() {
     let Some(etcd) = harness::etcd() else { return };
     let prefix = etcd.prefix("locks");
-    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
+    let mut client = etcd.client().await;
     let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
     let start = |owner: &'static str| {
         EtcdSession::start(

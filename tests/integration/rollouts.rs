@@ -349,9 +349,7 @@ async fn a_watcher_that_reads_nothing_slows_nothing_and_then_gets_a_snapshot() {
     assert_eq!(first.kind, "snapshot");
     // The same watch without the gRPC stream in between (whose HTTP/2 window would absorb a
     // few dozen small events): its buffer of 16 is all a stalled watcher holds.
-    let mut etcd = etcd_client::Client::connect([&harness::etcd().unwrap().endpoint], None)
-        .await
-        .unwrap();
+    let mut etcd = harness::etcd().unwrap().client().await;
     let store = fleetmig::rollout::store::RolloutStore::new(etcd.clone(), &s.prefix);
     let mut stalled = fleetmig::rollout::watch::watch(store, &r.id).await.unwrap();
     // Read nothing while the rollout (12 waves, many updates) runs to its end.
@@ -491,16 +489,11 @@ async fn kill_9_mid_rollout_and_restart_completes_it_applying_nothing_twice() {
     .await;
     a.child.kill().unwrap(); // SIGKILL
     a.child.wait().unwrap();
-    let before = fleetmig::rollout::store::RolloutStore::new(
-        etcd_client::Client::connect([&etcd.endpoint], None)
-            .await
-            .unwrap(),
-        &s.prefix,
-    )
-    .get(&r.id)
-    .await
-    .unwrap()
-    .0;
+    let before = fleetmig::rollout::store::RolloutStore::new(etcd.client().await, &s.prefix)
+        .get(&r.id)
+        .await
+        .unwrap()
+        .0;
     assert_eq!(before.state.as_str(), "running");
     assert!(before.counts().get("done").copied().unwrap_or(0) < 8);
 

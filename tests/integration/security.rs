@@ -499,9 +499,7 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
     .await;
     assert_eq!(dh::summary(&events).done, 1, "{events:?}");
 
-    let mut etcd = etcd_client::Client::connect([&harness::etcd().unwrap().endpoint], None)
-        .await
-        .unwrap();
+    let mut etcd = harness::etcd().unwrap().client().await;
     let app = fleetmig::revision::App::load(&harness::repo_migrations(), "aletheia").unwrap();
     let c = fleetmig::engine::connect(&url).await.unwrap();
     let history: Vec<(String, i64)> = c

@@ -32,9 +32,7 @@ async fn postgres_has_pgvector() {
 async fn etcd_answers_on_its_own_prefix() {
     let Some(etcd) = harness::etcd() else { return };
     let prefix = etcd.prefix("smoke");
-    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
-        .await
-        .unwrap();
+    let mut client = etcd.client().await;
     client.put(format!("{prefix}k"), "v", None).await.unwrap();
     let got = client.get(format!("{prefix}k"), None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"v");
