@@ -56,7 +56,12 @@ struct Row {
     floor_ms_median: f64,
     floor_ms_min: f64,
     floor_ms_max: f64,
+    /// Median daemon time over median floor time.
     ratio: f64,
+    /// Each run's daemon time over the floor time measured right after it: their spread
+    /// says how far a single run can be trusted on this machine.
+    ratio_run_min: f64,
+    ratio_run_max: f64,
     daemon_tenants_per_s: f64,
     daemon_ms_per_tenant: f64,
     etcd_requests_per_tenant: f64,
@@ -200,6 +205,16 @@ async fn sessions(admin: &tokio_postgres::Client, dbs: &[String]) -> f64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Before each measured phase: write out what the previous phase (or the databases' creation)
+/// left dirty, so its write-back lands in neither the daemon's phase nor the floor's.
+async fn settle(admin: &tokio_postgres::Client) {
+    admin.batch_execute("CHECKPOINT").await.unwrap();
+    tokio::task::spawn_blocking(|| std::process::Command::new("sync").status())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 async fn migrate(
@@ -370,6 +385,7 @@ async fn bench(opts: &Opts) -> Report {
                     for (direction, target, down, file) in
                         [("up", "head", false, &up), ("down", "base", true, &down)]
                     {
+                        settle(&admin).await;
                         let (etcd0, sess0) = (
                             etcd_messages(&etcd.endpoint).await,
                             sessions(&admin, &daemon_dbs).await,
@@ -382,6 +398,7 @@ async fn bench(opts: &Opts) -> Report {
                             etcd_messages(&etcd.endpoint).await,
                             sessions(&admin, &daemon_dbs).await,
                         );
+                        settle(&admin).await;
                         let cpu2 = CpuSplit::now(pid);
                         let f_ms = floor(&psql, &floor_urls, file, c).await;
                         let cpu3 = CpuSplit::now(pid);
@@ -397,6 +414,8 @@ async fn bench(opts: &Opts) -> Report {
                     }
                 }
                 for (direction, (mut d, mut f, etcd_per, conn_per, failures, d_cpu, f_cpu)) in m {
+                    let mut per_run: Vec<f64> = d.iter().zip(&f).map(|(d, f)| d / f).collect();
+                    per_run.sort_by(|a, b| a.partial_cmp(b).unwrap());
                     let (dm, fm) = (median(&mut d), median(&mut f));
                     let row = Row {
                         app: app.clone(),
@@ -410,6 +429,8 @@ async fn bench(opts: &Opts) -> Report {
                         floor_ms_min: f[0],
                         floor_ms_max: f[f.len() - 1],
                         ratio: dm / fm,
+                        ratio_run_min: per_run[0],
+                        ratio_run_max: per_run[per_run.len() - 1],
                         daemon_tenants_per_s: size as f64 / (dm / 1000.0),
                         daemon_ms_per_tenant: dm / size as f64,
                         etcd_requests_per_tenant: etcd_per / opts.runs as f64,
@@ -535,11 +556,11 @@ fn markdown(r: &Report) -> String {
         "Machine: {}. Daemon peak RSS: {:.0} MB.\n\n",
         r.machine, r.daemon_peak_rss_mb
     );
-    s += "| app | direction | tenants | concurrency | daemon ms (median, min-max) | psql floor ms (median, min-max) | daemon / floor | tenants/s | ms/tenant | etcd req/tenant | connections/tenant |\n";
+    s += "| app | direction | tenants | concurrency | daemon ms (median, min-max) | psql floor ms (median, min-max) | daemon / floor (per-run min-max) | tenants/s | ms/tenant | etcd req/tenant | connections/tenant |\n";
     s += "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|\n";
     for x in &r.rows {
         s += &format!(
-            "| {} | {} | {} | {} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            "| {} | {} | {} | {} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:.2} ({:.2}-{:.2}) | {:.1} | {:.1} | {:.1} | {:.2} |\n",
             x.app,
             x.direction,
             x.tenants,
@@ -551,6 +572,8 @@ fn markdown(r: &Report) -> String {
             x.floor_ms_min,
             x.floor_ms_max,
             x.ratio,
+            x.ratio_run_min,
+            x.ratio_run_max,
             x.daemon_tenants_per_s,
             x.daemon_ms_per_tenant,
             x.etcd_requests_per_tenant,

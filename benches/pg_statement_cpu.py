@@ -77,6 +77,9 @@ def main(path, top):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 2 or (len(sys.argv) > 2 and not sys.argv[2].isdigit()):
         sys.exit(__doc__)
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)
+    try:
+        main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)
+    except OSError as e:
+        sys.exit(f"{sys.argv[1]}: {e.strerror}. Write the log first: BENCH_PGLOG={sys.argv[1]} cargo bench --bench fleet")
