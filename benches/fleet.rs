@@ -414,8 +414,9 @@ async fn bench(opts: &Opts) -> Report {
                     }
                 }
                 for (direction, (mut d, mut f, etcd_per, conn_per, failures, d_cpu, f_cpu)) in m {
-                    let mut per_run: Vec<f64> = d.iter().zip(&f).map(|(d, f)| d / f).collect();
-                    per_run.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    let per_run = || d.iter().zip(&f).map(|(d, f)| d / f);
+                    let ratio_run_min = per_run().fold(f64::INFINITY, f64::min);
+                    let ratio_run_max = per_run().fold(0.0, f64::max);
                     let (dm, fm) = (median(&mut d), median(&mut f));
                     let row = Row {
                         app: app.clone(),
@@ -429,8 +430,8 @@ async fn bench(opts: &Opts) -> Report {
                         floor_ms_min: f[0],
                         floor_ms_max: f[f.len() - 1],
                         ratio: dm / fm,
-                        ratio_run_min: per_run[0],
-                        ratio_run_max: per_run[per_run.len() - 1],
+                        ratio_run_min,
+                        ratio_run_max,
                         daemon_tenants_per_s: size as f64 / (dm / 1000.0),
                         daemon_ms_per_tenant: dm / size as f64,
                         etcd_requests_per_tenant: etcd_per / opts.runs as f64,
