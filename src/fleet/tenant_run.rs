@@ -382,9 +382,10 @@ impl TenantRun {
         }
         drop(conn);
         let guard_token = guard.token().0;
-        // The lock goes in the background: the tenant's job slot is free one etcd round trip
-        // (a write, fsynced) earlier. The database is done with; the next holder waits for it.
-        self.fleet.tracker.spawn(guard.release());
+        // Queued, not sent: it rides on the acquire of the tenant that takes this job slot
+        // next. Queued here, before the slot is freed, or that acquire would leave without it
+        // and the release would cost an etcd write of its own.
+        guard.release().await;
         match result {
             Ok(run) if run.applied.is_empty() => {
                 self.emit(

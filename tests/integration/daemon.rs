@@ -186,6 +186,67 @@ async fn fifty_tenants_up_to_head_and_back_to_base() {
     f.daemon.shutdown().await.unwrap();
 }
 
+// Multi-threaded, as the daemon runs: the order of tasks between workers is what is tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_etcd_write_per_tenant_a_release_rides_on_the_next_acquire() {
+    const N: usize = 8;
+    let Some(f) = fleet("ride", "aletheia", N, &harness::repo_migrations()).await else {
+        return;
+    };
+    let mut m = f.daemon.migrations().await;
+    let events = dh::collect(
+        m.upgrade(all("aletheia", "head", 2))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(dh::summary(&events).done, N as u32);
+    // Every lock key's creation and deletion, from etcd's history.
+    let mut from = i64::MAX;
+    for url in f.urls.values() {
+        from = from.min(history(url).await[0].2.expect("fenced"));
+    }
+    let mut etcd = harness::etcd().unwrap().client().await;
+    let mut stream = etcd
+        .watch(
+            format!("{}locks/", f.prefix),
+            Some(
+                etcd_client::WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(from),
+            ),
+        )
+        .await
+        .unwrap();
+    let (mut created, mut deleted) = (vec![], vec![]);
+    while deleted.len() < N {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("every lock released")
+            .unwrap()
+            .unwrap();
+        for e in msg.events() {
+            let revision = e.kv().unwrap().mod_revision();
+            match e.event_type() {
+                etcd_client::EventType::Put => created.push(revision),
+                etcd_client::EventType::Delete => deleted.push(revision),
+            }
+        }
+    }
+    assert_eq!(created.len(), N);
+    // A release that rode went in the transaction of another tenant's acquire: same revision.
+    // The last two (one per job slot) have nothing to ride on.
+    let rode = deleted.iter().filter(|d| created.contains(d)).count();
+    // A release waits 20 ms for an acquire: a stall of the test machine may send one alone.
+    assert!(
+        rode >= N - 3,
+        "{rode} of {} releases rode on an acquire",
+        N - 2
+    );
+    f.daemon.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn two_daemons_racing_apply_each_revision_once() {
     let Some(f) = fleet("race", "aletheia", 10, &harness::repo_migrations()).await else {
