@@ -193,18 +193,27 @@ async fn etcd_messages(endpoint: &str) -> f64 {
         .sum()
 }
 
-/// Connections ever opened to these databases: sessions that ended
-/// (pg_stat_database.sessions, PostgreSQL 14+) plus those open now.
-async fn sessions(admin: &tokio_postgres::Client, dbs: &[String]) -> f64 {
-    admin
-        .query_one(
-            "SELECT (SELECT coalesce(sum(sessions), 0) FROM pg_stat_database WHERE datname = ANY($1))::float8
-                  + (SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1))::float8",
-            &[&dbs],
-        )
-        .await
-        .unwrap()
-        .get(0)
+/// Connections opened to these databases since byte `from` of the server log (its
+/// `log_connections` lines): exact, unlike `pg_stat_database.sessions`, which an idle pooled
+/// backend reports only when it flushes its statistics, often in a later phase.
+fn connections(log: &Path, from: u64, dbs: &std::collections::HashSet<String>) -> f64 {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let mut file = std::fs::File::open(log).unwrap();
+    file.seek(std::io::SeekFrom::Start(from)).unwrap();
+    file.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter_map(|l| l.split("connection authorized: ").nth(1))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("database="))
+        })
+        .filter(|db| dbs.contains(*db))
+        .count() as f64
+}
+
+fn log_len(log: &Path) -> u64 {
+    std::fs::metadata(log).unwrap().len()
 }
 
 /// Before each measured phase: write out what the previous phase (or the databases' creation)
@@ -336,26 +345,30 @@ async fn bench(opts: &Opts) -> Report {
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let pg_log = std::env::var("BENCH_PGLOG").ok();
-    if pg_log.is_some() {
-        // Per-statement CPU of every backend, sessions by database, background work: for
-        // `benches/pg_statement_cpu.py`. The logging itself costs CPU: not for the table.
-        for setting in [
-            "log_statement_stats = on",
-            "log_connections = 'authorization'",
-            "log_disconnections = on",
-            "log_autovacuum_min_duration = 0",
-            "log_checkpoints = on",
-        ] {
-            admin
-                .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
-                .await
-                .unwrap();
-        }
+    // Connections are counted from the log (one line each, on both sides). With BENCH_PGLOG,
+    // also per-statement CPU of every backend, session ends and background work, for
+    // `benches/pg_statement_cpu.py`: that logging costs CPU, not for the table.
+    let diagnostics = [
+        "log_statement_stats = on",
+        "log_disconnections = on",
+        "log_autovacuum_min_duration = 0",
+        "log_checkpoints = on",
+    ];
+    let extra = if pg_log.is_some() {
+        &diagnostics[..]
+    } else {
+        &[]
+    };
+    for setting in ["log_connections = 'authorization'"].iter().chain(extra) {
         admin
-            .batch_execute("SELECT pg_reload_conf()")
+            .batch_execute(&format!("ALTER SYSTEM SET {setting}"))
             .await
             .unwrap();
     }
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
     let mut rows = vec![];
     for &size in &opts.sizes {
         for app in &opts.apps {
@@ -367,7 +380,7 @@ async fn bench(opts: &Opts) -> Report {
             offline_sql(app, &["upgrade", "--sql", "base:head"], &up);
             offline_sql(app, &["downgrade", "--sql", "head:base"], &down);
             let mut tenants = proto::tenants_client::TenantsClient::new(channel.clone());
-            let (mut daemon_dbs, mut floor_urls) = (vec![], vec![]);
+            let (mut daemon_dbs, mut floor_urls) = (std::collections::HashSet::new(), vec![]);
             eprintln!("creating {size} + {size} databases for {app} ...");
             for i in 0..size {
                 let (_, db) = pg.database(&format!("b{size}{app}d{i}")).await;
@@ -376,7 +389,7 @@ async fn bench(opts: &Opts) -> Report {
                     .register(proto::RegisterTenantRequest { tenant: Some(t) })
                     .await
                     .unwrap();
-                daemon_dbs.push(db);
+                daemon_dbs.insert(db);
                 floor_urls.push(pg.database(&format!("b{size}{app}f{i}")).await.0);
             }
             for &c in &opts.concurrency {
@@ -386,17 +399,14 @@ async fn bench(opts: &Opts) -> Report {
                         [("up", "head", false, &up), ("down", "base", true, &down)]
                     {
                         settle(&admin).await;
-                        let (etcd0, sess0) = (
-                            etcd_messages(&etcd.endpoint).await,
-                            sessions(&admin, &daemon_dbs).await,
-                        );
+                        let (etcd0, log0) = (etcd_messages(&etcd.endpoint).await, log_len(&pg.log));
                         let cpu0 = CpuSplit::now(pid);
                         let (d_ms, failures) =
                             migrate(&channel, app, &label, target, down, c).await;
                         let cpu1 = CpuSplit::now(pid);
-                        let (etcd1, sess1) = (
+                        let (etcd1, opened) = (
                             etcd_messages(&etcd.endpoint).await,
-                            sessions(&admin, &daemon_dbs).await,
+                            connections(&pg.log, log0, &daemon_dbs),
                         );
                         settle(&admin).await;
                         let cpu2 = CpuSplit::now(pid);
@@ -407,7 +417,7 @@ async fn bench(opts: &Opts) -> Report {
                         e.0.push(d_ms);
                         e.1.push(f_ms);
                         e.2 += (etcd1 - etcd0) / size as f64;
-                        e.3 += (sess1 - sess0) / size as f64;
+                        e.3 += opened / size as f64;
                         e.4 += failures;
                         e.5.add(cpu1.minus(cpu0), per_run);
                         e.6.add(cpu3.minus(cpu2), per_run);
