@@ -3,8 +3,10 @@
 
 Reads the log written by `BENCH_PGLOG=<file> cargo bench --bench fleet` (log_statement_stats,
 connection logging, autovacuum logging) and prints, for the daemon's tenant databases (names
-ending in d<N>) and the floor's (f<N>): sessions, mean CPU per session, and the statements
-that used the most CPU (literals and numbers folded, first 70 characters). Usage:
+ending in d<N>) and the floor's (f<N>): sessions, mean CPU per session, the split of each
+session's statements into bookkeeping and the revisions' own (by direction: a session that drops
+a table is a downgrade), and the statements that used the most CPU (literals and numbers folded,
+first 70 characters). Usage:
 
     python3 benches/pg_statement_cpu.py /tmp/pg.log [top]
 """
@@ -17,6 +19,13 @@ LINE = re.compile(r"\S+ \S+ \S+ \[(\d+)\] (\w+):\s+(.*)")
 STMT_CPU = re.compile(r"!\s+([\d.]+) s user, ([\d.]+) s system, [\d.]+ s elapsed")
 TOTAL_CPU = re.compile(r"\[([\d.]+) s user, ([\d.]+) s system total\]")
 AUTOVACUUM_CPU = re.compile(r"system usage: CPU: user: ([\d.]+) s, system: ([\d.]+) s")
+# Statements that are not a revision's own, on either side: session settings and locks,
+# transaction control, the version table, history and fence, index validity.
+BOOKKEEPING = re.compile(
+    r"(SET|RESET|BEGIN|START TRANSACTION|COMMIT|WITH f AS|SELECT 'version'|SELECT i\.indisvalid"
+    r"|SELECT current_user|CREATE TABLE IF NOT EXISTS \"(alembic_version|fleetmig_history|fleetmig_fence)\""
+    r"|(INSERT INTO|DELETE FROM|UPDATE) \"(alembic_version|fleetmig_history)\")"
+)
 
 
 def side(database):
@@ -29,6 +38,7 @@ def side(database):
 
 def main(path, top):
     database, session_total, pending = {}, {}, {}
+    statements = collections.defaultdict(list)
     cpu = collections.defaultdict(lambda: collections.defaultdict(float))
     count = collections.defaultdict(lambda: collections.defaultdict(int))
     autovacuum, checkpoints, last_pid, in_autovacuum = 0.0, 0, None, False
@@ -46,8 +56,10 @@ def main(path, top):
                 if level == "STATEMENT" and pid in pending:
                     key = re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'?'", msg[:70]))
                     s = side(database.get(pid))
-                    cpu[s][key] += pending.pop(pid)
+                    spent = pending.pop(pid)
+                    cpu[s][key] += spent
                     count[s][key] += 1
+                    statements[pid].append((msg.lstrip(), spent))
                 continue
             m = STMT_CPU.search(line)
             if m and last_pid:
@@ -62,6 +74,22 @@ def main(path, top):
     for pid, total in session_total.items():
         sessions[side(database.get(pid))].append(total)
     print(f"autovacuum CPU {autovacuum * 1000:.0f} ms, {checkpoints} checkpoints")
+    print("\nper session, ms: bookkeeping + revisions' statements (session total)")
+    split = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for pid, done in statements.items():
+        s = side(database.get(pid))
+        if s == "other":
+            continue
+        down = any(m.startswith("DROP TABLE") for m, _ in done)
+        book = sum(c for m, c in done if BOOKKEEPING.match(m))
+        row = split[(s, "down" if down else "up")]
+        row[0] += 1
+        row[1] += book
+        row[2] += sum(c for _, c in done) - book
+        row[3] += session_total.get(pid, 0.0)
+    for (s, direction), (n, book, rest, total) in sorted(split.items()):
+        print(f"  {s:6} {direction:4} {n:5} sessions: {book / n * 1000:5.1f} + {rest / n * 1000:5.1f} "
+              f"({total / n * 1000:.1f})")
     for s in ("daemon", "floor"):
         totals = sessions[s]
         if not totals:
@@ -81,5 +109,5 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     try:
         main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 25)
-    except OSError as e:
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         sys.exit(f"{sys.argv[1]}: {e.strerror}. Write the log first: BENCH_PGLOG={sys.argv[1]} cargo bench --bench fleet")
