@@ -227,6 +227,7 @@ async fn settle(admin: &tokio_postgres::Client) {
 }
 
 async fn migrate(
+    daemon: &dh::Process,
     channel: &Channel,
     app: &str,
     label: &str,
@@ -246,18 +247,38 @@ async fn migrate(
         ..Default::default()
     };
     let started = Instant::now();
-    let stream = if down {
+    let mut stream = if down {
         m.downgrade(request).await
     } else {
         m.upgrade(request).await
     }
     .unwrap()
     .into_inner();
-    let events = dh::collect(stream).await;
-    let s = dh::summary(&events);
-    (
-        started.elapsed().as_secs_f64() * 1000.0,
-        s.failed + s.interrupted,
+    loop {
+        match stream.message().await {
+            Ok(Some(proto::MigrationEvent {
+                event: Some(proto::migration_event::Event::Summary(s)),
+                ..
+            })) => {
+                return (
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    s.failed + s.interrupted,
+                );
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without a summary; {}", log_tail(daemon)),
+            Err(status) => panic!("the stream failed: {status}; {}", log_tail(daemon)),
+        }
+    }
+}
+
+/// The last lines of the daemon's log, for a failure message.
+fn log_tail(daemon: &dh::Process) -> String {
+    let logs = daemon.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    format!(
+        "the daemon's log ends:\n{}",
+        lines[lines.len().saturating_sub(20)..].join("\n")
     )
 }
 
@@ -327,6 +348,9 @@ async fn bench(opts: &Opts) -> Report {
         ("FLEETMIG_FLEET__MAX_JOB_CONCURRENCY", max_c.as_str()),
         ("FLEETMIG_POOLS__PER_HOST_CONNECTIONS", per_host.as_str()),
         ("FLEETMIG_LOG", "warn"),
+        // The production default: the harness's 2 s (for quick lease-loss tests) can lapse
+        // while etcd's fsync waits behind eight index builds, and every tenant stops.
+        ("FLEETMIG_ETCD__LEASE_TTL", "15s"),
     ];
     let mut daemon = dh::Process::start(
         &etcd.endpoint,
@@ -402,7 +426,7 @@ async fn bench(opts: &Opts) -> Report {
                         let (etcd0, log0) = (etcd_messages(&etcd.endpoint).await, log_len(&pg.log));
                         let cpu0 = CpuSplit::now(pid);
                         let (d_ms, failures) =
-                            migrate(&channel, app, &label, target, down, c).await;
+                            migrate(&daemon, &channel, app, &label, target, down, c).await;
                         let cpu1 = CpuSplit::now(pid);
                         let (etcd1, opened) = (
                             etcd_messages(&etcd.endpoint).await,
