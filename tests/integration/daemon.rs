@@ -98,6 +98,21 @@ fn tenant_events(events: &[proto::MigrationEvent]) -> Vec<(String, Kind)> {
         .collect()
 }
 
+type Migrations = proto::migrations_client::MigrationsClient<tonic::transport::Channel>;
+
+/// An Upgrade, read to the end of its stream.
+async fn upgrade(m: &mut Migrations, request: proto::MigrateRequest) -> Vec<proto::MigrationEvent> {
+    dh::collect(m.upgrade(request).await.unwrap().into_inner()).await
+}
+
+/// A Downgrade, read to the end of its stream.
+async fn downgrade(
+    m: &mut Migrations,
+    request: proto::MigrateRequest,
+) -> Vec<proto::MigrationEvent> {
+    dh::collect(m.downgrade(request).await.unwrap().into_inner()).await
+}
+
 #[tokio::test]
 async fn fifty_tenants_up_to_head_and_back_to_base() {
     let Some(f) = fleet("fifty", "aletheia", 50, &harness::repo_migrations()).await else {
@@ -130,13 +145,7 @@ async fn fifty_tenants_up_to_head_and_back_to_base() {
         "in id order, no repeats"
     );
     let mut m = f.daemon.migrations().await;
-    let events = dh::collect(
-        m.upgrade(all("aletheia", "head", 8))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = upgrade(&mut m, all("aletheia", "head", 8)).await;
     let Some(Event::Accepted(accepted)) = &events[0].event else {
         panic!("the first event is accepted: {:?}", events[0])
     };
@@ -153,13 +162,7 @@ async fn fifty_tenants_up_to_head_and_back_to_base() {
         .into_inner();
     assert_eq!(current.at_head, 50);
     assert_eq!(current.tenants_by_version.get("0003"), Some(&50));
-    let events = dh::collect(
-        m.downgrade(all("aletheia", "base", 8))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = downgrade(&mut m, all("aletheia", "base", 8)).await;
     assert_eq!(dh::summary(&events).done, 50);
     let plan = [
         "upgrade 0001",
@@ -194,13 +197,7 @@ async fn one_etcd_write_per_tenant_a_release_rides_on_the_next_acquire() {
         return;
     };
     let mut m = f.daemon.migrations().await;
-    let events = dh::collect(
-        m.upgrade(all("aletheia", "head", 2))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = upgrade(&mut m, all("aletheia", "head", 2)).await;
     assert_eq!(dh::summary(&events).done, N as u32);
     // Every lock key's creation and deletion, from etcd's history.
     let mut from = i64::MAX;
@@ -401,16 +398,7 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
     }
     // Another daemon completes every tenant (after the old lease expires); nothing twice, nothing half.
     let rescuer = dh::start(dh::config(&etcd.endpoint, &prefix, &root)).await;
-    let events = dh::collect(
-        rescuer
-            .migrations()
-            .await
-            .upgrade(all("slow", "head", 4))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = upgrade(&mut rescuer.migrations().await, all("slow", "head", 4)).await;
     let s = dh::summary(&events);
     assert_eq!(s.failed + s.interrupted, 0, "{s:?}");
     for url in &urls {
@@ -679,13 +667,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // ... and the daemon keeps serving.
-    let events = dh::collect(
-        m.upgrade(all("aletheia", "head", 0))
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = upgrade(&mut m, all("aletheia", "head", 0)).await;
     assert_eq!(dh::summary(&events).done, 1);
     f.daemon.shutdown().await.unwrap();
 }
@@ -697,14 +679,12 @@ async fn dry_run_plans_and_cancel_stops_a_job() {
         return;
     };
     let mut m = f.daemon.migrations().await;
-    let events = dh::collect(
-        m.upgrade(proto::MigrateRequest {
+    let events = upgrade(
+        &mut m,
+        proto::MigrateRequest {
             dry_run: true,
             ..all("slow", "head", 2)
-        })
-        .await
-        .unwrap()
-        .into_inner(),
+        },
     )
     .await;
     let planned: Vec<_> = tenant_events(&events)
@@ -904,16 +884,7 @@ async fn verify_flags_a_column_added_by_hand_on_one_tenant_of_ten() {
     };
     let mut m = f.daemon.migrations().await;
     assert_eq!(
-        dh::summary(
-            &dh::collect(
-                m.upgrade(all("aletheia", "head", 4))
-                    .await
-                    .unwrap()
-                    .into_inner()
-            )
-            .await
-        )
-        .done,
+        dh::summary(&upgrade(&mut m, all("aletheia", "head", 4)).await).done,
         10
     );
     let c = fleetmig::engine::connect(&f.urls["drift-6"]).await.unwrap();
@@ -968,16 +939,7 @@ async fn plans_follow_what_a_conditional_upgrade_recorded() {
         Some("false")
     );
     assert_eq!(
-        dh::summary(
-            &dh::collect(
-                m.upgrade(all("aletheia", "head", 1))
-                    .await
-                    .unwrap()
-                    .into_inner()
-            )
-            .await
-        )
-        .done,
+        dh::summary(&upgrade(&mut m, all("aletheia", "head", 1)).await).done,
         1
     );
     // The flag is turned on afterwards: the index was never built, so undoing 0003 must not drop it.
