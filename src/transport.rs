@@ -160,6 +160,16 @@ pub fn check_profile(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if config.pools.insecure_connections(config.profile)
+        == crate::registry::pools::InsecureConnections::Allow
+    {
+        return Err(refuse(
+            "pools.insecure_connections",
+            format!(
+                "must be \"refuse\" (the default) or \"warn\"{why}: tenant connections without TLS, or that could send a password in cleartext, are not allowed silently"
+            ),
+        ));
+    }
     if config.pools.privileged_roles != crate::registry::pools::PrivilegedRoles::Refuse {
         return Err(refuse(
             "pools.privileged_roles",

@@ -395,11 +395,10 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
             app.graph.len(),
             heads.len()
         );
-        if std::env::var("DATABASE_URL").is_ok() && ctx.config.app.as_deref() == Some(name.as_str())
-        {
-            let settings = ctx.config.engine.settings();
-            let url = super::local::database_url()?;
-            let client = crate::engine::connect(&url).await?;
+        if super::database::is_configured() && ctx.config.app.as_deref() == Some(name.as_str()) {
+            let db = super::database::Database::from_env(&ctx.database)?;
+            let settings = db.settings(ctx.config.engine.settings());
+            let client = db.connect().await?;
             let engine = crate::engine::Engine::new(&app, &values, &settings);
             let state = engine.state(&client).await?;
             match plan::applied_from_rows(&app.graph, &state.rows) {
@@ -409,7 +408,7 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
                             "{} ({}) changed since it was applied to {}",
                             c.revision,
                             c.path,
-                            super::local::describe_url(&url)
+                            db.what()
                         ));
                     }
                 }

@@ -80,8 +80,29 @@ pub struct AddTenant {
     pub dbname: String,
     #[arg(long, default_value = "postgres")]
     pub user: String,
+    /// disable, allow, prefer, require, verify-ca or verify-full (libpq's meaning).
     #[arg(long, default_value = "prefer")]
     pub sslmode: String,
+    /// CA file (on the daemon's machine) that signed the server's certificate, or `system`.
+    #[arg(long)]
+    pub sslrootcert: Option<String>,
+    /// Client certificate and key files (on the daemon's machine), for clientcert servers.
+    #[arg(long, requires = "sslkey")]
+    pub sslcert: Option<String>,
+    #[arg(long, requires = "sslcert")]
+    pub sslkey: Option<String>,
+    /// Authentication methods the server may ask for, e.g. scram-sha-256 (libpq's require_auth).
+    #[arg(long)]
+    pub require_auth: Option<String>,
+    /// disable, prefer or require (SCRAM channel binding).
+    #[arg(long)]
+    pub channel_binding: Option<String>,
+    /// none, session or transaction: the kind of pooler at host:port.
+    #[arg(long)]
+    pub pooler: Option<String>,
+    /// With --pooler transaction: host[:port] of a session connection to the same database.
+    #[arg(long)]
+    pub session_host: Option<String>,
     #[arg(long)]
     pub schema: Option<String>,
     /// Read the password from this environment variable of the daemon.
@@ -376,6 +397,17 @@ fn tenant_proto(a: AddTenant) -> Result<proto::Tenant, Failure> {
         (_, _, true) => Some(proto::password_ref::Source::Passfile(true)),
         _ => None,
     };
+    let (session_host, session_port) = match a.session_host.as_deref() {
+        None => (String::new(), 0),
+        Some(hp) => match hp.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => (
+                h.trim_matches(['[', ']']).to_string(),
+                p.parse()
+                    .map_err(|_| Failure::input(format!("--session-host {hp}: bad port")))?,
+            ),
+            _ => (hp.to_string(), 0),
+        },
+    };
     Ok(proto::Tenant {
         id: a.id,
         app: a.app,
@@ -387,6 +419,15 @@ fn tenant_proto(a: AddTenant) -> Result<proto::Tenant, Failure> {
             sslmode: a.sslmode,
             schema: a.schema.unwrap_or_default(),
             password: source.map(|s| proto::PasswordRef { source: Some(s) }),
+            sslrootcert: a.sslrootcert.unwrap_or_default(),
+            sslcert: a.sslcert.unwrap_or_default(),
+            sslkey: a.sslkey.unwrap_or_default(),
+            sslnegotiation: String::new(),
+            channel_binding: a.channel_binding.unwrap_or_default(),
+            require_auth: a.require_auth.unwrap_or_default(),
+            pooler: a.pooler.unwrap_or_default(),
+            session_host,
+            session_port,
         }),
         labels: pairs("label", &a.labels)?,
         placeholders: pairs("placeholder", &a.placeholders)?,

@@ -6,6 +6,7 @@ use std::time::Instant;
 use clap::Args;
 use tokio_postgres::Client;
 
+use super::database::Database;
 use super::{Context, Failure, applied_by};
 use crate::engine::{self, Engine, EngineError, Event, RunOptions};
 use crate::model::Direction;
@@ -41,40 +42,11 @@ pub struct CurrentArgs {
     pub verbose: bool,
 }
 
-/// `DATABASE_URL`, with a message that says what to do when it is missing.
-pub fn database_url() -> Result<String, Failure> {
-    std::env::var("DATABASE_URL").map_err(|_| {
-        Failure::input("DATABASE_URL is not set: export it or put DATABASE_URL=postgres://user@host:5432/db in .env")
-    })
-}
-
-/// `host:port/db` for messages: never the password.
-pub fn describe_url(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(c) => {
-            let host = c
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let port = c.get_ports().first().copied().unwrap_or(5432);
-            format!("{host}:{port}/{}", c.get_dbname().unwrap_or("(default)"))
-        }
-        Err(_) => "(unparseable DATABASE_URL)".into(),
-    }
-}
-
-async fn connect() -> Result<(Client, String), Failure> {
-    let url = database_url()?;
-    let what = describe_url(&url);
-    let client = engine::connect(&url).await.map_err(|e| Failure {
-        code: 1,
-        message: format!("{what}: {e}"),
-    })?;
-    Ok((client, what))
+/// The database of local commands, connected.
+async fn connect(ctx: &Context) -> Result<(Client, Database), Failure> {
+    let db = Database::from_env(&ctx.database)?;
+    let client = db.connect().await?;
+    Ok((client, db))
 }
 
 fn print_event(app: &App, event: Event) {
@@ -156,7 +128,9 @@ pub async fn migrate(
         return Ok(());
     }
     let target: Target = raw.parse().expect("infallible");
-    let (mut client, what) = connect().await?;
+    let (mut client, db) = connect(ctx).await?;
+    let what = db.what();
+    let settings = db.settings(settings);
     let who = applied_by();
     let events = |e: Event| print_event(&app, e);
     let opts = RunOptions {
@@ -169,9 +143,21 @@ pub async fn migrate(
     eprintln!("Database {what}, app {}", app.name);
     let started = Instant::now();
     let engine = Engine::new(&app, &values, &settings);
-    let run = engine
-        .migrate(&mut client, direction, &target, &opts)
-        .await?;
+    let run = match engine.migrate(&mut client, direction, &target, &opts).await {
+        // Behind a transaction-mode pooler, a non-transactional revision needs a real session.
+        Err(EngineError::NeedsSession { revision }) if db.session.is_some() => {
+            eprintln!(
+                "Revision {revision} is non-transactional: running through the session connection {}",
+                db.session_target().describe()
+            );
+            let mut session = super::database::connect(db.session_target()).await?;
+            let direct = settings.for_pooler(crate::pg::Pooler::None);
+            Engine::new(&app, &values, &direct)
+                .migrate(&mut session, direction, &target, &opts)
+                .await?
+        }
+        other => other?,
+    };
     let done = run.applied;
     let now = crate::model::version_label(&run.after, ", ");
     if done.is_empty() {
@@ -194,8 +180,8 @@ pub async fn migrate(
 pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
     let app = ctx.app()?;
     let values = ctx.values(&app)?;
-    let settings = ctx.config.engine.settings();
-    let (mut client, what) = connect().await?;
+    let (mut client, db) = connect(ctx).await?;
+    let (what, settings) = (db.what(), db.settings(ctx.config.engine.settings()));
     let who = applied_by();
     let events = |_: Event| {};
     let opts = RunOptions {
@@ -216,8 +202,8 @@ pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
 pub async fn current(ctx: &Context, args: CurrentArgs) -> Result<(), Failure> {
     let app = ctx.app()?;
     let values = ctx.values(&app)?;
-    let settings = ctx.config.engine.settings();
-    let (client, what) = connect().await?;
+    let (client, db) = connect(ctx).await?;
+    let (what, settings) = (db.what(), db.settings(ctx.config.engine.settings()));
     let engine = Engine::new(&app, &values, &settings);
     let state = engine.state(&client).await?;
     if args.verbose {
@@ -260,7 +246,7 @@ pub async fn current(ctx: &Context, args: CurrentArgs) -> Result<(), Failure> {
 
 pub async fn fingerprint(ctx: &Context) -> Result<(), Failure> {
     let settings = ctx.config.engine.settings();
-    let (client, _) = connect().await?;
+    let (client, _) = connect(ctx).await?;
     let fp = engine::fingerprint::fingerprint(&client, &settings.tables).await?;
     for line in &fp.lines {
         println!("{line}");
@@ -272,7 +258,7 @@ pub async fn fingerprint(ctx: &Context) -> Result<(), Failure> {
 /// The database's own history table, newest last.
 pub async fn applied_history(ctx: &Context) -> Result<(), Failure> {
     let settings = ctx.config.engine.settings();
-    let (client, _) = connect().await?;
+    let (client, _) = connect(ctx).await?;
     let sql = format!(
         "SELECT id, to_char(applied_at, 'YYYY-MM-DD HH24:MI:SS TZ'), direction, revision, duration_ms, skipped, applied_by, fence_token, left(coalesce(checksum, ''), 12) FROM {} ORDER BY id",
         settings.tables.history.sql()
@@ -313,11 +299,6 @@ pub struct AdoptArgs {
     pub stamp: bool,
 }
 
-fn base_config(url: &str) -> Result<tokio_postgres::Config, Failure> {
-    url.parse()
-        .map_err(|_| Failure::input("DATABASE_URL is not a valid PostgreSQL URL"))
-}
-
 fn label(rows: &[crate::model::RevisionId]) -> String {
     crate::model::version_label(rows, ", ")
 }
@@ -327,9 +308,8 @@ fn label(rows: &[crate::model::RevisionId]) -> String {
 pub async fn adopt(ctx: &Context, args: AdoptArgs) -> Result<(), Failure> {
     let app = ctx.app()?;
     let values = ctx.values(&app)?;
-    let settings = ctx.config.engine.settings();
-    let url = database_url()?;
-    let (mut client, what) = connect().await?;
+    let (mut client, db) = connect(ctx).await?;
+    let (what, settings) = (db.what(), db.settings(ctx.config.engine.settings()));
     let engine = Engine::new(&app, &values, &settings);
     let state = engine.state(&client).await?;
     if !state.rows.is_empty() {
@@ -340,8 +320,10 @@ pub async fn adopt(ctx: &Context, args: AdoptArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let live = engine::fingerprint::fingerprint(&client, &settings.tables).await?;
+    // Scratch databases are made through the session connection, with a session's settings.
+    let scratch = settings.for_pooler(crate::pg::Pooler::None);
     let candidates =
-        engine::adopt::revision_fingerprints(&app, &values, &settings, &base_config(&url)?).await?;
+        engine::adopt::revision_fingerprints(&app, &values, &scratch, db.session_target()).await?;
     if let Some((rows, _)) = candidates.iter().find(|(_, fp)| *fp == live) {
         if rows.is_empty() {
             println!(
@@ -401,15 +383,20 @@ pub async fn adopt(ctx: &Context, args: AdoptArgs) -> Result<(), Failure> {
 pub async fn verify(ctx: &Context) -> Result<(), Failure> {
     let app = ctx.app()?;
     let values = ctx.values(&app)?;
-    let settings = ctx.config.engine.settings();
-    let url = database_url()?;
-    let (client, what) = connect().await?;
+    let (client, db) = connect(ctx).await?;
+    let (what, settings) = (db.what(), db.settings(ctx.config.engine.settings()));
     let engine = Engine::new(&app, &values, &settings);
     let state = engine.state(&client).await?;
     crate::revision::plan::applied_from_rows(&app.graph, &state.rows).map_err(EngineError::from)?;
     let live = engine::fingerprint::fingerprint(&client, &settings.tables).await?;
-    let expected =
-        engine::adopt::expected(&app, &values, &settings, &base_config(&url)?, &state.rows).await?;
+    let expected = engine::adopt::expected(
+        &app,
+        &values,
+        &settings.for_pooler(crate::pg::Pooler::None),
+        db.session_target(),
+        &state.rows,
+    )
+    .await?;
     let invalid: Vec<&String> = live
         .lines
         .iter()

@@ -8,6 +8,7 @@
 mod authoring;
 mod client;
 mod connect;
+mod database;
 mod local;
 mod rollout;
 
@@ -53,6 +54,8 @@ pub struct Global {
     /// Logs as JSON lines (to stderr).
     #[arg(long, global = true)]
     pub log_json: bool,
+    #[command(flatten)]
+    pub database: database::PoolerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +202,7 @@ impl From<EngineError> for Failure {
             | EngineError::Plan(PlanError::UnknownInDatabase(_))
             | EngineError::Plan(PlanError::Irreversible { .. })
             | EngineError::ChecksumMismatch(_)
+            | EngineError::NeedsSession { .. }
             | EngineError::LockHeld
             | EngineError::StaleFence { .. } => 3,
             EngineError::Plan(_) | EngineError::Render(_) | EngineError::Setting { .. } => 2,
@@ -220,6 +224,8 @@ impl From<EngineError> for Failure {
 pub struct Context {
     pub config: Config,
     pub explicit: BTreeMap<String, String>,
+    /// How local commands reach DATABASE_URL (pooler, session connection).
+    pub database: database::PoolerArgs,
 }
 
 impl Context {
@@ -236,7 +242,11 @@ impl Context {
             };
             explicit.insert(k.trim().to_string(), v.to_string());
         }
-        Ok(Context { config, explicit })
+        Ok(Context {
+            config,
+            explicit,
+            database: global.database.clone(),
+        })
     }
 
     /// The app named by --app / config, or the only app there is.

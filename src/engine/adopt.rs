@@ -3,11 +3,12 @@
 //! fleetmig (adopt: which revision is it at?) and show drift (verify: does the live schema
 //! equal the one its recorded revision should have?).
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::fingerprint::{Fingerprint, fingerprint};
 use super::{Engine, EngineError, Event, RunOptions, Settings};
 use crate::model::{Direction, RevisionId};
+use crate::pg;
 use crate::revision::plan::Target;
 use crate::revision::{App, Resolved};
 
@@ -15,23 +16,21 @@ use crate::revision::{App, Resolved};
 pub struct Scratch {
     admin: Client,
     name: String,
-    config: tokio_postgres::Config,
+    target: pg::Target,
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, EngineError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(EngineError::Connect)?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+async fn connect(target: &pg::Target) -> Result<Client, EngineError> {
+    Ok(target
+        .connect()
+        .await
+        .map_err(EngineError::Connect)?
+        .into_client())
 }
 
 impl Scratch {
     /// Needs CREATEDB on the server (via its `postgres` database).
-    pub async fn create(base: &tokio_postgres::Config) -> Result<Scratch, EngineError> {
-        let mut admin_config = base.clone();
-        admin_config.dbname("postgres");
-        let admin = connect(&admin_config).await?;
+    pub async fn create(base: &pg::Target) -> Result<Scratch, EngineError> {
+        let admin = connect(&base.with_dbname("postgres")).await?;
         let name = format!("fleetmig_scratch_{}", uuid::Uuid::new_v4().simple());
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
@@ -39,17 +38,15 @@ impl Scratch {
             .map_err(EngineError::db(
                 "creating a scratch database (needs CREATEDB)",
             ))?;
-        let mut config = base.clone();
-        config.dbname(&name);
         Ok(Scratch {
             admin,
+            target: base.with_dbname(&name),
             name,
-            config,
         })
     }
 
     pub async fn client(&self) -> Result<Client, EngineError> {
-        connect(&self.config).await
+        connect(&self.target).await
     }
 
     pub async fn drop(self) {
@@ -86,7 +83,7 @@ pub async fn revision_fingerprints(
     app: &App,
     values: &Resolved,
     settings: &Settings,
-    base: &tokio_postgres::Config,
+    base: &pg::Target,
 ) -> Result<Vec<(Vec<RevisionId>, Fingerprint)>, EngineError> {
     let scratch = Scratch::create(base).await?;
     let result = async {
@@ -111,7 +108,7 @@ pub async fn expected(
     app: &App,
     values: &Resolved,
     settings: &Settings,
-    base: &tokio_postgres::Config,
+    base: &pg::Target,
     rows: &[RevisionId],
 ) -> Result<Fingerprint, EngineError> {
     let scratch = Scratch::create(base).await?;

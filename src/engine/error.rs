@@ -54,8 +54,8 @@ pub struct ChangedRevision {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("could not connect to the database: {}", describe_pg(.0))]
-    Connect(#[source] tokio_postgres::Error),
+    #[error("{0}")]
+    Connect(#[source] crate::pg::ConnectError),
     #[error("database error while {context}: {}", describe_pg(source))]
     Database {
         context: &'static str,
@@ -89,6 +89,10 @@ pub enum EngineError {
     IndexInvalid { location: String, index: String },
     #[error("stopped before the next revision (cancelled or shutting down){}", applied_note(.applied))]
     Stopped { applied: Vec<RevisionId> },
+    #[error(
+        "revision {revision} is non-transactional (e.g. CREATE INDEX CONCURRENTLY runs outside a transaction): it cannot run through a transaction-mode pooler. Name a session connection to the same database (the server itself, or a session-mode pool): CLI --session-url (FLEETMIG_SESSION_URL), tenant connection.session_host. Nothing was applied"
+    )]
+    NeedsSession { revision: RevisionId },
     #[error("invalid setting {key}: {message}")]
     Setting { key: &'static str, message: String },
 }
@@ -131,9 +135,8 @@ impl EngineError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             EngineError::StepFailed { failure, .. } => failure.sqlstate.as_deref(),
-            EngineError::Database { source, .. } | EngineError::Connect(source) => {
-                source.code().map(|c| c.code())
-            }
+            EngineError::Database { source, .. } => source.code().map(|c| c.code()),
+            EngineError::Connect(source) => source.sqlstate(),
             _ => None,
         }
     }

@@ -43,12 +43,21 @@ pub async fn fingerprint(client: &Client, tables: &Tables) -> Result<Fingerprint
         .map(|t| t.name.clone())
         .collect();
     excluded.push(format!("{}_id_seq", tables.history.name));
+    let excluded = format!(
+        "ARRAY[{}]::pg_catalog.name[]",
+        excluded
+            .iter()
+            .map(|n| crate::revision::placeholder::quote_literal(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // Read with search_path = pg_catalog, pg_temp: nothing a tenant planted can run here.
     let query = format!(
         "SELECT 'extension ' || extname || ' ' || extversion FROM pg_extension WHERE extname <> 'plpgsql'
          UNION ALL
          SELECT format('relation %I.%I kind=%s', n.nspname, c.relname, c.relkind)
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE {USER_SCHEMAS} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND NOT (c.relname = ANY($1))
+          WHERE {USER_SCHEMAS} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND NOT (c.relname = ANY({excluded}))
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
          UNION ALL
          SELECT format('column %I.%I #%s %I %s%s%s', n.nspname, c.relname,
@@ -59,23 +68,26 @@ pub async fn fingerprint(client: &Client, tables: &Tables) -> Result<Fingerprint
            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
           WHERE {USER_SCHEMAS} AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
-            AND NOT (c.relname = ANY($1))
+            AND NOT (c.relname = ANY({excluded}))
             AND NOT EXISTS (SELECT 1 FROM pg_depend dd WHERE dd.objid = c.oid AND dd.deptype = 'e')
          UNION ALL
          SELECT format('constraint %I.%I %I %s', n.nspname, c.relname, con.conname, pg_get_constraintdef(con.oid))
            FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE {USER_SCHEMAS} AND NOT (c.relname = ANY($1))
+          WHERE {USER_SCHEMAS} AND NOT (c.relname = ANY({excluded}))
          UNION ALL
          SELECT format('index %s%s', pg_get_indexdef(i.indexrelid), CASE WHEN i.indisvalid THEN '' ELSE ' INVALID' END)
            FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE {USER_SCHEMAS} AND NOT (c.relname = ANY($1))
+          WHERE {USER_SCHEMAS} AND NOT (c.relname = ANY({excluded}))
          ORDER BY 1"
     );
-    let rows = client
-        .query(&query, &[&excluded])
+    let messages = client
+        .simple_query(&super::pinned(&query))
         .await
         .map_err(EngineError::db("reading the schema fingerprint"))?;
     Ok(Fingerprint {
-        lines: rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+        lines: super::rows_of(&messages)
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect(),
     })
 }

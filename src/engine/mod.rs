@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 pub use error::{ChangedRevision, EngineError, StepFailure};
 pub use tables::{TableName, Tables};
 
-use crate::model::{Direction, FenceToken, RevisionId};
+use crate::model::{Direction, FenceToken, RevisionId, TransactionMode};
+use crate::pg::Pooler;
 use crate::revision::placeholder::{quote_ident, quote_literal};
 use crate::revision::plan::{self, Target};
 use crate::revision::{App, Node, Resolved};
@@ -45,12 +46,15 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// The pinned `search_path` of migration sessions.
     pub search_path: Vec<String>,
+    /// How the connection reaches the server: behind a transaction-mode pooler nothing is
+    /// set for the session, only per transaction.
+    pub pooler: Pooler,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            tables: Tables::default(),
+            tables: Tables::default().qualified("public"),
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Duration::ZERO,
             idle_in_transaction_timeout: Duration::from_secs(60),
@@ -58,6 +62,7 @@ impl Default for Settings {
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(10),
             search_path: vec!["public".to_string()],
+            pooler: Pooler::None,
         }
     }
 }
@@ -73,6 +78,18 @@ impl Settings {
             s.search_path = vec![schema.to_string()];
         }
         s
+    }
+
+    /// The same settings for a connection through `pooler`.
+    pub fn for_pooler(&self, pooler: Pooler) -> Settings {
+        Settings {
+            pooler,
+            ..self.clone()
+        }
+    }
+
+    fn transaction_pooled(&self) -> bool {
+        self.pooler == Pooler::Transaction
     }
 
     /// The pinned `search_path` value: the configured schemas, quoted, then `pg_temp` last so
@@ -231,18 +248,23 @@ pub(crate) struct Recorded {
     pub skipped: bool,
 }
 
-/// Connect with the plain protocol (TLS to tenant databases: see README, not yet supported).
-pub async fn connect(url: &str) -> Result<Client, EngineError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(EngineError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgres connection closed");
-        }
-    });
-    Ok(client)
+/// `sql` (read-only statements of fleetmig's own) in a transaction of its own with
+/// `search_path = pg_catalog, pg_temp`: every unqualified function, operator and type then
+/// resolves to `pg_catalog`, never to something a tenant planted (PostgreSQL's advice for
+/// SECURITY DEFINER functions). Safe behind a transaction-mode pooler (one query string).
+pub(crate) fn pinned(sql: &str) -> String {
+    format!("BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; {sql}; COMMIT")
 }
+
+/// Opens fleetmig's own part of a transaction: the role and search_path in force are saved
+/// (to [`Engine::revision_context`]), and fleetmig's statements run as the connecting role
+/// with `search_path = pg_catalog, pg_temp`, whatever a revision set before. A zero-column row.
+pub(crate) const OWN_CONTEXT: &str = "SELECT FROM pg_catalog.set_config('fleetmig.role', pg_catalog.current_setting('role'), true) r, pg_catalog.set_config('fleetmig.search_path', pg_catalog.current_setting('search_path'), true) p;\nSET LOCAL ROLE NONE;\nSET LOCAL search_path = pg_catalog, pg_temp;\n";
+
+/// Switches to fleetmig's context for its bookkeeping after a revision's statements (which
+/// may have set a role or a search_path; those stay for the session, as in Alembic).
+pub(crate) const BOOKKEEPING_CONTEXT: &str =
+    "SET LOCAL ROLE NONE;\nSET LOCAL search_path = pg_catalog, pg_temp;\n";
 
 pub(crate) fn rows_of(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages
@@ -278,39 +300,103 @@ impl<'a> Engine<'a> {
         i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 
-    /// Session settings for a migration connection, the local migration lock, and which
-    /// bookkeeping tables exist, in one round trip. The lock is non-blocking and session-level:
-    /// a second fleetmig on the same database fails fast instead of queueing (a blocking
-    /// advisory lock can deadlock with CREATE INDEX CONCURRENTLY).
+    /// The session settings of a migration connection, as SET (session) or SET LOCAL
+    /// (behind a transaction-mode pooler, once per transaction).
+    fn session_settings(&self, scope: &str) -> String {
+        format!(
+            "SET {scope} application_name = 'fleetmig'; SET {scope} standard_conforming_strings = on; SET {scope} search_path = {}; SET {scope} idle_in_transaction_session_timeout = '{}ms'",
+            self.settings.search_path_sql(),
+            self.settings.idle_in_transaction_timeout.as_millis(),
+        )
+    }
+
+    /// Statements opening each transaction fleetmig starts behind a transaction-mode pooler:
+    /// the settings for this transaction only, and the local migration lock, also for this
+    /// transaction only (its row is checked by [`check_xact_lock`]). Empty otherwise: the
+    /// session already has both.
+    pub(crate) fn transaction_preamble(&self) -> String {
+        if !self.settings.transaction_pooled() {
+            return String::new();
+        }
+        format!(
+            "{};\nSELECT 'xlock', pg_catalog.pg_try_advisory_xact_lock({})::text;\n",
+            self.session_settings("LOCAL"),
+            self.lock_key()
+        )
+    }
+
+    /// Gives a transaction opened with [`OWN_CONTEXT`] back to the revisions: the role saved,
+    /// and the search_path saved (behind a transaction-mode pooler: the app's, as SET LOCAL).
+    pub(crate) fn revision_context(&self) -> String {
+        let path = if self.settings.transaction_pooled() {
+            format!(
+                "SET LOCAL search_path = {};\n",
+                self.settings.search_path_sql()
+            )
+        } else {
+            "SELECT FROM pg_catalog.set_config('search_path', pg_catalog.current_setting('fleetmig.search_path'), true);\n".into()
+        };
+        path + "SELECT FROM pg_catalog.set_config('role', pg_catalog.current_setting('fleetmig.role'), true);\n"
+    }
+
+    /// Statements closing each transaction behind a transaction-mode pooler: whatever a
+    /// revision set for the session goes back to its default before the server connection
+    /// passes to another client.
+    pub(crate) fn transaction_epilogue(&self) -> &'static str {
+        if self.settings.transaction_pooled() {
+            "RESET ALL;\nRESET ROLE;\n"
+        } else {
+            ""
+        }
+    }
+
+    /// A clean session, its settings, the local migration lock, and which bookkeeping tables
+    /// exist, in one round trip. `DISCARD ALL` first: whatever an earlier user of a pooled
+    /// connection (or a revision) set — role, search_path, TimeZone, prepared statements,
+    /// temporary tables — is gone. The lock is non-blocking and session-level: a second
+    /// fleetmig on the same database fails fast instead of queueing (a blocking advisory lock
+    /// can deadlock with CREATE INDEX CONCURRENTLY). Behind a transaction-mode pooler nothing
+    /// is set here: each transaction sets and locks for itself.
     async fn open(&self, client: &Client) -> Result<TablesExist, EngineError> {
-        let path = self.settings.search_path_sql();
-        let messages = client
-            .simple_query(&format!(
-                "SET application_name = 'fleetmig'; SET standard_conforming_strings = on; SET search_path = {path}; SET idle_in_transaction_session_timeout = '{}ms'; SELECT pg_try_advisory_lock({}); {}",
-                self.settings.idle_in_transaction_timeout.as_millis(),
-                self.lock_key(),
-                self.settings.tables.exists_sql(),
-            ))
-            .await
-            .map_err(EngineError::db("preparing the session"))?;
-        let rows = rows_of(&messages);
+        if self.settings.transaction_pooled() {
+            let messages = client
+                .simple_query(&pinned(&self.settings.tables.exists_sql()))
+                .await
+                .map_err(EngineError::db("looking for fleetmig's tables"))?;
+            return Ok(TablesExist::from_row(rows_of(&messages).first()));
+        }
+        // Pipelined: DISCARD ALL cannot share a query string (it refuses transaction blocks).
+        let sql = format!(
+            "{}; SELECT pg_catalog.pg_try_advisory_lock({}); {}",
+            self.session_settings(""),
+            self.lock_key(),
+            self.settings.tables.exists_sql(),
+        );
+        let (discard, setup) = (
+            client.simple_query("DISCARD ALL"),
+            client.simple_query(&sql),
+        );
+        let (discarded, messages) = futures::join!(discard, setup);
+        discarded.map_err(EngineError::db("resetting the session (DISCARD ALL)"))?;
+        client.clear_type_cache();
+        let rows = rows_of(&messages.map_err(EngineError::db("preparing the session"))?);
         match rows.first().and_then(|r| r[0].as_deref()) {
             Some("t") => Ok(TablesExist::from_row(rows.get(1))),
             _ => Err(EngineError::LockHeld),
         }
     }
 
+    /// Leave the session as it was found: `DISCARD ALL` drops the migration lock and whatever
+    /// the revisions set, before the connection goes back to its pool.
     async fn unlock(&self, client: &Client) {
-        if let Err(e) = client
-            .simple_query(&format!(
-                // A failed autocommit revision may have left session timeouts set: reset them
-                // before the connection goes back to its pool.
-                "RESET lock_timeout; RESET statement_timeout; SELECT pg_advisory_unlock({})",
-                self.lock_key()
-            ))
-            .await
-        {
-            tracing::debug!(error = %e, "advisory unlock failed (the session end releases it)");
+        if self.settings.transaction_pooled() {
+            return;
+        }
+        match client.simple_query("DISCARD ALL").await {
+            Ok(_) => client.clear_type_cache(),
+            Err(e) => {
+                tracing::debug!(error = %e, "DISCARD ALL failed (the session end releases the lock)")
+            }
         }
     }
 
@@ -327,7 +413,7 @@ impl<'a> Engine<'a> {
             None => TablesExist::from_row(
                 rows_of(
                     &client
-                        .simple_query(&tables.exists_sql())
+                        .simple_query(&pinned(&tables.exists_sql()))
                         .await
                         .map_err(EngineError::db("looking for fleetmig's tables"))?,
                 )
@@ -348,7 +434,7 @@ impl<'a> Engine<'a> {
         } else {
             rows_of(
                 &client
-                    .simple_query(&sql)
+                    .simple_query(&pinned(sql.trim_end().trim_end_matches(';')))
                     .await
                     .map_err(EngineError::db("reading the version and history tables"))?,
             )
@@ -375,7 +461,7 @@ impl<'a> Engine<'a> {
     /// The version table's rows (empty when it does not exist).
     pub async fn state(&self, client: &Client) -> Result<DbState, EngineError> {
         let exists = client
-            .simple_query(&self.settings.tables.exists_sql())
+            .simple_query(&pinned(&self.settings.tables.exists_sql()))
             .await
             .map_err(EngineError::db("looking for the version table"))?;
         let version_table_exists =
@@ -384,7 +470,7 @@ impl<'a> Engine<'a> {
             return Ok(DbState::default());
         }
         let rows = client
-            .simple_query(&self.settings.tables.select_versions_sql())
+            .simple_query(&pinned(&self.settings.tables.select_versions_sql()))
             .await
             .map_err(EngineError::db("reading the version table"))?;
         Ok(DbState {
@@ -396,8 +482,10 @@ impl<'a> Engine<'a> {
     async fn ensure_tables(&self, client: &Client) -> Result<(), EngineError> {
         client
             .batch_execute(&format!(
-                "BEGIN;\n{}COMMIT;",
-                self.settings.tables.create_sql()
+                "BEGIN;\n{OWN_CONTEXT}{}{}{}COMMIT;",
+                self.transaction_preamble(),
+                self.settings.tables.create_sql(),
+                self.transaction_epilogue(),
             ))
             .await
             .map_err(EngineError::db("creating the version and history tables"))
@@ -492,6 +580,15 @@ impl<'a> Engine<'a> {
             steps: steps.iter().map(|&n| g.revision(n).id.clone()).collect(),
         });
         let recorded = snapshot.recorded;
+        if self.settings.transaction_pooled()
+            && let Some(&node) = steps
+                .iter()
+                .find(|&&n| self.runs_outside_transactions(n, direction, &recorded))
+        {
+            return Err(EngineError::NeedsSession {
+                revision: g.revision(node).id.clone(),
+            });
+        }
         let changed = self.changed_in(&recorded, &applied);
         if !changed.is_empty() && !opts.allow_changed {
             return Err(EngineError::ChecksumMismatch(changed));
@@ -556,6 +653,25 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Whether `node` would run statements outside a transaction (a non-transactional
+    /// revision whose condition holds).
+    fn runs_outside_transactions(
+        &self,
+        node: Node,
+        direction: Direction,
+        recorded: &HashMap<String, Recorded>,
+    ) -> bool {
+        let rev = self.app.graph.revision(node);
+        rev.transaction == TransactionMode::None
+            && crate::revision::render::render(
+                rev,
+                direction,
+                self.values,
+                recorded.get(rev.id.as_str()).map(|r| r.skipped),
+            )
+            .is_ok_and(|r| !r.statements.is_empty())
+    }
+
     /// Set the version table to `target` without running any SQL. `purge` first empties the
     /// table even if it names revisions unknown to this app.
     pub async fn stamp(
@@ -596,11 +712,19 @@ impl<'a> Engine<'a> {
             .transaction()
             .await
             .map_err(EngineError::db("starting the stamp transaction"))?;
-        let rows = parse_rows(
-            &tx.simple_query(&self.settings.tables.select_versions_sql())
-                .await
-                .map_err(EngineError::db("reading the version table"))?,
-        )?;
+        let messages = tx
+            .simple_query(&format!(
+                "{OWN_CONTEXT}{}{}",
+                self.transaction_preamble(),
+                self.settings.tables.tagged_versions_sql()
+            ))
+            .await
+            .map_err(EngineError::db("reading the version table"))?;
+        let tagged_rows = rows_of(&messages);
+        check_xact_lock(&tagged_rows)?;
+        let rows: Vec<RevisionId> = tagged(&tagged_rows, "version")
+            .map(|r| parse_revision(r[1].as_deref()))
+            .collect::<Result<_, _>>()?;
         if !purge {
             plan::applied_from_rows(g, &rows)?;
         }
@@ -638,6 +762,7 @@ impl<'a> Engine<'a> {
                 },
             ));
         }
+        sql.push_str(self.transaction_epilogue());
         tx.batch_execute(&sql)
             .await
             .map_err(EngineError::db("writing the version table"))?;
@@ -648,6 +773,17 @@ impl<'a> Engine<'a> {
             .into_iter()
             .map(|n| g.revision(n).id.clone())
             .collect())
+    }
+}
+
+/// The row of [`Engine::transaction_preamble`]'s lock, if there is one: refused when another
+/// fleetmig holds the database's migration lock.
+pub(crate) fn check_xact_lock(rows: &[Vec<Option<String>>]) -> Result<(), EngineError> {
+    match tagged(rows, "xlock").next() {
+        Some(r) if r.get(1).and_then(|c| c.as_deref()) != Some("true") => {
+            Err(EngineError::LockHeld)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -21,7 +21,7 @@ impl Duration {
         match self {
             Duration::Millis(ms) => ms.to_string(),
             Duration::SinceTransactionStart => {
-                "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint".into()
+                "(EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.now()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8".into()
             }
         }
     }
@@ -50,7 +50,7 @@ pub fn version_change_sql(
     let mut sql = String::new();
     for gone in before.difference(after) {
         sql.push_str(&format!(
-            "DELETE FROM {vt} WHERE version_num = {};\n",
+            "DELETE FROM {vt} WHERE version_num OPERATOR(pg_catalog.=) {};\n",
             quote_literal(gone)
         ));
     }
@@ -65,7 +65,7 @@ pub fn version_change_sql(
 
 pub fn history_sql(tables: &Tables, row: &HistoryRow<'_>) -> String {
     format!(
-        "INSERT INTO {} (revision, direction, checksum, placeholders, skipped, duration_ms, applied_by, fence_token) VALUES ({}, {}, {}, {}::jsonb, {}, {}, {}, {});\n",
+        "INSERT INTO {} (revision, direction, checksum, placeholders, skipped, duration_ms, applied_by, fence_token) VALUES ({}, {}, {}, {}::pg_catalog.jsonb, {}, {}, {}, {});\n",
         tables.history.sql(),
         quote_literal(row.revision),
         quote_literal(row.direction),

@@ -87,12 +87,17 @@ async fn check_fence(
     if tagged(rows, "fence").any(|r| r.get(1).and_then(|c| c.as_deref()) == Some("1")) {
         return Ok(());
     }
+    // The simple protocol: no prepared statement, safe behind a transaction-mode pooler.
     let theirs = client
-        .query_opt(&tables.fence_token_sql(), &[])
+        .simple_query(&tables.fence_token_sql())
         .await
         .ok()
-        .flatten()
-        .map_or(-1, |r| r.get::<_, i64>(0));
+        .and_then(|m| {
+            rows_of(&m)
+                .first()
+                .and_then(|r| r[0].as_deref()?.parse().ok())
+        })
+        .unwrap_or(-1);
     tracing::warn!(
         ours = token.0,
         theirs,
@@ -329,17 +334,22 @@ async fn transactional_once(
         .transaction()
         .await
         .map_err(|e| Attempt::Sql(e, None))?;
-    // One round trip: timeouts, fence, and the version rows as this transaction sees them.
+    // One round trip: timeouts, fence, and the version rows as this transaction sees them
+    // (behind a transaction-mode pooler, the session settings and lock first).
     let preamble = format!(
-        "{};\n{}",
+        "{}{}{};\n{};\n{}",
+        super::OWN_CONTEXT,
+        engine.transaction_preamble(),
         local_timeouts(engine),
-        fence_and_versions_sql(tables, opts.fence)
+        fence_and_versions_sql(tables, opts.fence),
+        engine.revision_context(),
     );
     let rows = rows_of(
         &tx.simple_query(&preamble)
             .await
             .map_err(|e| Attempt::Sql(e, None))?,
     );
+    super::check_xact_lock(&rows)?;
     let versions = fenced_versions(&tx, tables, opts.fence, &rows).await?;
     if !still_needed(engine, &versions, node, direction)? {
         tracing::info!(revision = %rev.id, %direction, "already done by another process; nothing to do");
@@ -349,7 +359,11 @@ async fn transactional_once(
     // in order without waiting for each answer. After the first failure the server rejects
     // the rest (25P02) and the COMMIT rolls back, so the first error in order is the one to
     // report.
-    let bookkeeping = record_sql(engine, &versions, node, direction, rendered, None, opts)?;
+    let mut bookkeeping = super::BOOKKEEPING_CONTEXT.to_string();
+    bookkeeping.push_str(&record_sql(
+        engine, &versions, node, direction, rendered, None, opts,
+    )?);
+    bookkeeping.push_str(engine.transaction_epilogue());
     let located = rendered
         .statements
         .iter()
@@ -440,12 +454,14 @@ async fn autocommit(
     // is still needed, then the session's timeouts for the statements (set after the fence,
     // which waits for a fence row another transaction holds; reset when the revision is
     // recorded, or by the unlock).
-    let mut precheck = fence_and_versions_sql(tables, opts.fence);
-    precheck.push_str(&format!(
-        ";\nSET lock_timeout = {}; SET statement_timeout = {}",
+    let precheck = format!(
+        "BEGIN;\n{}{};\n{}SET lock_timeout = {}; SET statement_timeout = {};\nCOMMIT",
+        super::OWN_CONTEXT,
+        fence_and_versions_sql(tables, opts.fence),
+        engine.revision_context(),
         millis(engine.settings.lock_timeout),
         millis(engine.settings.statement_timeout)
-    ));
+    );
     let rows = rows_of(
         &client
             .simple_query(&precheck)
@@ -495,7 +511,8 @@ async fn autocommit(
         .await
         .map_err(|e| sql_err(e, None, 1))?;
     let check = format!(
-        "RESET lock_timeout; RESET statement_timeout;\n{}",
+        "RESET lock_timeout; RESET statement_timeout;\n{}{}",
+        super::OWN_CONTEXT,
         fence_and_versions_sql(tables, opts.fence)
     );
     let rows = rows_of(
@@ -616,8 +633,8 @@ async fn index_validity(
     let rows = rows_of(
         &client
             .simple_query(&format!(
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-                 WHERE c.relname = {} AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass({}))",
+                "SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid \
+                 WHERE c.relname OPERATOR(pg_catalog.=) {} AND c.relnamespace OPERATOR(pg_catalog.=) (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({}))",
                 quote_literal(&build.index),
                 quote_literal(&build.table)
             ))
@@ -637,10 +654,19 @@ async fn drop_invalid_leftover(
     if index_validity(client, build).await? != Some(false) {
         return Ok(());
     }
-    let schema: String = client
-        .query_one("SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)", &[&build.table])
-        .await?
-        .get(0);
+    // The simple protocol, values as literals: no prepared statement (a transaction-mode
+    // pooler would lose it), everything named in pg_catalog.
+    let rows = rows_of(
+        &client
+            .simple_query(&format!(
+                "SELECT n.nspname::pg_catalog.text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({})",
+                quote_literal(&build.table)
+            ))
+            .await?,
+    );
+    let Some(schema) = rows.first().and_then(|r| r[0].clone()) else {
+        return Ok(());
+    };
     let qualified = format!(
         "{}.{}",
         crate::revision::placeholder::quote_ident(&schema),

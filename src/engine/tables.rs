@@ -97,6 +97,21 @@ impl Tables {
         }
     }
 
+    /// The tables that name no schema, placed in `schema` (the first of the pinned
+    /// search_path): fleetmig's statements then find them whatever a revision did to the
+    /// search_path.
+    pub fn qualified(&self, schema: &str) -> Tables {
+        let q = |t: &TableName| TableName {
+            schema: Some(t.schema.clone().unwrap_or_else(|| schema.to_string())),
+            name: t.name.clone(),
+        };
+        Tables {
+            version: q(&self.version),
+            history: q(&self.history),
+            fence: q(&self.fence),
+        }
+    }
+
     /// DDL creating whatever is missing. Alembic's own table definition, byte for byte in spirit:
     /// `version_num VARCHAR(32) NOT NULL` with a primary key constraint named `<table>_pkc`.
     pub fn create_sql(&self) -> String {
@@ -110,22 +125,24 @@ impl Tables {
             .iter()
             .map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(s)))
             .collect();
+        // Every function, operator and type that could be shadowed is named in pg_catalog:
+        // this runs in the tenant's database, where anything may be planted (see `exists_sql`).
         create_schemas
             + &format!(
                 "CREATE TABLE IF NOT EXISTS {v} (version_num VARCHAR(32) NOT NULL, CONSTRAINT {pkc} PRIMARY KEY (version_num));\n\
              CREATE TABLE IF NOT EXISTS {h} (\n\
              \x20   id bigserial PRIMARY KEY,\n\
              \x20   revision varchar(32) NOT NULL,\n\
-             \x20   direction text NOT NULL CHECK (direction IN ('upgrade', 'downgrade', 'stamp')),\n\
-             \x20   checksum text,\n\
-             \x20   placeholders jsonb NOT NULL DEFAULT '{{}}',\n\
+             \x20   direction pg_catalog.text NOT NULL CHECK (direction OPERATOR(pg_catalog.=) ANY (ARRAY['upgrade', 'downgrade', 'stamp']::pg_catalog.text[])),\n\
+             \x20   checksum pg_catalog.text,\n\
+             \x20   placeholders pg_catalog.jsonb NOT NULL DEFAULT '{{}}',\n\
              \x20   skipped boolean NOT NULL DEFAULT false,\n\
-             \x20   applied_at timestamptz NOT NULL DEFAULT now(),\n\
+             \x20   applied_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),\n\
              \x20   duration_ms bigint NOT NULL DEFAULT 0,\n\
-             \x20   applied_by text NOT NULL,\n\
+             \x20   applied_by pg_catalog.text NOT NULL,\n\
              \x20   fence_token bigint\n\
              );\n\
-             CREATE TABLE IF NOT EXISTS {f} (id smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1), token bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());\n",
+             CREATE TABLE IF NOT EXISTS {f} (id smallint PRIMARY KEY DEFAULT 1 CHECK (id OPERATOR(pg_catalog.=) 1), token bigint NOT NULL, updated_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now());\n",
                 v = self.version.sql(),
                 h = self.history.sql(),
                 f = self.fence.sql(),
@@ -133,9 +150,15 @@ impl Tables {
     }
 
     /// One row: does each table exist?
+    ///
+    /// fleetmig's own statements resolve only to `pg_catalog` and its own (schema-qualified)
+    /// tables, whatever the session's search_path and whatever a tenant planted in `public`
+    /// or elsewhere: functions are schema-qualified, operators written `OPERATOR(pg_catalog.=)`
+    /// (an exact-match operator in another schema would beat a built-in one that needs a cast),
+    /// types and casts name `pg_catalog`. `tests/integration/hostile.rs` checks it.
     pub fn exists_sql(&self) -> String {
         format!(
-            "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL",
+            "SELECT pg_catalog.to_regclass({}) IS NOT NULL, pg_catalog.to_regclass({}) IS NOT NULL, pg_catalog.to_regclass({}) IS NOT NULL",
             self.version.regclass_literal(),
             self.history.regclass_literal(),
             self.fence.regclass_literal()
@@ -154,12 +177,15 @@ impl Tables {
     pub fn fence_check_sql(&self, token: i64) -> String {
         let f = self.fence.sql();
         format!(
-            "WITH f AS (INSERT INTO {f} AS f (id, token) VALUES (1, {token}) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, updated_at = now() WHERE f.token <= EXCLUDED.token RETURNING 1) SELECT 'fence', count(*)::text FROM f"
+            "WITH f AS (INSERT INTO {f} AS f (id, token) VALUES (1, {token}) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, updated_at = pg_catalog.now() WHERE f.token OPERATOR(pg_catalog.<=) EXCLUDED.token RETURNING 1) SELECT 'fence', pg_catalog.count(*)::pg_catalog.text FROM f"
         )
     }
 
     pub fn fence_token_sql(&self) -> String {
-        format!("SELECT token FROM {} WHERE id = 1", self.fence.sql())
+        format!(
+            "SELECT token FROM {} WHERE id OPERATOR(pg_catalog.=) 1",
+            self.fence.sql()
+        )
     }
 
     /// Rows `('version', version_num)`.
@@ -173,7 +199,7 @@ impl Tables {
     /// Rows `('recorded', revision, checksum, skipped)`: what each revision was last upgraded with.
     pub fn applied_checksums_sql(&self) -> String {
         format!(
-            "SELECT DISTINCT ON (revision) 'recorded', revision, checksum, skipped FROM {} WHERE direction = 'upgrade' ORDER BY revision, id DESC",
+            "SELECT DISTINCT ON (revision) 'recorded', revision, checksum, skipped FROM {} WHERE direction OPERATOR(pg_catalog.=) 'upgrade' ORDER BY revision, id DESC",
             self.history.sql()
         )
     }

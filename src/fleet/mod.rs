@@ -186,6 +186,22 @@ impl Fleet {
         &self.audit
     }
 
+    /// Whether the daemon's connection policy accepts this connection (see
+    /// [`Pools::check_policy`]).
+    pub fn check_connection_policy(
+        &self,
+        c: &crate::registry::ConnectionSpec,
+    ) -> Result<(), String> {
+        self.pools.check_policy(c)
+    }
+
+    /// The engine settings for one tenant's connection: its schema, its pooler.
+    pub fn settings_for(&self, c: &crate::registry::ConnectionSpec) -> Settings {
+        self.settings
+            .for_schema(c.schema.as_deref())
+            .for_pooler(c.options.pooler)
+    }
+
     pub fn limits(&self) -> &FleetLimits {
         &self.limits
     }

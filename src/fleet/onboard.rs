@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::Instrument;
 
 use super::tenant_run::tenant_values;
@@ -42,15 +42,12 @@ pub struct OnboardEvent {
     pub duration: Duration,
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, String> {
-    let (client, connection) = config
-        .connect(NoTls)
+async fn connect(target: &crate::pg::Target) -> Result<Client, String> {
+    Ok(target
+        .connect()
         .await
-        .map_err(|e| engine::error::describe_pg(&e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+        .map_err(|e| e.to_string())?
+        .into_client())
 }
 
 fn pg(e: tokio_postgres::Error) -> String {
@@ -60,7 +57,7 @@ fn pg(e: tokio_postgres::Error) -> String {
 /// Drop `dbname` through the maintenance database of `admin`'s server, ending its sessions.
 async fn drop_db(admin: &ConnectionSpec, dbname: &str) -> Result<(), String> {
     let client = connect(
-        &crate::registry::pools::pg_config(admin, CONNECT_TIMEOUT).map_err(|e| e.to_string())?,
+        &crate::registry::pools::target(admin, CONNECT_TIMEOUT).map_err(|e| e.to_string())?,
     )
     .await?;
     client
@@ -155,6 +152,8 @@ impl Fleet {
         };
         let tenant = &spec.tenant;
         let c = &tenant.connection;
+        // Admin work needs a real session: around a transaction-mode pooler when one is declared.
+        let session = c.session_spec();
         let admin_spec = ConnectionSpec {
             user: spec.admin_user.clone().unwrap_or_else(|| c.user.clone()),
             password: if spec.admin_user.is_some() {
@@ -164,11 +163,11 @@ impl Fleet {
             },
             dbname: "postgres".into(),
             schema: None,
-            ..c.clone()
+            ..session
         };
         let (mut created, mut registered) = (false, false);
         let result: Result<(), StepFailed> = async {
-            let admin_config = crate::registry::pools::pg_config(&admin_spec, CONNECT_TIMEOUT)
+            let admin_config = crate::registry::pools::target(&admin_spec, CONNECT_TIMEOUT)
                 .map_err(|e| StepFailed {
                     step: "create_database",
                     message: e.to_string(),
@@ -233,12 +232,12 @@ impl Fleet {
             if spec.extensions.is_empty() {
                 emit("extensions", "skipped", "none requested".into(), t);
             } else {
-                let mut db = admin_config.clone();
-                db.dbname(&c.dbname);
-                let client = connect(&db).await.map_err(|m| StepFailed {
-                    step: "extensions",
-                    message: m,
-                })?;
+                let client = connect(&admin_config.with_dbname(&c.dbname))
+                    .await
+                    .map_err(|m| StepFailed {
+                        step: "extensions",
+                        message: m,
+                    })?;
                 for ext in &spec.extensions {
                     client
                         .batch_execute(&format!(
@@ -313,7 +312,7 @@ impl Fleet {
             emit("migrate", "ok", "at head".into(), t);
 
             let t = Instant::now();
-            let settings = self.settings.for_schema(c.schema.as_deref());
+            let settings = self.settings_for(c);
             let conn = self.pools.get(c).await.map_err(|e| StepFailed {
                 step: "verify",
                 message: e.to_string(),
@@ -407,7 +406,7 @@ impl Fleet {
         &self,
         app: &crate::revision::App,
         values: &crate::revision::Resolved,
-        base: &tokio_postgres::Config,
+        base: &crate::pg::Target,
         rows: &[crate::model::RevisionId],
     ) -> Result<engine::fingerprint::Fingerprint, String> {
         let key = format!(
@@ -436,7 +435,7 @@ impl Fleet {
         app: &crate::revision::App,
         values: &crate::revision::Resolved,
         admin: &Client,
-        admin_config: &tokio_postgres::Config,
+        admin_config: &crate::pg::Target,
         extensions: &[String],
     ) -> Result<String, String> {
         let g = &app.graph;
@@ -468,9 +467,7 @@ impl Fleet {
             .await
             .map_err(pg)?;
         let built = async {
-            let mut cfg = admin_config.clone();
-            cfg.dbname(&building);
-            let mut client = connect(&cfg).await?;
+            let mut client = connect(&admin_config.with_dbname(&building)).await?;
             for ext in extensions {
                 client
                     .batch_execute(&format!(
@@ -547,7 +544,7 @@ impl Fleet {
             password,
             dbname: "postgres".into(),
             schema: None,
-            ..c.clone()
+            ..c.session_spec()
         };
         self.pools.discard(&c.database_key());
         let dropped = drop_db(&spec, &c.dbname).await;

@@ -55,9 +55,7 @@ pub struct TenantPlan {
 
 impl Fleet {
     async fn tenant_version(&self, tenant: &Tenant, heads: &[String]) -> TenantVersion {
-        let settings = self
-            .settings
-            .for_schema(tenant.connection.schema.as_deref());
+        let settings = self.settings_for(&tenant.connection);
         let read = async {
             let app = self.app(&tenant.app).map_err(|e| e.to_string())?;
             let values = tenant_values(app, tenant).map_err(|e| e.to_string())?;
@@ -143,9 +141,7 @@ impl Fleet {
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, FleetError> {
         let tenant = self.registry.get(id).await?;
-        let settings = self
-            .settings
-            .for_schema(tenant.connection.schema.as_deref());
+        let settings = self.settings_for(&tenant.connection);
         let conn =
             self.pools
                 .get(&tenant.connection)
@@ -211,9 +207,7 @@ impl Fleet {
             tenant: id.clone(),
             source,
         })?;
-        let settings = self
-            .settings
-            .for_schema(tenant.connection.schema.as_deref());
+        let settings = self.settings_for(&tenant.connection);
         let conn =
             self.pools
                 .get(&tenant.connection)
@@ -273,9 +267,7 @@ impl Fleet {
             tenant: id.clone(),
             source,
         })?;
-        let settings = self
-            .settings
-            .for_schema(tenant.connection.schema.as_deref());
+        let settings = self.settings_for(&tenant.connection);
         let guard = self
             .locks
             .lock(&tenant.connection.database_key(), self.limits.lock_wait)

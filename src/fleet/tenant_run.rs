@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -154,10 +153,7 @@ impl TenantRun {
                 );
             }
         };
-        let settings = self
-            .fleet
-            .settings
-            .for_schema(tenant.connection.schema.as_deref());
+        let settings = self.fleet.settings_for(&tenant.connection);
         if self.spec.dry_run {
             return self.dry_run(&tenant, &values, &settings).await;
         }
@@ -351,15 +347,47 @@ impl TenantRun {
             stop: &stop,
         };
         let engine = Engine::new(&self.app, &values, &settings);
-        let cancel_query = conn.cancel_token();
-        let result = tokio::select! {
+        let mut result = tokio::select! {
             r = engine.migrate(&mut conn, self.spec.direction, &self.target, &opts) => Some(r),
             _ = guard.lost() => None,
         };
+        let mut lost_on = &mut conn;
+        // Behind a transaction-mode pooler a non-transactional revision needs a real session:
+        // then the whole run goes through the tenant's session connection.
+        let mut session = None;
+        if let Some(Err(EngineError::NeedsSession { revision })) = &result
+            && tenant.connection.options.session.is_some()
+        {
+            tracing::info!(tenant = %tenant.id, %revision, "non-transactional revision: running through the session connection");
+            let direct = settings.for_pooler(crate::pg::Pooler::None);
+            let engine = Engine::new(&self.app, &values, &direct);
+            result = match self
+                .fleet
+                .pools
+                .get(&tenant.connection.session_spec())
+                .await
+            {
+                Err(e) => Some(Err(EngineError::Setting {
+                    key: "connection.session_host",
+                    message: e.to_string(),
+                })),
+                Ok(c) => {
+                    let c = session.insert(c);
+                    tokio::select! {
+                        r = engine.migrate(c, self.spec.direction, &self.target, &opts) => Some(r),
+                        _ = guard.lost() => None,
+                    }
+                }
+            };
+            if let Some(c) = session.as_mut() {
+                lost_on = c;
+            }
+        }
         let Some(result) = result else {
             // Lease lost: stop at once. Cancel what is running, never reuse this connection.
-            let _ = cancel_query.cancel_query(NoTls).await;
-            conn.poison();
+            let _ = lost_on.canceller().cancel().await;
+            lost_on.poison();
+            drop(session);
             drop(conn);
             self.fleet.pools.discard(&key);
             let reason = "this daemon lost its etcd lease; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();

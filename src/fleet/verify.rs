@@ -70,9 +70,7 @@ impl Fleet {
         tenant: &Tenant,
     ) -> Result<TenantDrift, String> {
         let values = tenant_values(app, tenant).map_err(|e| e.to_string())?;
-        let settings = self
-            .settings
-            .for_schema(tenant.connection.schema.as_deref());
+        let settings = self.settings_for(&tenant.connection);
         let conn = self
             .pools
             .get(&tenant.connection)
@@ -87,8 +85,10 @@ impl Fleet {
             .map_err(|e| e.to_string())?;
         drop(conn);
         let rows: Vec<String> = state.rows.iter().map(|r| r.to_string()).collect();
-        let base = crate::registry::pools::pg_config(&tenant.connection, CONNECT_TIMEOUT)
-            .map_err(|e| e.to_string())?;
+        // The scratch database is made on the tenant's server, around a transaction pooler.
+        let base =
+            crate::registry::pools::target(&tenant.connection.session_spec(), CONNECT_TIMEOUT)
+                .map_err(|e| e.to_string())?;
         let expected = self
             .expected_fingerprint(app, &values, &base, &state.rows)
             .await?;

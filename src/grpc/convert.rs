@@ -11,6 +11,7 @@ use prost_types::Timestamp;
 use super::proto;
 use crate::fleet::{self, JobEvent, Selector, TenantEvent};
 use crate::model::Direction;
+use crate::registry::tenant::{ChannelBinding, ConnectionOptions, Endpoint, SslNegotiation};
 use crate::registry::tenant::{field_error, shown, validate_labels};
 use crate::registry::{ConnectionSpec, FieldError, PasswordRef, SslMode, Tenant, TenantId};
 use crate::revision::App;
@@ -50,20 +51,59 @@ pub fn connection(c: Option<proto::Connection>, at: &str) -> Result<ConnectionSp
         _ => return Err(field_error(format!("{at}.port"), "must be 1-65535")),
     };
     let sslmode = match c.sslmode.as_str() {
-        "" | "prefer" => SslMode::Prefer,
-        "disable" => SslMode::Disable,
-        "require" | "verify-ca" | "verify-full" => {
-            return Err(field_error(
+        "" => SslMode::Prefer,
+        m => SslMode::parse(m).ok_or_else(|| {
+            field_error(
                 format!("{at}.sslmode"),
-                "TLS to tenant databases is not supported yet: use disable or prefer",
-            ));
-        }
-        other => {
-            return Err(field_error(
-                format!("{at}.sslmode"),
-                format!("{} is not an sslmode (disable, prefer)", shown(other)),
-            ));
-        }
+                format!(
+                    "{} is not an sslmode ({})",
+                    shown(m),
+                    crate::pg::target::SSLMODES
+                ),
+            )
+        })?,
+    };
+    let choice = |field: &str, value: &str, options: &str| {
+        field_error(
+            format!("{at}.{field}"),
+            format!("{} is not one of {options}", shown(value)),
+        )
+    };
+    let sslnegotiation = match c.sslnegotiation.as_str() {
+        "" | "postgres" => SslNegotiation::Postgres,
+        "direct" => SslNegotiation::Direct,
+        other => return Err(choice("sslnegotiation", other, "postgres, direct")),
+    };
+    let channel_binding = match c.channel_binding.as_str() {
+        "" | "prefer" => ChannelBinding::Prefer,
+        "disable" => ChannelBinding::Disable,
+        "require" => ChannelBinding::Require,
+        other => return Err(choice("channel_binding", other, "disable, prefer, require")),
+    };
+    let pooler = crate::pg::Pooler::parse(&c.pooler)
+        .ok_or_else(|| choice("pooler", &c.pooler, "none, session, transaction"))?;
+    let session_port = match c.session_port {
+        0 => 5432,
+        p if p <= u32::from(u16::MAX) => p as u16,
+        _ => return Err(field_error(format!("{at}.session_port"), "must be 1-65535")),
+    };
+    let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    let options = ConnectionOptions {
+        sslrootcert: match c.sslrootcert.as_str() {
+            "" => None,
+            "system" => Some(crate::pg::tls::RootCert::System),
+            p => Some(crate::pg::tls::RootCert::File(p.into())),
+        },
+        sslcert: path(&c.sslcert),
+        sslkey: path(&c.sslkey),
+        sslnegotiation,
+        channel_binding,
+        require_auth: (!c.require_auth.is_empty()).then_some(c.require_auth),
+        pooler,
+        session: (!c.session_host.is_empty()).then_some(Endpoint {
+            host: c.session_host,
+            port: session_port,
+        }),
     };
     let password = match c.password.and_then(|p| p.source) {
         None => None,
@@ -80,6 +120,7 @@ pub fn connection(c: Option<proto::Connection>, at: &str) -> Result<ConnectionSp
         sslmode,
         schema: (!c.schema.is_empty()).then_some(c.schema),
         password,
+        options,
     };
     spec.validate(at)?;
     Ok(spec)
@@ -143,6 +184,47 @@ pub fn tenant_to_proto(t: &Tenant) -> proto::Tenant {
             user: c.user.clone(),
             sslmode: c.sslmode.as_str().to_string(),
             schema: c.schema.clone().unwrap_or_default(),
+            sslrootcert: c
+                .options
+                .sslrootcert
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            sslcert: c
+                .options
+                .sslcert
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            sslkey: c
+                .options
+                .sslkey
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            sslnegotiation: match c.options.sslnegotiation {
+                SslNegotiation::Postgres => "",
+                SslNegotiation::Direct => "direct",
+            }
+            .into(),
+            channel_binding: match c.options.channel_binding {
+                ChannelBinding::Prefer => "",
+                ChannelBinding::Disable => "disable",
+                ChannelBinding::Require => "require",
+            }
+            .into(),
+            require_auth: c.options.require_auth.clone().unwrap_or_default(),
+            pooler: match c.options.pooler {
+                crate::pg::Pooler::None => String::new(),
+                p => p.as_str().to_string(),
+            },
+            session_host: c
+                .options
+                .session
+                .as_ref()
+                .map(|e| e.host.clone())
+                .unwrap_or_default(),
+            session_port: c.options.session.as_ref().map_or(0, |e| u32::from(e.port)),
             password: c.password.as_ref().map(|p| proto::PasswordRef {
                 source: Some(match p {
                     PasswordRef::Env(v) => proto::password_ref::Source::Env(v.clone()),

@@ -32,9 +32,10 @@ fn engine_code(e: &EngineError) -> Code {
     match e {
         EngineError::Connect(_) | EngineError::Database { .. } => Code::Unavailable,
         EngineError::Plan(p) => plan_code(p),
-        EngineError::Render(_) | EngineError::ChecksumMismatch(_) | EngineError::Setting { .. } => {
-            Code::FailedPrecondition
-        }
+        EngineError::Render(_)
+        | EngineError::ChecksumMismatch(_)
+        | EngineError::Setting { .. }
+        | EngineError::NeedsSession { .. } => Code::FailedPrecondition,
         EngineError::StepFailed { .. }
         | EngineError::IndexInvalid { .. }
         | EngineError::StateChanged(_) => Code::Aborted,

@@ -26,11 +26,15 @@ pub fn new_tenant(fleet: &Fleet, t: Option<proto::Tenant>, at: &str) -> Result<T
         ))
     })?;
     let now = Utc::now();
+    let connection =
+        convert::connection(t.connection, &format!("{at}.connection")).map_err(invalid)?;
+    fleet
+        .check_connection_policy(&connection)
+        .map_err(|m| invalid(field_error(format!("{at}.connection.sslmode"), m)))?;
     Ok(Tenant {
         id,
         app: app_name,
-        connection: convert::connection(t.connection, &format!("{at}.connection"))
-            .map_err(invalid)?,
+        connection,
         labels: convert::labels(t.labels, &format!("{at}.labels")).map_err(invalid)?,
         placeholders: convert::placeholders(app, t.placeholders, &format!("{at}.placeholders"))
             .map_err(invalid)?,
@@ -222,7 +226,11 @@ impl TenantsService {
             needs_admin(caller, "tenant.connection")?;
         }
         let connection = if wants("connection") {
-            Some(convert::connection(t.connection, "tenant.connection").map_err(invalid)?)
+            let c = convert::connection(t.connection, "tenant.connection").map_err(invalid)?;
+            self.fleet
+                .check_connection_policy(&c)
+                .map_err(|m| invalid(field_error("tenant.connection.sslmode", m)))?;
+            Some(c)
         } else {
             None
         };

@@ -45,6 +45,7 @@ fn spec() -> ConnectionSpec {
         sslmode: SslMode::Disable,
         schema: None,
         password: None,
+        options: Default::default(),
     }
 }
 

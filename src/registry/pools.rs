@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use super::tenant::{ConnectionSpec, DatabaseKey, PasswordRef, SslMode};
+use super::tenant::{ChannelBinding, ConnectionSpec, DatabaseKey, PasswordRef, SslNegotiation};
+use crate::pg::conninfo::{ConnInfo, Source};
+use crate::pg::{Canceller, SslMode, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -23,12 +25,22 @@ pub enum PoolError {
         key: DatabaseKey,
         problem: String,
     },
-    #[error("connecting to {key}: {}", crate::engine::error::describe_pg(source))]
+    #[error("{source}")]
     Connect {
+        key: DatabaseKey,
+        #[source]
+        source: crate::pg::ConnectError,
+    },
+    #[error("connecting to {key}: {source}")]
+    Query {
         key: DatabaseKey,
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("connecting to {key}: {problem}")]
+    Setup { key: DatabaseKey, problem: String },
+    #[error("connecting to {key}: {problem}")]
+    Insecure { key: DatabaseKey, problem: String },
     #[error(
         "connecting to {key}: role {user} is {what}; fleetmig needs a role that owns the tenant's schema, not a superuser and without BYPASSRLS (or set pools.privileged_roles = \"warn\")"
     )]
@@ -46,7 +58,8 @@ pub enum PoolError {
 impl PoolError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            PoolError::Connect { source, .. } => source.code().map(|c| c.code()),
+            PoolError::Connect { source, .. } => source.sqlstate(),
+            PoolError::Query { source, .. } => source.code().map(|c| c.code()),
             _ => None,
         }
     }
@@ -56,10 +69,16 @@ impl PoolError {
 /// is returned only once the connection is really closed.
 pub struct Budgeted {
     client: Client,
+    canceller: Canceller,
     poisoned: bool,
 }
 
 impl Budgeted {
+    /// Sends cancel requests for this connection (over TLS when it uses TLS).
+    pub fn canceller(&self) -> &Canceller {
+        &self.canceller
+    }
+
     /// Never hand this connection out again: it may be mid-statement or mid-transaction
     /// (e.g. after a lease loss). It is closed when dropped.
     pub fn poison(&mut self) {
@@ -105,7 +124,7 @@ async fn check_privileges(
             "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
         )
         .await
-        .map_err(|source| PoolError::Connect {
+        .map_err(|source| PoolError::Query {
             key: key.clone(),
             source,
         })?;
@@ -148,7 +167,7 @@ const ROLE_CHECK_TTL: Duration = Duration::from_secs(300);
 type RoleVerdicts = Arc<Mutex<HashMap<String, Instant>>>;
 
 pub struct BudgetedManager {
-    config: tokio_postgres::Config,
+    target: Target,
     privileged_roles: PrivilegedRoles,
     role_verdicts: RoleVerdicts,
     role: String,
@@ -176,17 +195,17 @@ impl bb8::ManageConnection for BudgetedManager {
                 break p.expect("host semaphores are never closed");
             }
         };
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|source| PoolError::Connect {
-                    key: self.key.clone(),
-                    source,
-                })?;
+        let connected = self
+            .target
+            .connect()
+            .await
+            .map_err(|source| PoolError::Connect {
+                key: self.key.clone(),
+                source,
+            })?;
         let key = self.key.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let (client, canceller) = connected.spawn(move |e| {
+            if let Some(e) = e {
                 tracing::debug!(database = %key, error = %e, "tenant connection ended");
             }
             drop(permit);
@@ -201,6 +220,7 @@ impl bb8::ManageConnection for BudgetedManager {
         }
         Ok(Budgeted {
             client,
+            canceller,
             poisoned: false,
         })
     }
@@ -210,7 +230,7 @@ impl bb8::ManageConnection for BudgetedManager {
             .simple_query("")
             .await
             .map(|_| ())
-            .map_err(|source| PoolError::Connect {
+            .map_err(|source| PoolError::Query {
                 key: self.key.clone(),
                 source,
             })
@@ -239,6 +259,48 @@ pub struct PoolLimits {
     /// Idle connections close after this; idle pools are dropped after it too.
     pub idle_timeout: Duration,
     pub privileged_roles: PrivilegedRoles,
+    pub insecure_connections: InsecureConnections,
+}
+
+/// What to do with a tenant connection that is not encrypted for sure (sslmode below
+/// `require`), or that could hand a password to a server whose identity is not verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InsecureConnections {
+    /// Connect silently (local development).
+    #[default]
+    Allow,
+    /// Connect, and log a warning when the pool is made.
+    Warn,
+    /// Refuse to register such a tenant, and to connect to one stored before.
+    Refuse,
+}
+
+/// What is insecure about a tenant's connection, if anything.
+pub fn insecurity(spec: &ConnectionSpec) -> Option<String> {
+    if !spec.sslmode.always_tls() {
+        return Some(format!(
+            "sslmode {} may connect without TLS: use require, verify-ca or verify-full",
+            spec.sslmode
+        ));
+    }
+    let weak_rule = spec
+        .options
+        .require_auth
+        .as_deref()
+        .and_then(|r| crate::pg::auth::RequireAuth::parse(r).ok())
+        .is_none_or(|r| r.allows_weak_password());
+    if spec.password.is_some()
+        && weak_rule
+        && spec.options.channel_binding != ChannelBinding::Require
+        && spec.sslmode < SslMode::VerifyCa
+    {
+        return Some(format!(
+            "sslmode {} does not verify the server, and a password could go to it in cleartext: use sslmode verify-full (or verify-ca), require_auth scram-sha-256, or channel_binding require",
+            spec.sslmode
+        ));
+    }
+    None
 }
 
 /// Receives bb8's connect errors (bb8 itself only reports a timeout to the waiter), so a
@@ -275,7 +337,10 @@ fn pool_key(spec: &ConnectionSpec) -> PoolKey {
     // The reference, never a resolved password.
     (
         spec.database_key(),
-        format!("{}|{:?}", spec.user, spec.password),
+        format!(
+            "{}|{:?}|{}|{:?}",
+            spec.user, spec.password, spec.sslmode, spec.options
+        ),
     )
 }
 
@@ -293,6 +358,24 @@ impl Pools {
             role_verdicts: RoleVerdicts::default(),
             databases: Arc::default(),
             hosts: Mutex::default(),
+        }
+    }
+
+    /// Whether the configured policy accepts this connection (`pools.insecure_connections`):
+    /// refused with what is insecure and how to fix it, or accepted (logged under "warn").
+    pub fn check_policy(&self, spec: &ConnectionSpec) -> Result<(), String> {
+        let Some(problem) = insecurity(spec) else {
+            return Ok(());
+        };
+        match self.limits.insecure_connections {
+            InsecureConnections::Allow => Ok(()),
+            InsecureConnections::Warn => {
+                tracing::warn!(database = %spec.database_key(), "{problem} (pools.insecure_connections = \"warn\")");
+                Ok(())
+            }
+            InsecureConnections::Refuse => Err(format!(
+                "{problem} (refused by pools.insecure_connections = \"refuse\", the default under profile = \"production\")"
+            )),
         }
     }
 
@@ -327,9 +410,15 @@ impl Pools {
             match existing {
                 Some(p) => p,
                 None => {
+                    // Again at connect: a record stored before the policy was tightened.
+                    self.check_policy(spec)
+                        .map_err(|problem| PoolError::Insecure {
+                            key: key.clone(),
+                            problem,
+                        })?;
                     let errors = ConnectErrors::default();
                     let manager = BudgetedManager {
-                        config: pg_config(spec, self.limits.connect_timeout)?,
+                        target: target(spec, self.limits.connect_timeout)?,
                         privileged_roles: self.limits.privileged_roles,
                         role_verdicts: self.role_verdicts.clone(),
                         role: format!("{}|{}", spec.host_key(), spec.user),
@@ -414,23 +503,9 @@ fn release_unused(dbs: &mut HashMap<PoolKey, Entry>, host: &str, keep: &PoolKey)
     });
 }
 
-/// The libpq-style config for a tenant, password resolved from its reference.
-pub fn pg_config(
-    spec: &ConnectionSpec,
-    connect_timeout: Duration,
-) -> Result<tokio_postgres::Config, PoolError> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(&spec.host)
-        .port(spec.port)
-        .dbname(&spec.dbname)
-        .user(&spec.user)
-        .application_name("fleetmig")
-        .connect_timeout(connect_timeout)
-        .ssl_mode(match spec.sslmode {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        });
+/// The connection target of a tenant, password resolved from its reference. Everything
+/// goes through libpq's keywords, so a tenant record means what the same keywords mean to psql.
+pub fn target(spec: &ConnectionSpec, connect_timeout: Duration) -> Result<Target, PoolError> {
     let problem = |p: String| PoolError::Password {
         user: spec.user.clone(),
         key: spec.database_key(),
@@ -440,6 +515,51 @@ pub fn pg_config(
         // Again at connect: a record stored before the policy was tightened is not followed.
         reference.allowed().map_err(problem)?;
     }
+    let field = |k: &str| Source::Field(format!("connection.{k}"));
+    let mut info = ConnInfo::default();
+    info.set("host", &spec.host, field("host"));
+    info.set("port", spec.port.to_string(), field("port"));
+    info.set("dbname", &spec.dbname, field("dbname"));
+    info.set("user", &spec.user, field("user"));
+    info.set("application_name", "fleetmig", Source::Default);
+    info.set("sslmode", spec.sslmode.as_str(), field("sslmode"));
+    info.set(
+        "connect_timeout",
+        connect_timeout.as_secs().max(1).to_string(),
+        Source::Field("pools.connect_timeout".into()),
+    );
+    let o = &spec.options;
+    if let Some(root) = &o.sslrootcert {
+        info.set("sslrootcert", root.to_string(), field("sslrootcert"));
+    }
+    if let (Some(cert), Some(key)) = (&o.sslcert, &o.sslkey) {
+        info.set("sslcert", cert.display().to_string(), field("sslcert"));
+        info.set("sslkey", key.display().to_string(), field("sslkey"));
+    }
+    if o.sslnegotiation == SslNegotiation::Direct {
+        info.set("sslnegotiation", "direct", field("sslnegotiation"));
+    }
+    info.set(
+        "channel_binding",
+        match o.channel_binding {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        },
+        field("channel_binding"),
+    );
+    if let Some(rule) = &o.require_auth {
+        info.set("require_auth", rule, field("require_auth"));
+    }
+    if let Some(key) = &o.sslkey {
+        // Again at connect, as for password files.
+        super::secrets::SecretsPolicy::current()
+            .allows_file(key)
+            .map_err(|m| PoolError::Setup {
+                key: spec.database_key(),
+                problem: format!("connection.sslkey: {m}"),
+            })?;
+    }
     match &spec.password {
         None => {}
         Some(PasswordRef::Env(var)) => {
@@ -448,22 +568,31 @@ pub fn pg_config(
                     "environment variable {var} is not set in the daemon's environment"
                 ))
             })?;
-            config.password(pw);
+            info.set("password", pw, field("password"));
         }
         Some(PasswordRef::File(path)) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| problem(format!("cannot read {}: {}", path.display(), e.kind())))?;
-            config.password(text.lines().next().unwrap_or_default());
+            info.set(
+                "password",
+                text.lines().next().unwrap_or_default(),
+                field("password"),
+            );
         }
         Some(PasswordRef::Passfile) => {
             let file = passfile_path()
                 .ok_or_else(|| problem("no passfile: set PGPASSFILE or create ~/.pgpass".into()))?;
-            let pw = passfile_lookup(&file, &spec.host, spec.port, &spec.dbname, &spec.user)
-                .ok_or_else(|| problem(format!("no matching entry in {}", file.display())))?;
-            config.password(pw);
+            let pw =
+                crate::pg::passfile::lookup(&file, &spec.host, spec.port, &spec.dbname, &spec.user)
+                    .ok_or_else(|| problem(format!("no matching entry in {}", file.display())))?;
+            info.set("password", pw, field("password"));
         }
     }
-    Ok(config)
+    // Registry tenants are explicit: no defaults from the daemon's home directory.
+    Target::new(&info, &crate::pg::Defaults::none()).map_err(|e| PoolError::Setup {
+        key: spec.database_key(),
+        problem: e.to_string(),
+    })
 }
 
 fn passfile_path() -> Option<PathBuf> {
@@ -472,58 +601,9 @@ fn passfile_path() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))
 }
 
-/// libpq's passfile rules: `host:port:db:user:password`, `*` matches anything, `\` escapes.
-pub fn passfile_lookup(file: &Path, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let port = port.to_string();
-    for line in text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-    {
-        let mut fields = Vec::with_capacity(5);
-        let mut cur = String::new();
-        let mut chars = line.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => cur.extend(chars.next()),
-                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
-                c => cur.push(c),
-            }
-        }
-        fields.push(cur);
-        if fields.len() == 5
-            && [host, port.as_str(), db, user]
-                .iter()
-                .zip(&fields)
-                .all(|(want, f)| f == "*" || f == want)
-        {
-            return Some(fields.pop().unwrap());
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passfile_follows_libpq_rules() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            f.path(),
-            "# comment\ndb1:5432:other:app:nope\ndb1:*:t42:app:s3cr\\:et\n*:*:*:*:fallback\n",
-        )
-        .unwrap();
-        assert_eq!(
-            passfile_lookup(f.path(), "db1", 5433, "t42", "app").as_deref(),
-            Some("s3cr:et")
-        );
-        assert_eq!(
-            passfile_lookup(f.path(), "db2", 5432, "x", "y").as_deref(),
-            Some("fallback")
-        );
-    }
 
     #[test]
     fn password_errors_never_carry_the_password() {
@@ -535,8 +615,9 @@ mod tests {
             sslmode: SslMode::Prefer,
             schema: None,
             password: Some(PasswordRef::Env("TENANT_UNIT_TEST_UNSET_VAR".into())),
+            options: Default::default(),
         };
-        let e = pg_config(&spec, Duration::from_secs(1))
+        let e = target(&spec, Duration::from_secs(1))
             .unwrap_err()
             .to_string();
         assert!(e.contains("TENANT_UNIT_TEST_UNSET_VAR is not set"), "{e}");

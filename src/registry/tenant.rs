@@ -100,21 +100,68 @@ impl PasswordRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+use crate::pg::Pooler;
+pub use crate::pg::SslMode;
+use crate::pg::tls::RootCert;
+
+/// libpq's `sslnegotiation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum SslMode {
+pub enum SslNegotiation {
+    /// An SSLRequest first, as every PostgreSQL version understands.
+    #[default]
+    Postgres,
+    /// TLS at once (PostgreSQL 17+ servers, and TLS-terminating proxies).
+    Direct,
+}
+
+/// libpq's `channel_binding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
     Disable,
     #[default]
     Prefer,
+    /// SCRAM with channel binding only: no cleartext or md5 password ever leaves.
+    Require,
 }
 
-impl SslMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-        }
-    }
+/// Where a session-mode connection to the same database is made, for what cannot run
+/// behind a transaction-mode pooler (CREATE INDEX CONCURRENTLY, admin work).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
+/// TLS files, authentication rules and pooling of a connection: all optional. Files are
+/// paths on the daemon's machine, read at connect time, never stored content.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnectionOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<RootCert>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslcert: Option<PathBuf>,
+    /// A private key: confined like password files (`secrets.password_dirs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslkey: Option<PathBuf>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub sslnegotiation: SslNegotiation,
+    #[serde(skip_serializing_if = "is_default")]
+    pub channel_binding: ChannelBinding,
+    /// libpq's `require_auth`, e.g. `scram-sha-256` or `!password,!md5`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_auth: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub pooler: Pooler,
+    /// Behind a transaction-mode pooler: the direct (or session-mode) way to the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Endpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +173,8 @@ pub struct ConnectionSpec {
     pub sslmode: SslMode,
     pub schema: Option<String>,
     pub password: Option<PasswordRef>,
+    #[serde(default, flatten)]
+    pub options: ConnectionOptions,
 }
 
 /// The lock key of a database: `host:port/dbname[/schema]`. Two registry entries for one
@@ -149,14 +198,7 @@ fn is_name(s: &str, extra: &[u8]) -> bool {
 impl ConnectionSpec {
     /// Validate every field; `at` is the request path of the connection message.
     pub fn validate(&self, at: &str) -> Result<(), FieldError> {
-        let host_ok = !self.host.is_empty()
-            && self.host.len() <= 253
-            && self
-                .host
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
-            && !self.host.starts_with('-');
-        if !host_ok {
+        if !is_host(&self.host) {
             return Err(field_error(
                 format!("{at}.host"),
                 format!("{} is not a host name or IP address", shown(&self.host)),
@@ -194,6 +236,11 @@ impl ConnectionSpec {
                 ),
             ));
         }
+        self.validate_password(at)?;
+        self.options.validate(at, self.sslmode)
+    }
+
+    fn validate_password(&self, at: &str) -> Result<(), FieldError> {
         match &self.password {
             Some(PasswordRef::Env(var))
                 if var.is_empty()
@@ -225,6 +272,24 @@ impl ConnectionSpec {
         }
     }
 
+    /// Where sessions that need a real server session go: the declared session endpoint
+    /// behind a transaction-mode pooler, else this same connection.
+    pub fn session_spec(&self) -> ConnectionSpec {
+        match (&self.options.pooler, &self.options.session) {
+            (Pooler::Transaction, Some(e)) => ConnectionSpec {
+                host: e.host.clone(),
+                port: e.port,
+                options: ConnectionOptions {
+                    pooler: Pooler::None,
+                    session: None,
+                    ..self.options.clone()
+                },
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
+
     pub fn database_key(&self) -> DatabaseKey {
         let mut k = format!(
             "{}:{}/{}",
@@ -242,6 +307,120 @@ impl ConnectionSpec {
     /// `host:port`: connection limits apply per Postgres server.
     pub fn host_key(&self) -> String {
         format!("{}:{}", self.host.to_ascii_lowercase(), self.port)
+    }
+}
+
+fn absolute_plain(path: &std::path::Path) -> bool {
+    path.is_absolute()
+        && path.as_os_str().len() <= 4096
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        })
+}
+
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
+        && !host.starts_with('-')
+}
+
+impl ConnectionOptions {
+    /// The shape of each field (files are read at connect time, on the daemon's machine).
+    fn validate(&self, at: &str, sslmode: SslMode) -> Result<(), FieldError> {
+        let path_error = |field: &str| {
+            field_error(
+                format!("{at}.{field}"),
+                "must be an absolute path without `..` (a file on the daemon's machine)",
+            )
+        };
+        match &self.sslrootcert {
+            Some(RootCert::File(p)) if !absolute_plain(p) => return Err(path_error("sslrootcert")),
+            Some(RootCert::System) if sslmode != SslMode::VerifyFull => {
+                return Err(field_error(
+                    format!("{at}.sslmode"),
+                    format!(
+                        "\"{sslmode}\" may not be used with sslrootcert = \"system\" (use verify-full)"
+                    ),
+                ));
+            }
+            None if sslmode >= SslMode::VerifyCa => {
+                return Err(field_error(
+                    format!("{at}.sslrootcert"),
+                    format!(
+                        "sslmode {sslmode} checks the server's certificate: name the CA file that signed it, or \"system\" for the system's trusted roots"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        match (&self.sslcert, &self.sslkey) {
+            (Some(c), _) if !absolute_plain(c) => return Err(path_error("sslcert")),
+            (_, Some(k)) if !absolute_plain(k) => return Err(path_error("sslkey")),
+            (Some(_), None) => {
+                return Err(field_error(
+                    format!("{at}.sslkey"),
+                    "required with sslcert: the client certificate's private key file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(field_error(
+                    format!("{at}.sslcert"),
+                    "required with sslkey: the client certificate file",
+                ));
+            }
+            (Some(_), Some(k)) => super::secrets::SecretsPolicy::current()
+                .allows_file(k)
+                .map_err(|m| {
+                    field_error(
+                        format!("{at}.sslkey"),
+                        m.replace("for passwords", "for secrets"),
+                    )
+                })?,
+            (None, None) => {}
+        }
+        if self.sslnegotiation == SslNegotiation::Direct && !sslmode.always_tls() {
+            return Err(field_error(
+                format!("{at}.sslnegotiation"),
+                format!("direct needs sslmode require, verify-ca or verify-full (not {sslmode})"),
+            ));
+        }
+        if self.channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
+            return Err(field_error(
+                format!("{at}.channel_binding"),
+                "require needs TLS, but sslmode is disable",
+            ));
+        }
+        if let Some(rule) = &self.require_auth {
+            crate::pg::auth::RequireAuth::parse(rule)
+                .map_err(|m| field_error(format!("{at}.require_auth"), m))?;
+        }
+        match (&self.pooler, &self.session) {
+            (Pooler::Transaction, Some(e)) => {
+                if !is_host(&e.host) {
+                    return Err(field_error(
+                        format!("{at}.session_host"),
+                        format!("{} is not a host name or IP address", shown(&e.host)),
+                    ));
+                }
+                if e.port == 0 {
+                    return Err(field_error(format!("{at}.session_port"), "must be 1-65535"));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(field_error(
+                    format!("{at}.session_host"),
+                    "only used with pooler = transaction (the way around the pooler)",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -312,6 +491,7 @@ mod tests {
             sslmode: SslMode::Prefer,
             schema: None,
             password: Some(PasswordRef::Env("TENANT_42_PASSWORD".into())),
+            options: ConnectionOptions::default(),
         }
     }
 

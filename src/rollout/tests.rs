@@ -15,6 +15,7 @@ fn tenant(id: &str, tier: &str) -> Tenant {
             sslmode: SslMode::default(),
             schema: None,
             password: None,
+            options: Default::default(),
         },
         labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
         placeholders: BTreeMap::new(),

@@ -33,7 +33,7 @@ fn text(o: &Output) -> String {
 async fn by_hand(url: &str, ids: &[&str], extra: &str) {
     let app = App::load(Path::new(&harness::repo_migrations()), "aletheia").unwrap();
     let vals = values(&app, &[]);
-    let client = fleetmig::engine::connect(url).await.unwrap();
+    let client = fleetmig::pg::connect_str(url).await.unwrap();
     for id in ids {
         let rev = app.graph.revision(app.graph.node(id).unwrap());
         for s in fleetmig::revision::render::render(rev, Direction::Upgrade, &vals, None)
@@ -117,7 +117,7 @@ async fn verify_reports_drift() {
     };
     let (url, _) = pg.database("verify_drift").await;
     assert!(fleetmig(&url, &["upgrade"]).status.success());
-    fleetmig::engine::connect(&url)
+    fleetmig::pg::connect_str(&url)
         .await
         .unwrap()
         .batch_execute("ALTER TABLE memory_links ADD COLUMN added_by_hand text")

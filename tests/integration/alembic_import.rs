@@ -179,8 +179,8 @@ async fn an_alembic_project_is_imported_and_builds_the_same_schema() {
     );
 
     let (a, b) = (
-        fleetmig::engine::connect(&by_alembic).await.unwrap(),
-        fleetmig::engine::connect(&by_fleetmig).await.unwrap(),
+        fleetmig::pg::connect_str(&by_alembic).await.unwrap(),
+        fleetmig::pg::connect_str(&by_fleetmig).await.unwrap(),
     );
     let (fa, fb) = (fp(&a).await, fp(&b).await);
     assert!(

@@ -53,8 +53,8 @@ async fn offline_sql_applied_with_psql_equals_online_upgrade() {
         let (ok, err) = pg.psql_file(&offline, file.path());
         assert!(ok, "psql -f failed: {err}");
         let (a, b) = (
-            fleetmig::engine::connect(&online).await.unwrap(),
-            fleetmig::engine::connect(&offline).await.unwrap(),
+            fleetmig::pg::connect_str(&online).await.unwrap(),
+            fleetmig::pg::connect_str(&offline).await.unwrap(),
         );
         let (fa, fb) = (fp(&a).await, fp(&b).await);
         assert_eq!(fa, fb, "{app}: {:?}", fa.diff(&fb));
@@ -97,14 +97,14 @@ async fn a_database_built_outside_fleetmig_points_to_stamp() {
         None,
         &["--app", "aletheia", "upgrade", "--sql", "0001"],
     );
-    let client = fleetmig::engine::connect(&url).await.unwrap();
+    let client = fleetmig::pg::connect_str(&url).await.unwrap();
     let ddl: String = String::from_utf8_lossy(&sql.stdout)
         .split("-- Running upgrade")
         .nth(1)
         .unwrap()
         .lines()
         .skip(1)
-        .take_while(|l| !l.starts_with("INSERT INTO \"alembic_version\""))
+        .take_while(|l| !l.starts_with("INSERT INTO \"public\".\"alembic_version\""))
         .collect::<Vec<_>>()
         .join("\n");
     client

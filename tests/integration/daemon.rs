@@ -68,7 +68,7 @@ fn all(app: &str, target: &str, concurrency: u32) -> proto::MigrateRequest {
 }
 
 async fn history(url: &str) -> Vec<(String, String, Option<i64>)> {
-    let c = fleetmig::engine::connect(url).await.unwrap();
+    let c = fleetmig::pg::connect_str(url).await.unwrap();
     if !c
         .query_one("SELECT to_regclass('fleetmig_history') IS NOT NULL", &[])
         .await
@@ -182,7 +182,7 @@ async fn fifty_tenants_up_to_head_and_back_to_base() {
         );
     }
     // Per-tenant placeholder values reached the schema.
-    let c = fleetmig::engine::connect(&f.urls["fifty-1"]).await.unwrap();
+    let c = fleetmig::pg::connect_str(&f.urls["fifty-1"]).await.unwrap();
     c.batch_execute("SELECT 1").await.unwrap();
     let dims: String = c.query_one("SELECT placeholders->>'EMBEDDING_DIM' FROM fleetmig_history WHERE revision = '0001' LIMIT 1", &[]).await.unwrap().get(0);
     assert_eq!(dims, "128");
@@ -379,7 +379,7 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
     );
     // No write of the doomed daemon after its deadline.
     for url in &urls {
-        let c = fleetmig::engine::connect(url).await.unwrap();
+        let c = fleetmig::pg::connect_str(url).await.unwrap();
         if c.query_one("SELECT to_regclass('writes') IS NOT NULL", &[])
             .await
             .unwrap()
@@ -407,7 +407,7 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
             h.iter().map(|(_, r, _)| r.as_str()).collect::<Vec<_>>(),
             ["s1", "s2", "s3", "s4"]
         );
-        let c: Client = fleetmig::engine::connect(url).await.unwrap();
+        let c: Client = fleetmig::pg::connect_str(url).await.unwrap();
         let writes: Vec<String> = c
             .query("SELECT revision FROM writes ORDER BY at", &[])
             .await
@@ -513,12 +513,56 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
         (
             proto::Tenant {
                 connection: Some(proto::Connection {
-                    sslmode: "verify-full".into(),
+                    sslmode: "verify_full".into(),
                     ..base().connection.unwrap()
                 }),
                 ..base()
             },
             "tenant.connection.sslmode",
+        ),
+        // verify-full checks the certificate: against which CA must be said.
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    sslmode: "verify-full".into(),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.sslrootcert",
+        ),
+        // A private key is a secret: only from where password files may come.
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    sslmode: "require".into(),
+                    sslcert: "/etc/client.crt".into(),
+                    sslkey: "/etc/ssl/private/daemon.key".into(),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.sslkey",
+        ),
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    require_auth: "scram-sha-256,!md5".into(),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.require_auth",
+        ),
+        (
+            proto::Tenant {
+                connection: Some(proto::Connection {
+                    session_host: "db-direct".into(),
+                    ..base().connection.unwrap()
+                }),
+                ..base()
+            },
+            "tenant.connection.session_host",
         ),
         (
             proto::Tenant {
@@ -738,7 +782,7 @@ async fn dry_run_plans_and_cancel_stops_a_job() {
     // Nothing half-applied: every tenant is at a whole revision.
     for url in f.urls.values() {
         let h = history(url).await;
-        let c = fleetmig::engine::connect(url).await.unwrap();
+        let c = fleetmig::pg::connect_str(url).await.unwrap();
         let tables: i64 = c
             .query_one(
                 "SELECT count(*) FROM pg_tables WHERE tablename LIKE 't\\_s%'",
@@ -887,7 +931,7 @@ async fn verify_flags_a_column_added_by_hand_on_one_tenant_of_ten() {
         dh::summary(&upgrade(&mut m, all("aletheia", "head", 4)).await).done,
         10
     );
-    let c = fleetmig::engine::connect(&f.urls["drift-6"]).await.unwrap();
+    let c = fleetmig::pg::connect_str(&f.urls["drift-6"]).await.unwrap();
     c.batch_execute("ALTER TABLE memory_shards ADD COLUMN added_by_hand text")
         .await
         .unwrap();
@@ -996,6 +1040,7 @@ async fn the_registry_reads_a_fleet_bigger_than_one_etcd_response() {
             sslmode: SslMode::Disable,
             schema: None,
             password: None,
+            options: Default::default(),
         },
         // ~2 KB of labels a tenant: the whole registry (over 5 MB) exceeds one response.
         labels: (0..30)

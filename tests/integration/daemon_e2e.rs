@@ -123,7 +123,7 @@ async fn a_tenant_password_appears_nowhere() {
     };
     const CANARY: &str = "Canary-7f3a9c-sEcReT";
     const WRONG: &str = "Wrong-2b8d1e-sEcReT";
-    let admin = fleetmig::engine::connect(&pg.url("postgres"))
+    let admin = fleetmig::pg::connect_str(&pg.url("postgres"))
         .await
         .unwrap();
     admin.batch_execute(&format!("DO $$ BEGIN CREATE ROLE pw_app LOGIN PASSWORD '{CANARY}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$")).await.unwrap();

@@ -102,7 +102,7 @@ pub async fn fp(client: &Client) -> Fingerprint {
 async fn fresh(hint: &str) -> Option<(Client, String)> {
     let pg = harness::postgres()?;
     let (url, _) = pg.database(hint).await;
-    Some((fleetmig::engine::connect(&url).await.unwrap(), url))
+    Some((fleetmig::pg::connect_str(&url).await.unwrap(), url))
 }
 
 fn load(root: &Path, app: &str) -> App {
@@ -185,7 +185,9 @@ async fn placeholders_shape_the_schema_and_history() {
         .unwrap();
     let f = fp(&client).await;
     assert!(
-        f.lines.iter().any(|l| l.contains("embedding vector(1536)")),
+        f.lines
+            .iter()
+            .any(|l| l.contains("embedding public.vector(1536)")),
         "{:?}",
         f.lines
     );
@@ -352,7 +354,7 @@ async fn lock_timeouts_are_retried_with_backoff() {
         .unwrap();
 
     // Another session holds a conflicting lock for a while, then lets go.
-    let holder = fleetmig::engine::connect(&url).await.unwrap();
+    let holder = fleetmig::pg::connect_str(&url).await.unwrap();
     holder
         .batch_execute("BEGIN; LOCK TABLE busy IN ACCESS SHARE MODE")
         .await
@@ -396,7 +398,7 @@ async fn exhausted_lock_retries_fail_with_55p03() {
     run.go(&mut client, Direction::Upgrade, "0001")
         .await
         .unwrap();
-    let mut holder = fleetmig::engine::connect(&url).await.unwrap();
+    let mut holder = fleetmig::pg::connect_str(&url).await.unwrap();
     let tx = holder.transaction().await.unwrap();
     tx.batch_execute("LOCK TABLE busy IN ACCESS SHARE MODE")
         .await

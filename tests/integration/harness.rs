@@ -10,12 +10,12 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn ci() -> bool {
+pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// A service is missing: skip (None) locally, fail under CI.
-fn missing(service: &str, why: String) -> Option<()> {
+pub fn missing(service: &str, why: String) -> Option<()> {
     if ci() {
         panic!("{service} is required under CI=true but unavailable: {why} (run `make setup`)");
     }
@@ -33,7 +33,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -45,7 +45,7 @@ fn is_root() -> bool {
 /// service gets SIGINT and its directory is removed.
 // The watchdog is meant to outlive this process: nobody waits for it.
 #[allow(clippy::zombie_processes)]
-fn spawn_watched(cmd: &str, dir: &Path) {
+pub fn spawn_watched(cmd: &str, dir: &Path) {
     let script = format!(
         "{cmd} & svc=$!; while kill -0 {parent} 2>/dev/null && kill -0 $svc 2>/dev/null; do sleep 0.5; done; kill -INT $svc 2>/dev/null; wait $svc; rm -rf '{dir}'",
         parent = std::process::id(),
@@ -61,7 +61,7 @@ fn spawn_watched(cmd: &str, dir: &Path) {
         .expect("sh");
 }
 
-fn wait_for_port(port: u16, what: &str, log: &Path) {
+pub fn wait_for_port(port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -75,7 +75,7 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
     );
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
+pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fleetmig-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -209,7 +209,7 @@ impl Postgres {
                 .take(40)
                 .collect::<String>()
         );
-        let admin = fleetmig::engine::connect(&self.url("postgres"))
+        let admin = fleetmig::pg::connect_str(&self.url("postgres"))
             .await
             .unwrap();
         admin

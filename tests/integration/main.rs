@@ -2,6 +2,7 @@
 
 mod daemon_harness;
 mod harness;
+mod tls_services;
 
 mod adopt;
 mod alembic_import;
@@ -11,9 +12,11 @@ mod daemon_e2e;
 mod engine;
 mod locks;
 mod onboard;
+mod pgbouncer;
 mod pki;
 mod pools;
 mod rollouts;
 mod security;
 mod services;
 mod telemetry;
+mod tls;

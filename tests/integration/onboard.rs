@@ -61,7 +61,7 @@ async fn onboarding_provisions_rolls_back_and_is_idempotent() {
     ))
     .await;
     let (mut m, mut t) = (daemon.migrations().await, daemon.tenants().await);
-    let admin = fleetmig::engine::connect(&pg.url("postgres"))
+    let admin = fleetmig::pg::connect_str(&pg.url("postgres"))
         .await
         .unwrap();
     let tenant = |id: &str, db: &str, placeholders: &[(&str, &str)]| {
@@ -235,10 +235,10 @@ async fn onboarding_provisions_rolls_back_and_is_idempotent() {
         "{second:?}"
     );
     let (full, copy) = (
-        fleetmig::engine::connect(&pg.url("onboard_one"))
+        fleetmig::pg::connect_str(&pg.url("onboard_one"))
             .await
             .unwrap(),
-        fleetmig::engine::connect(&pg.url("onboard_tpl_two"))
+        fleetmig::pg::connect_str(&pg.url("onboard_tpl_two"))
             .await
             .unwrap(),
     );

@@ -43,6 +43,18 @@ fn leaf(
     } else {
         vec![]
     };
+    leaf_with(dir, file, issuer, cn, sans, server, expired)
+}
+
+fn leaf_with(
+    dir: &Path,
+    file: &str,
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    cn: &str,
+    sans: Vec<String>,
+    server: bool,
+    expired: bool,
+) -> Pair {
     let mut p = CertificateParams::new(sans).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.extended_key_usages = vec![if server {
@@ -62,7 +74,42 @@ fn leaf(
     };
     std::fs::write(&pair.cert, cert.pem()).unwrap();
     std::fs::write(&pair.key, key.serialize_pem()).unwrap();
+    // Private keys readable by their owner only: libpq (and fleetmig) refuse others.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pair.key, std::fs::Permissions::from_mode(0o600)).unwrap();
     pair
+}
+
+/// Certificates for a PostgreSQL server and its clients.
+pub struct PgPki {
+    /// Keeps the files.
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    /// A CA that signed nothing the server uses.
+    pub foreign_ca: PathBuf,
+    /// For the server, valid for `server_sans` only.
+    pub server: Pair,
+    /// A client certificate whose common name is `client_cn` (signed by the CA).
+    pub client: Pair,
+    /// A client certificate with the same name from the foreign CA.
+    pub foreign_client: Pair,
+}
+
+pub fn pg_pki(server_sans: &[&str], client_cn: &str) -> PgPki {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca1, ca2) = (ca("fleetmig pg test CA"), ca("another pg CA"));
+    std::fs::write(d.join("ca.crt"), ca1.pem()).unwrap();
+    std::fs::write(d.join("foreign-ca.crt"), ca2.pem()).unwrap();
+    let sans = server_sans.iter().map(|s| s.to_string()).collect();
+    PgPki {
+        ca: d.join("ca.crt"),
+        foreign_ca: d.join("foreign-ca.crt"),
+        server: leaf_with(d, "server", &ca1, server_sans[0], sans, true, false),
+        client: leaf_with(d, "client", &ca1, client_cn, vec![], false, false),
+        foreign_client: leaf_with(d, "foreign-client", &ca2, client_cn, vec![], false, false),
+        _dir: dir,
+    }
 }
 
 pub struct Issued {

@@ -1,12 +1,15 @@
-//! Connections to tenant databases: the per-host budget is never exceeded, and idle
-//! connections of other databases give way instead of starving new ones.
+//! Connections to tenant databases: the per-host budget is never exceeded, idle connections
+//! of other databases give way instead of starving new ones, and a pooled connection carries
+//! nothing from one job to the next.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetmig::grpc::proto;
 use fleetmig::registry::pools::{PoolError, PoolLimits, PrivilegedRoles};
 use fleetmig::registry::{ConnectionSpec, Pools, SslMode};
 
+use crate::daemon_harness as dh;
 use crate::harness;
 
 fn spec(port: u16, db: &str) -> ConnectionSpec {
@@ -18,6 +21,7 @@ fn spec(port: u16, db: &str) -> ConnectionSpec {
         sslmode: SslMode::Disable,
         schema: None,
         password: None,
+        options: Default::default(),
     }
 }
 
@@ -39,7 +43,7 @@ async fn the_host_budget_holds_and_idle_connections_give_way() {
     for i in 0..8 {
         dbs.push(pg.database(&format!("budget{i}")).await.1);
     }
-    let admin = fleetmig::engine::connect(&pg.url("postgres"))
+    let admin = fleetmig::pg::connect_str(&pg.url("postgres"))
         .await
         .unwrap();
     let pools = Arc::new(Pools::new(PoolLimits {
@@ -48,6 +52,7 @@ async fn the_host_budget_holds_and_idle_connections_give_way() {
         connect_timeout: Duration::from_secs(3),
         idle_timeout: Duration::from_secs(60),
         privileged_roles: PrivilegedRoles::Warn,
+        insecure_connections: Default::default(),
     }));
     // One after another: each leaves an idle connection behind; the 4th onwards must not wait for them.
     let started = std::time::Instant::now();
@@ -107,6 +112,7 @@ fn refusing_pools() -> Pools {
         connect_timeout: Duration::from_secs(3),
         idle_timeout: Duration::from_secs(60),
         privileged_roles: PrivilegedRoles::Refuse,
+        insecure_connections: Default::default(),
     })
 }
 
@@ -125,7 +131,7 @@ async fn privileged_roles_are_refused_when_configured() {
         return;
     };
     let (_, db) = pg.database("leastpriv").await;
-    let admin = fleetmig::engine::connect(&pg.url("postgres"))
+    let admin = fleetmig::pg::connect_str(&pg.url("postgres"))
         .await
         .unwrap();
     admin
@@ -186,4 +192,82 @@ async fn privileged_roles_are_refused_when_configured() {
         matches!(refused, Some(PoolError::Privileged { .. })),
         "a new role check refuses the promoted role"
     );
+}
+
+/// A revision's session settings (SET ROLE, SET TimeZone, search_path) stay with its run: the
+/// next job on the same pooled connection starts from a clean session.
+#[tokio::test]
+async fn the_next_job_on_a_pooled_connection_sees_none_of_the_last_ones_settings() {
+    let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
+        return;
+    };
+    let admin = fleetmig::pg::connect_str(&pg.url("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("DO $$ BEGIN CREATE ROLE leak_role NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT CREATE ON SCHEMA public TO leak_role")
+        .await
+        .unwrap();
+    let (tmp, root) = harness::scratch_app(
+        "sticky",
+        "",
+        &[
+            (
+                "s1.sql",
+                "-- revision: s1\n-- down_revision:\n-- +upgrade\nCREATE TABLE first (id int);\nSET ROLE leak_role;\nSET TimeZone = 'Pacific/Chatham';\nSET search_path = pg_catalog;\nPREPARE leaked AS SELECT 1;\n-- +downgrade\nDROP TABLE first;\n",
+            ),
+            (
+                "s2.sql",
+                "-- revision: s2\n-- down_revision: s1\n-- +upgrade\nPREPARE leaked AS SELECT 2;\nCREATE TABLE seen AS SELECT current_user::text AS who, current_setting('TimeZone') AS tz, current_setting('search_path') AS path;\n-- +downgrade\nDROP TABLE seen;\n",
+            ),
+        ],
+    );
+    let _keep = tmp;
+    let (url, db) = pg.database("sticky").await;
+    let prefix = etcd.prefix("sticky");
+    let mut config = dh::config(&etcd.endpoint, &prefix, &root);
+    // One connection per database: the second job gets the first one's connection.
+    config.pools.per_database_connections = 1;
+    let daemon = dh::start(config).await;
+    let mut tenants = daemon.tenants().await;
+    tenants
+        .register(proto::RegisterTenantRequest {
+            tenant: Some(dh::tenant("sticky", "sticky", &db, &[], &[])),
+        })
+        .await
+        .unwrap();
+    let mut m = daemon.migrations().await;
+    for target in ["s1", "s2"] {
+        let events = dh::collect(
+            m.upgrade(proto::MigrateRequest {
+                app: "sticky".into(),
+                target: target.into(),
+                selector: Some(proto::Selector {
+                    tenant_ids: vec!["sticky".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+        )
+        .await;
+        assert_eq!(dh::summary(&events).done, 1, "{events:?}");
+    }
+    let tenant_db = fleetmig::pg::connect_str(&url).await.unwrap();
+    let default_tz: String = tenant_db
+        .query_one("SELECT current_setting('TimeZone')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let row = tenant_db
+        .query_one("SELECT who, tz, path FROM seen", &[])
+        .await
+        .unwrap();
+    let (who, tz, path): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(who, "postgres", "the role of the last job's revision");
+    assert_eq!(tz, default_tz, "the time zone of the last job's revision");
+    assert_eq!(path, "public, pg_temp", "the search_path fleetmig pins");
+    daemon.shutdown().await.unwrap();
 }

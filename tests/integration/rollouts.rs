@@ -40,7 +40,7 @@ async fn setup(hint: &str, n: usize, broken: &[usize], sleep: f32) -> Option<Set
     for i in 0..n {
         let (url, db) = pg.database(&format!("{hint}{i}")).await;
         if broken.contains(&i) {
-            let c = fleetmig::engine::connect(&url).await.unwrap();
+            let c = fleetmig::pg::connect_str(&url).await.unwrap();
             c.batch_execute("CREATE TABLE items (id int)")
                 .await
                 .unwrap();
@@ -72,7 +72,7 @@ impl Setup {
     /// Upgrade rows per revision in each tenant's history.
     async fn applied_once(&self) {
         for (id, url) in &self.tenants {
-            let c = fleetmig::engine::connect(url).await.unwrap();
+            let c = fleetmig::pg::connect_str(url).await.unwrap();
             let rows = c
                 .query(
                     "SELECT revision, count(*) FROM fleetmig_history WHERE direction = 'upgrade' GROUP BY revision ORDER BY revision",
@@ -180,7 +180,7 @@ async fn a_canary_failure_halts_before_wave_two_and_retry_finishes_after_the_fix
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-    let db = fleetmig::engine::connect(&s.tenants[0].1).await.unwrap();
+    let db = fleetmig::pg::connect_str(&s.tenants[0].1).await.unwrap();
     db.batch_execute("DROP TABLE items").await.unwrap();
     c.retry_failed(proto::RolloutControlRequest { id: r.id.clone() })
         .await

@@ -501,7 +501,7 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
 
     let mut etcd = harness::etcd().unwrap().client().await;
     let app = fleetmig::revision::App::load(&harness::repo_migrations(), "aletheia").unwrap();
-    let c = fleetmig::engine::connect(&url).await.unwrap();
+    let c = fleetmig::pg::connect_str(&url).await.unwrap();
     let history: Vec<(String, i64)> = c
         .query(
             "SELECT revision, fence_token FROM fleetmig_history WHERE direction = 'upgrade'",

@@ -8,7 +8,7 @@ async fn postgres_has_pgvector() {
         return;
     };
     let (url, _) = pg.database("pgvector").await;
-    let client = fleetmig::engine::connect(&url).await.unwrap();
+    let client = fleetmig::pg::connect_str(&url).await.unwrap();
     client
         .batch_execute("CREATE EXTENSION vector; CREATE TABLE v (e vector(3))")
         .await

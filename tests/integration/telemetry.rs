@@ -107,7 +107,7 @@ async fn register_tenants(daemon: &dh::Process, hint: &str, n: usize, broken: Op
         let (url, db) = pg.database(&format!("{hint}{i}")).await;
         if Some(i) == broken {
             // 0002 creates memory_links: a table of that name already there makes it fail (42P07).
-            fleetmig::engine::connect(&url)
+            fleetmig::pg::connect_str(&url)
                 .await
                 .unwrap()
                 .batch_execute("CREATE TABLE memory_links (x int)")
