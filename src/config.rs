@@ -440,6 +440,24 @@ mod tests {
     }
 
     #[test]
+    fn the_production_profile_refuses_silently_insecure_tenants() {
+        let mut c = Config {
+            profile: crate::transport::Profile::Production,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.pools.insecure_connections(c.profile),
+            crate::registry::pools::InsecureConnections::Refuse,
+            "refused unless configured otherwise"
+        );
+        c.pools.insecure_connections = Some(crate::registry::pools::InsecureConnections::Allow);
+        assert_eq!(
+            c.pools.insecure_connections(c.profile),
+            crate::registry::pools::InsecureConnections::Allow
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("fleetmig.toml", "[engine]\nlock_timeot = \"2s\"\n")?;

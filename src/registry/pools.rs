@@ -623,3 +623,79 @@ mod tests {
         assert!(e.contains("TENANT_UNIT_TEST_UNSET_VAR is not set"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use crate::registry::tenant::ConnectionOptions;
+
+    fn spec(sslmode: SslMode, password: bool, options: ConnectionOptions) -> ConnectionSpec {
+        ConnectionSpec {
+            host: "db".into(),
+            port: 5432,
+            dbname: "d".into(),
+            user: "u".into(),
+            sslmode,
+            schema: None,
+            password: password.then(|| PasswordRef::Env("TENANT_X".into())),
+            options,
+        }
+    }
+
+    #[test]
+    fn insecure_connections_are_named_with_their_fix() {
+        let none = ConnectionOptions::default;
+        assert!(
+            insecurity(&spec(SslMode::Prefer, false, none()))
+                .unwrap()
+                .contains("may connect without TLS")
+        );
+        // TLS without verification and a password anyone on the path could ask for.
+        assert!(
+            insecurity(&spec(SslMode::Require, true, none()))
+                .unwrap()
+                .contains("require_auth scram-sha-256")
+        );
+        assert_eq!(insecurity(&spec(SslMode::Require, false, none())), None);
+        assert_eq!(insecurity(&spec(SslMode::VerifyFull, true, none())), None);
+        let scram = ConnectionOptions {
+            require_auth: Some("scram-sha-256".into()),
+            ..none()
+        };
+        assert_eq!(insecurity(&spec(SslMode::Require, true, scram)), None);
+        let bound = ConnectionOptions {
+            channel_binding: ChannelBinding::Require,
+            ..none()
+        };
+        assert_eq!(insecurity(&spec(SslMode::Require, true, bound)), None);
+    }
+
+    #[test]
+    fn the_policy_refuses_warns_or_allows() {
+        let limits = |insecure_connections| PoolLimits {
+            per_host: 1,
+            per_database: 1,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            privileged_roles: PrivilegedRoles::Warn,
+            insecure_connections,
+        };
+        let weak = spec(SslMode::Prefer, false, Default::default());
+        assert!(
+            Pools::new(limits(InsecureConnections::Refuse))
+                .check_policy(&weak)
+                .unwrap_err()
+                .contains("refused by pools.insecure_connections")
+        );
+        assert!(
+            Pools::new(limits(InsecureConnections::Warn))
+                .check_policy(&weak)
+                .is_ok()
+        );
+        assert!(
+            Pools::new(limits(InsecureConnections::Allow))
+                .check_policy(&weak)
+                .is_ok()
+        );
+    }
+}

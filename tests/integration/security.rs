@@ -694,6 +694,13 @@ fn the_production_profile_refuses_insecure_settings_naming_the_key() {
         &|c| c.pools.privileged_roles = fleetmig::registry::pools::PrivilegedRoles::Warn,
         "pools.privileged_roles",
     );
+    refused(
+        &|c| {
+            c.pools.insecure_connections =
+                Some(fleetmig::registry::pools::InsecureConnections::Allow)
+        },
+        "pools.insecure_connections",
+    );
     // Development: the same insecure settings start (with warnings).
     let mut dev = c.clone();
     dev.profile = Profile::Development;

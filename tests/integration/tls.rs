@@ -502,3 +502,84 @@ async fn the_daemon_migrates_a_tls_tenant_and_keeps_its_secrets() {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
 }
+
+/// `pools.insecure_connections = "refuse"` (the production default): a tenant that could
+/// connect without TLS, or hand its password to an unverified server, is not registered.
+#[tokio::test]
+async fn insecure_tenant_connections_are_refused_by_policy() {
+    let Some(etcd) = harness::etcd() else {
+        return;
+    };
+    let mut config = dh::config(
+        &etcd.endpoint,
+        &etcd.prefix("insecure"),
+        &harness::repo_migrations(),
+    );
+    config.pools.insecure_connections =
+        Some(fleetmig::registry::pools::InsecureConnections::Refuse);
+    let daemon = dh::start(config).await;
+    let mut tenants = daemon.tenants().await;
+    let register = |id: &str, c: proto::Connection| proto::RegisterTenantRequest {
+        tenant: Some(proto::Tenant {
+            id: id.into(),
+            app: "aletheia".into(),
+            connection: Some(proto::Connection {
+                host: "db.internal".into(),
+                dbname: "t".into(),
+                user: "migrator".into(),
+                ..c
+            }),
+            ..Default::default()
+        }),
+    };
+    let password = Some(proto::PasswordRef {
+        source: Some(proto::password_ref::Source::Env("TENANT_PW".into())),
+    });
+    for (id, c, why) in [
+        (
+            "plain",
+            proto::Connection::default(),
+            "may connect without TLS",
+        ),
+        (
+            "unverified",
+            proto::Connection {
+                sslmode: "require".into(),
+                password: password.clone(),
+                ..Default::default()
+            },
+            "could go to it in cleartext",
+        ),
+    ] {
+        let e = tenants.register(register(id, c)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().starts_with("tenant.connection.sslmode") && e.message().contains(why),
+            "{}",
+            e.message()
+        );
+    }
+    for (id, c) in [
+        (
+            "verified",
+            proto::Connection {
+                sslmode: "verify-full".into(),
+                sslrootcert: "system".into(),
+                password: password.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "scram-only",
+            proto::Connection {
+                sslmode: "require".into(),
+                require_auth: "scram-sha-256".into(),
+                password,
+                ..Default::default()
+            },
+        ),
+    ] {
+        tenants.register(register(id, c)).await.unwrap();
+    }
+    daemon.shutdown().await.unwrap();
+}
