@@ -8,9 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FLEETMIG=${FLEETMIG:-target/debug/fleetmig}
 DEMO_DIR=${DEMO_DIR:-/tmp/fleetmig-demo}
-PG_PORT=${DEMO_PG_PORT:-55432}
+# Fixed ports below the ephemeral range (32768-60999), so no outgoing connection can hold them.
+PG_PORT=${DEMO_PG_PORT:-25432}
 ETCD_PORT=${DEMO_ETCD_PORT:-23790}
-GRPC=${DEMO_GRPC:-127.0.0.1:50051}
+GRPC=${DEMO_GRPC:-127.0.0.1:25051}
 PSQL="${FLEETMIG_PG_BIN:?run through make demo}/psql"
 GRPCURL=${FLEETMIG_GRPCURL:-grpcurl}
 ETCD=${FLEETMIG_ETCD_BIN:-etcd}

@@ -290,10 +290,12 @@ pub fn insecurity(spec: &ConnectionSpec) -> Option<String> {
         .as_deref()
         .and_then(|r| crate::pg::auth::RequireAuth::parse(r).ok())
         .is_none_or(|r| r.allows_weak_password());
+    // libpq's require checks the chain when a root certificate is given: verified too.
+    let verified = spec.sslmode >= SslMode::VerifyCa || spec.options.sslrootcert.is_some();
     if spec.password.is_some()
         && weak_rule
         && spec.options.channel_binding != ChannelBinding::Require
-        && spec.sslmode < SslMode::VerifyCa
+        && !verified
     {
         return Some(format!(
             "sslmode {} does not verify the server, and a password could go to it in cleartext: use sslmode verify-full (or verify-ca), require_auth scram-sha-256, or channel_binding require",
