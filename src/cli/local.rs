@@ -258,18 +258,25 @@ pub async fn fingerprint(ctx: &Context) -> Result<(), Failure> {
 /// The database's own history table, newest last.
 pub async fn applied_history(ctx: &Context) -> Result<(), Failure> {
     let settings = ctx.config.engine.settings();
-    let (client, _) = connect(ctx).await?;
+    let (mut client, _) = connect(ctx).await?;
     let sql = format!(
-        "SELECT id, to_char(applied_at, 'YYYY-MM-DD HH24:MI:SS TZ'), direction, revision, duration_ms, skipped, applied_by, fence_token, left(coalesce(checksum, ''), 12) FROM {} ORDER BY id",
+        "SELECT id, pg_catalog.to_char(applied_at, 'YYYY-MM-DD HH24:MI:SS TZ'), direction, revision::pg_catalog.text, duration_ms, skipped, applied_by, fence_token, pg_catalog.left(COALESCE(checksum, ''), 12) FROM {} ORDER BY id",
         settings.tables.history.sql()
     );
-    let rows = client.query(&sql, &[]).await.map_err(|e| Failure {
+    let failed = |e: tokio_postgres::Error| Failure {
         code: 1,
         message: format!(
             "reading the history table: {}",
             crate::engine::error::describe_pg(&e)
         ),
-    })?;
+    };
+    // Its own transaction, search_path pinned: nothing a tenant planted runs here.
+    let tx = client.transaction().await.map_err(failed)?;
+    tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        .await
+        .map_err(failed)?;
+    let rows = tx.query(&sql, &[]).await.map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
     for r in rows {
         let fence: Option<i64> = r.get(7);
         println!(

@@ -252,7 +252,7 @@ pub(crate) struct Recorded {
 /// `search_path = pg_catalog, pg_temp`: every unqualified function, operator and type then
 /// resolves to `pg_catalog`, never to something a tenant planted (PostgreSQL's advice for
 /// SECURITY DEFINER functions). Safe behind a transaction-mode pooler (one query string).
-pub(crate) fn pinned(sql: &str) -> String {
+pub fn pinned(sql: &str) -> String {
     format!("BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; {sql}; COMMIT")
 }
 

@@ -454,7 +454,10 @@ impl Fleet {
             &hex::encode(h.finalize())[..12]
         );
         let exists = admin
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) $1",
+                &[&name],
+            )
             .await
             .map_err(pg)?
             .is_some();

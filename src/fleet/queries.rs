@@ -142,7 +142,7 @@ impl Fleet {
     ) -> Result<Vec<HistoryEntry>, FleetError> {
         let tenant = self.registry.get(id).await?;
         let settings = self.settings_for(&tenant.connection);
-        let conn =
+        let mut conn =
             self.pools
                 .get(&tenant.connection)
                 .await
@@ -150,31 +150,36 @@ impl Fleet {
                     tenant: id.clone(),
                     source,
                 })?;
-        let sql = format!(
-            "SELECT * FROM (SELECT id, revision::text, direction, coalesce(checksum, ''), placeholders::text, skipped, applied_at, duration_ms, applied_by, fence_token FROM {} ORDER BY id DESC LIMIT $1) h ORDER BY id",
-            settings.tables.history.sql()
-        );
-        let exists: bool = conn
+        let read_error = |e| FleetError::Engine {
+            tenant: id.clone(),
+            source: Box::new(engine::EngineError::db("reading the history table")(e)),
+        };
+        // In a transaction of its own (safe behind a transaction-mode pooler), with the
+        // search_path pinned: nothing a tenant planted runs here.
+        let tx = conn.transaction().await.map_err(read_error)?;
+        tx.batch_execute("SET LOCAL search_path = pg_catalog, pg_temp")
+            .await
+            .map_err(read_error)?;
+        let exists: bool = tx
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
                 &[&settings.tables.history.sql()],
             )
             .await
-            .map_err(|e| FleetError::Engine {
-                tenant: id.clone(),
-                source: Box::new(engine::EngineError::db("reading the history table")(e)),
-            })?
+            .map_err(read_error)?
             .get(0);
         if !exists {
             return Ok(vec![]);
         }
-        let rows =
-            conn.query(&sql, &[&i64::from(limit)])
-                .await
-                .map_err(|e| FleetError::Engine {
-                    tenant: id.clone(),
-                    source: Box::new(engine::EngineError::db("reading the history table")(e)),
-                })?;
+        let sql = format!(
+            "SELECT * FROM (SELECT id, revision::pg_catalog.text, direction, COALESCE(checksum, ''), placeholders::pg_catalog.text, skipped, applied_at, duration_ms, applied_by, fence_token FROM {} ORDER BY id DESC LIMIT $1) h ORDER BY id",
+            settings.tables.history.sql()
+        );
+        let rows = tx
+            .query(&sql, &[&i64::from(limit)])
+            .await
+            .map_err(read_error)?;
+        tx.commit().await.map_err(read_error)?;
         Ok(rows
             .iter()
             .map(|r| HistoryEntry {
@@ -257,6 +262,7 @@ impl Fleet {
         id: &TenantId,
         revision: &str,
         purge: bool,
+        caller: &crate::auth::Caller,
     ) -> Result<Vec<String>, FleetError> {
         if self.shutdown.is_cancelled() {
             return Err(FleetError::ShuttingDown);
@@ -301,10 +307,25 @@ impl Fleet {
                         return Err(FleetError::Lock { tenant: id.clone(), source: crate::lock::LockError::SessionLost });
                     }
                 };
-                stamped.map(|rows| rows.iter().map(|r| r.to_string()).collect()).map_err(|source| FleetError::Engine {
+                let rows = stamped.map_err(|source| FleetError::Engine {
                     tenant: id.clone(),
                     source: Box::new(source),
-                })
+                })?;
+                // One audit record per version row written, with the fence token of the
+                // write, as the history rows say.
+                let stamped: Vec<String> = if rows.is_empty() {
+                    vec!["base".into()]
+                } else {
+                    rows.iter().map(|r| r.to_string()).collect()
+                };
+                for r in &stamped {
+                    let mut record = crate::audit::AuditRecord::new(caller, "stamp revision", "stamped").tenant(id.to_string());
+                    record.checksum = app.graph.node(r).map(|n| app.graph.revision(n).checksum.clone());
+                    record.revision = Some(r.clone());
+                    record.fence_token = Some(guard.token().0);
+                    self.audit.record(record);
+                }
+                Ok(rows.iter().map(|r| r.to_string()).collect())
             }
             .await;
         guard.release().await;

@@ -47,6 +47,20 @@ impl TenantRun {
         });
     }
 
+    /// The audit record of a tenant that failed before its first revision started (no
+    /// revision record says why it stopped): who asked, the fence token if it was locked,
+    /// the reason.
+    fn audit_early_failure(&self, tenant: &Tenant, fence_token: Option<i64>, reason: &str) {
+        let mut record = crate::audit::AuditRecord::new(
+            &self.spec.caller,
+            format!("{} tenant", self.spec.direction.as_str()),
+            format!("failed before any revision: {reason}"),
+        )
+        .tenant(tenant.id.to_string());
+        record.fence_token = fence_token;
+        self.fleet.audit().record(record);
+    }
+
     fn fail(&self, tenant: &Tenant, failure: Failure) -> Outcome {
         let span = tracing::Span::current();
         span.record("otel.status_message", failure.message.as_str());
@@ -144,6 +158,7 @@ impl TenantRun {
         let values = match tenant_values(&self.app, &tenant) {
             Ok(v) => v,
             Err(e) => {
+                self.audit_early_failure(&tenant, None, &format!("placeholders: {e}"));
                 return self.fail(
                     &tenant,
                     Failure {
@@ -229,6 +244,7 @@ impl TenantRun {
                 return Outcome::Interrupted;
             }
             Err(e) => {
+                self.audit_early_failure(&tenant, None, &e.to_string());
                 return self.fail(
                     &tenant,
                     Failure {
@@ -252,6 +268,7 @@ impl TenantRun {
         let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
+                self.audit_early_failure(&tenant, Some(guard.token().0), &e.to_string());
                 guard.release().await;
                 return self.fail(
                     &tenant,
@@ -471,12 +488,16 @@ impl TenantRun {
                 )
             }
             Err(e) => {
-                if let Some(revision) = in_flight.lock().unwrap().take() {
-                    self.revision_audit(&tenant, guard_token)(
+                match in_flight.lock().unwrap().take() {
+                    Some(revision) => self.revision_audit(&tenant, guard_token)(
                         self.spec.direction,
                         &revision,
                         format!("failed: {e}"),
-                    );
+                    ),
+                    None if applied_so_far.lock().unwrap().is_empty() => {
+                        self.audit_early_failure(&tenant, Some(guard_token), &e.to_string())
+                    }
+                    None => {}
                 }
                 self.fail(
                     &tenant,

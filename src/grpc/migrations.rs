@@ -343,7 +343,7 @@ impl proto::migrations_server::Migrations for MigrationsService {
     ) -> Result<Response<proto::StampResponse>, Status> {
         let caller = caller(&request);
         let named = Some(request.get_ref().tenant_id.clone());
-        let result = self.stamp_tenant(request.into_inner()).await;
+        let result = self.stamp_tenant(request.into_inner(), &caller).await;
         audited(&self.fleet, &caller, "Migrations/Stamp", named, result)
     }
 
@@ -371,6 +371,7 @@ impl MigrationsService {
     async fn stamp_tenant(
         &self,
         r: proto::StampRequest,
+        caller: &crate::auth::Caller,
     ) -> Result<Response<proto::StampResponse>, Status> {
         let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
         if r.revision.is_empty() {
@@ -381,7 +382,7 @@ impl MigrationsService {
         }
         let revision =
             convert::target("revision", &r.revision, Direction::Upgrade).map_err(invalid)?;
-        let revisions = self.fleet.stamp(&id, &revision, r.purge).await?;
+        let revisions = self.fleet.stamp(&id, &revision, r.purge, caller).await?;
         tracing::info!(tenant = %id, ?revisions, purge = r.purge, "tenant stamped");
         Ok(Response::new(proto::StampResponse { revisions }))
     }

@@ -118,11 +118,12 @@ async fn check_privileges(
     key: &DatabaseKey,
     policy: PrivilegedRoles,
 ) -> Result<(), PoolError> {
-    // The simple protocol: one round trip (an extended-protocol query would take two).
+    // The simple protocol: one round trip (an extended-protocol query would take two). The
+    // session's first statement: its search_path pinned, nothing left to a tenant's plants.
     let messages = client
-        .simple_query(
-            "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
-        )
+        .simple_query(&crate::engine::pinned(
+            "SELECT CURRENT_USER::pg_catalog.text, rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER",
+        ))
         .await
         .map_err(|source| PoolError::Query {
             key: key.clone(),

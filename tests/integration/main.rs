@@ -10,6 +10,7 @@ mod cli;
 mod daemon;
 mod daemon_e2e;
 mod engine;
+mod hostile;
 mod locks;
 mod onboard;
 mod pgbouncer;

@@ -585,6 +585,100 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
     assert_eq!(kept, records[records.len() - 4..].to_vec());
 }
 
+/// A Stamp's audit record names each revision stamped and the fence token, as its history
+/// rows do; a tenant that fails before its first revision gets a record with the reason.
+#[tokio::test]
+async fn stamps_and_early_failures_are_audited() {
+    let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
+        return;
+    };
+    let prefix = etcd.prefix("audit-stamp");
+    let daemon = dh::start(dh::config(
+        &etcd.endpoint,
+        &prefix,
+        &harness::repo_migrations(),
+    ))
+    .await;
+    let (url, db) = pg.database("audit_stamp").await;
+    let mut t = daemon.tenants().await;
+    for tenant in [
+        dh::tenant("stamped", "aletheia", &db, &[], &[]),
+        dh::tenant("no-database", "aletheia", "no_such_database", &[], &[]),
+    ] {
+        t.register(proto::RegisterTenantRequest {
+            tenant: Some(tenant),
+        })
+        .await
+        .unwrap();
+    }
+    let mut m = daemon.migrations().await;
+    m.stamp(proto::StampRequest {
+        tenant_id: "stamped".into(),
+        revision: "0002".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let events = dh::collect(
+        m.upgrade(proto::MigrateRequest {
+            app: "aletheia".into(),
+            selector: Some(proto::Selector {
+                tenant_ids: vec!["no-database".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner(),
+    )
+    .await;
+    assert_eq!(dh::summary(&events).failed, 1, "{events:?}");
+    let c = fleetmig::pg::connect_str(&url).await.unwrap();
+    let (revision, fence): (String, i64) = {
+        let r = c
+            .query_one(
+                "SELECT revision::text, fence_token FROM fleetmig_history WHERE direction = 'stamp'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(revision, "0002");
+    let mut client = etcd.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (stamp, early) = loop {
+        let records = fleetmig::audit::read_all(&mut client, &prefix)
+            .await
+            .unwrap();
+        let stamp = records
+            .iter()
+            .find(|r| r.action == "stamp revision")
+            .cloned();
+        let early = records
+            .iter()
+            .find(|r| r.action == "upgrade tenant")
+            .cloned();
+        if let (Some(s), Some(e)) = (&stamp, &early) {
+            break (s.clone(), e.clone());
+        }
+        assert!(Instant::now() < deadline, "{records:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stamp.tenant.as_deref(), Some("stamped"));
+    assert_eq!(stamp.revision.as_deref(), Some("0002"));
+    assert_eq!(stamp.fence_token, Some(fence));
+    assert!(stamp.checksum.is_some());
+    assert_eq!(early.tenant.as_deref(), Some("no-database"));
+    assert!(
+        early.outcome.starts_with("failed before any revision")
+            && early.outcome.contains("does not exist"),
+        "{early:?}"
+    );
+    daemon.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn etcd_over_tls_with_a_client_certificate_and_a_user() {
     let Some(_) = harness::etcd() else { return };
