@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod daemon_e2e;
 mod engine;
+mod flood;
 mod locks;
 mod onboard;
 mod pki;
