@@ -56,10 +56,23 @@ fn load_apps(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<App>>> {
             config.migrations_dir.display()
         );
     }
-    names
-        .iter()
-        .map(|n| Ok((n.clone(), Arc::new(App::load(&config.migrations_dir, n)?))))
-        .collect()
+    // Every app checked whole before anything else starts: a broken revision stops the
+    // daemon here, never a tenant halfway through a job. All problems of all apps at once.
+    let mut apps = BTreeMap::new();
+    let mut problems = Vec::new();
+    for name in &names {
+        match App::load_checked(&config.migrations_dir, name) {
+            Ok(app) => {
+                apps.insert(name.clone(), Arc::new(app));
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    match problems.len() {
+        0 => Ok(apps),
+        1 => Err(problems.remove(0).into()),
+        _ => Err(crate::revision::LoadError::Several(problems).into()),
+    }
 }
 
 async fn signalled() {

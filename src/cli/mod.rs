@@ -342,7 +342,14 @@ async fn serve(config: Config, log_json: bool) -> Result<(), Failure> {
     let result = crate::app::serve(config).await;
     telemetry.shutdown(flush).await;
     result.map_err(|e| Failure {
-        code: 1,
+        // Bad input (configuration, revision files) is 2, as for every other command.
+        code: if e.downcast_ref::<LoadError>().is_some()
+            || e.downcast_ref::<ConfigError>().is_some()
+        {
+            2
+        } else {
+            1
+        },
         message: format!("{e:#}"),
     })
 }

@@ -8,6 +8,7 @@ pub mod placeholder;
 pub mod plan;
 pub mod render;
 pub mod sql;
+pub mod validate;
 
 #[cfg(test)]
 mod plan_tests;
@@ -46,6 +47,10 @@ pub enum LoadError {
     },
     #[error("invalid app name '{0}': use a-z A-Z 0-9 _ -")]
     BadName(String),
+    #[error("app {app} has {} problem(s); `fleetmig --app {app} check` shows the same:\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid { app: String, problems: Vec<String> },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<LoadError>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +97,21 @@ impl App {
             .collect();
         apps.sort();
         apps
+    }
+
+    /// [`App::load`], then every revision checked as `fleetmig check` does, with a sample
+    /// value of each placeholder's type ([`validate::without_values`]): what the daemon serves.
+    pub fn load_checked(migrations_dir: &Path, name: &str) -> Result<App, LoadError> {
+        let app = App::load(migrations_dir, name)?;
+        let problems = validate::without_values(&app);
+        if problems.is_empty() {
+            Ok(app)
+        } else {
+            Err(LoadError::Invalid {
+                app: name.to_string(),
+                problems,
+            })
+        }
     }
 
     pub fn load(migrations_dir: &Path, name: &str) -> Result<App, LoadError> {

@@ -17,4 +17,5 @@ mod pools;
 mod rollouts;
 mod security;
 mod services;
+mod startup;
 mod telemetry;
