@@ -480,6 +480,12 @@ impl<'a> Engine<'a> {
             Direction::Downgrade => plan::downgrade(g, &applied, target)?,
         };
         let before = snapshot.rows.clone();
+        // Changed files are refused at head too: "nothing to do" would hide them.
+        let recorded = snapshot.recorded;
+        let changed = self.changed_in(&recorded, &applied);
+        if !changed.is_empty() && !opts.allow_changed {
+            return Err(EngineError::ChecksumMismatch(changed));
+        }
         if steps.is_empty() {
             return Ok(Migrated {
                 applied: vec![],
@@ -491,11 +497,6 @@ impl<'a> Engine<'a> {
             before: before.clone(),
             steps: steps.iter().map(|&n| g.revision(n).id.clone()).collect(),
         });
-        let recorded = snapshot.recorded;
-        let changed = self.changed_in(&recorded, &applied);
-        if !changed.is_empty() && !opts.allow_changed {
-            return Err(EngineError::ChecksumMismatch(changed));
-        }
         if !snapshot.all_tables {
             self.ensure_tables(client).await?;
         }

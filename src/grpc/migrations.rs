@@ -329,7 +329,10 @@ impl proto::migrations_server::Migrations for MigrationsService {
         let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
         let direction = convert::direction("direction", &r.direction).map_err(invalid)?;
         let target = convert::target("target", &r.target, direction).map_err(invalid)?;
-        let plan = self.fleet.plan(&id, direction, &target).await?;
+        let plan = self
+            .fleet
+            .plan(&id, direction, &target, r.allow_changed)
+            .await?;
         Ok(Response::new(proto::PlanResponse {
             current: plan.current,
             revisions: plan.revisions,

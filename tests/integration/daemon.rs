@@ -829,6 +829,7 @@ async fn a_job_outlives_its_stream_and_unary_queries_answer() {
             tenant_id: "outlive-0".into(),
             target: "-1".into(),
             direction: "downgrade".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -949,6 +950,7 @@ async fn plans_follow_what_a_conditional_upgrade_recorded() {
             tenant_id: "plancond-0".into(),
             target: "-1".into(),
             direction: "downgrade".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -5,6 +5,7 @@ mod harness;
 
 mod adopt;
 mod alembic_import;
+mod changed;
 mod cli;
 mod daemon;
 mod daemon_e2e;
