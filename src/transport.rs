@@ -146,15 +146,24 @@ pub fn etcd_options(config: &Config) -> Result<etcd_client::ConnectOptions, Conf
         options = options.with_tls(tls);
     }
     if let Some(user) = &e.user {
+        // The reference is never shown: it may be the password typed in the wrong place.
         let password = match (&e.password_file, &e.password_env) {
-            (Some(path), None) => String::from_utf8(read("etcd.password_file", path)?)
-                .map_err(|_| refuse("etcd.password_file", "not UTF-8"))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
+            (Some(path), None) => String::from_utf8(std::fs::read(path).map_err(|e| {
+                refuse(
+                    "etcd.password_file",
+                    format!(
+                        "cannot read the file it names ({}); expected the absolute path of a file holding the password (the value is not shown)",
+                        e.kind()
+                    ),
+                )
+            })?)
+            .map_err(|_| refuse("etcd.password_file", "not UTF-8"))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
             (None, Some(var)) => std::env::var(var).map_err(|_| {
                 refuse(
                     "etcd.password_env",
-                    format!("environment variable {var} is not set"),
+                    "the environment variable it names is not set; expected the NAME of a variable holding the password (the value is not shown)",
                 )
             })?,
             _ => {

@@ -204,10 +204,7 @@ impl ConnectionSpec {
             {
                 Err(field_error(
                     format!("{at}.password.env"),
-                    format!(
-                        "{} is not an environment variable name (A-Z 0-9 _)",
-                        shown(var)
-                    ),
+                    super::secrets::NOT_AN_ENV_NAME,
                 ))
             }
             Some(PasswordRef::File(path))
@@ -215,7 +212,7 @@ impl ConnectionSpec {
             {
                 Err(field_error(
                     format!("{at}.password.file"),
-                    "must be an absolute path",
+                    super::secrets::NOT_A_PATH,
                 ))
             }
             Some(reference) => reference

@@ -16,6 +16,7 @@ mod onboard;
 mod pki;
 mod pools;
 mod rollouts;
+mod secret_refs;
 mod security;
 mod services;
 mod startup;
