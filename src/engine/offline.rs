@@ -71,6 +71,17 @@ impl Engine<'_> {
     }
 }
 
+/// One statement as psql must read it: ended by `;` on a line of its own when the statement
+/// ends in a `--` comment (on the comment's line, the `;` would be part of the comment, and
+/// psql would run the statement together with the next one).
+pub fn terminated(sql: &str) -> String {
+    if crate::revision::sql::ends_in_line_comment(sql) {
+        format!("{sql}\n;\n")
+    } else {
+        format!("{sql};\n")
+    }
+}
+
 /// SQL to go from `from` (`base`, or a revision) to `target`.
 pub fn render(
     app: &App,
@@ -182,10 +193,10 @@ pub fn render_from(
             out.push_str(&timeouts);
         }
         for stmt in rendered.statements.iter() {
-            out.push_str(&format!("{};\n", stmt.sql));
+            out.push_str(&terminated(&stmt.sql));
         }
         for analyze in &rendered.analyze {
-            out.push_str(&format!("{analyze};\n"));
+            out.push_str(&terminated(analyze));
         }
         if autocommit {
             out.push_str("BEGIN;\n");

@@ -50,6 +50,10 @@ pub enum RenderError {
         "{location}: the rendered statement is no longer one statement; a placeholder value changed its structure"
     )]
     NotOneStatement { location: String },
+    #[error(
+        "{location}: a backslash outside quotes is not SQL (the server refuses it, and in offline SQL psql would run it as one of its own commands)"
+    )]
+    Backslash { location: String },
     #[error("{location}: revision {id} has no downgrade (irreversible)")]
     NoDowngrade { location: String, id: String },
 }
@@ -117,6 +121,11 @@ pub fn render(
             return Err(RenderError::PlaceholderInQuotes {
                 location: loc(line + offset),
                 what,
+            });
+        }
+        if let Some(offset) = sql::backslash_outside_quotes(&s.text) {
+            return Err(RenderError::Backslash {
+                location: loc(line + offset),
             });
         }
         let text = values
@@ -240,5 +249,18 @@ mod tests {
             );
             assert!(e.to_string().starts_with("r.sql:4:"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_psql_meta_command_is_refused() {
+        let e = render(
+            &rev("SELECT 1;\n\\! touch /tmp/pwned\nSELECT 2;"),
+            Direction::Upgrade,
+            &values("x"),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, RenderError::Backslash { .. }), "{e}");
+        assert!(e.to_string().starts_with("r.sql:5:"), "{e}");
     }
 }

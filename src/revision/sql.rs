@@ -109,6 +109,38 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
     Ok(out)
 }
 
+/// Whether the statement's last token is a `--` comment: a `;` put after it on the same line
+/// would be part of the comment (psql would then merge the statement with the next one).
+pub fn ends_in_line_comment(stmt: &str) -> bool {
+    let mut last = None;
+    for token in tokenize(stmt) {
+        match token.kind {
+            TokenKind::Eof => break,
+            TokenKind::Whitespace => {}
+            kind => last = Some(kind),
+        }
+    }
+    last == Some(TokenKind::LineComment)
+}
+
+/// The 0-based line of a backslash outside quotes and comments: never SQL (the server refuses
+/// it), and in offline SQL psql would run what follows as one of its own commands (`\!` runs
+/// a shell command).
+pub fn backslash_outside_quotes(stmt: &str) -> Option<usize> {
+    let mut offset = 0usize;
+    for token in tokenize(stmt) {
+        let len = token.len as usize;
+        if token.kind == TokenKind::Eof {
+            break;
+        }
+        if token.kind == TokenKind::Unknown && stmt[offset..offset + len].starts_with('\\') {
+            return Some(stmt[..offset].matches('\n').count());
+        }
+        offset += len;
+    }
+    None
+}
+
 /// Where a `${` sits inside a string, quoted identifier, dollar-quoted body or comment: a
 /// placeholder there would be spliced into text the lexer no longer sees, so a value could
 /// close the quote and inject SQL. Placeholders must be bare tokens; rendering quotes them.
@@ -385,6 +417,30 @@ mod tests {
         );
         assert!(split("SELECT 'open").is_err());
         assert!(split("/* open").is_err());
+    }
+
+    #[test]
+    fn trailing_line_comments_are_recognised() {
+        assert!(ends_in_line_comment("SELECT 1 -- why"));
+        assert!(ends_in_line_comment("SELECT 1 -- why\n  "));
+        assert!(!ends_in_line_comment("SELECT 1 -- why\n+ 2"));
+        assert!(!ends_in_line_comment("SELECT '-- not a comment'"));
+        assert!(!ends_in_line_comment("SELECT 1 /* block */"));
+        // A split statement keeps the comment that precedes its `;`.
+        assert_eq!(
+            texts("SELECT 1 -- why\n;\nSELECT 2;"),
+            vec!["SELECT 1 -- why", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn backslashes_outside_quotes_are_found() {
+        assert_eq!(backslash_outside_quotes("SELECT 1\n\\! rm -rf ~"), Some(1));
+        assert_eq!(backslash_outside_quotes("SELECT 1 \\gexec"), Some(0));
+        assert_eq!(
+            backslash_outside_quotes("SELECT E'a\\nb', '\\', $$\\$$ -- \\!"),
+            None
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod daemon_e2e;
 mod engine;
 mod flood;
 mod locks;
+mod offline_psql;
 mod onboard;
 mod pki;
 mod pools;
