@@ -91,6 +91,43 @@ pub enum EngineError {
     Stopped { applied: Vec<RevisionId> },
     #[error("invalid setting {key}: {message}")]
     Setting { key: &'static str, message: String },
+    /// A statement of the app's scratch prelude failed.
+    #[error("{location}: {}", describe_pg(source))]
+    Prelude {
+        location: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Something failed on a scratch database (adopt, verify): never the user's own.
+    #[error("{}", on_scratch(.database, .template, .manifest, .source))]
+    Scratch {
+        database: String,
+        template: String,
+        /// The app's manifest, where `[scratch]` is declared.
+        manifest: String,
+        source: Box<EngineError>,
+    },
+}
+
+fn on_scratch(database: &str, template: &str, manifest: &str, source: &EngineError) -> String {
+    let what = match source {
+        // The scratch database is dropped: "the database is left at ..." would mislead.
+        EngineError::StepFailed { failure, applied } => format!(
+            "{failure}{}",
+            if applied.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\n  replayed there before the failure: {}",
+                    summary(applied)
+                )
+            }
+        ),
+        other => other.to_string(),
+    };
+    format!(
+        "on the scratch database {database} (created from {template} on the same server to replay this app's revisions, then dropped; your database was not changed): {what}\n  if the revisions assume objects made outside them, declare what scratch databases need in {manifest}: [scratch] template = \"<a database that has them>\" or prelude = \"<a SQL file in the app directory>\""
+    )
 }
 
 fn applied_note(applied: &[RevisionId]) -> String {
@@ -99,12 +136,18 @@ fn applied_note(applied: &[RevisionId]) -> String {
     } else {
         format!(
             " (applied in this run before the failure: {})",
-            applied
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            summary(applied)
         )
+    }
+}
+
+/// Revisions of a run for a message: how many, the first and the last (a list of all of
+/// them made a 4.7 kB line at 246 revisions).
+pub fn summary(revisions: &[RevisionId]) -> String {
+    match revisions {
+        [] => "none".to_string(),
+        [one] => format!("1 revision, {one}"),
+        [first, .., last] => format!("{} revisions, from {first} to {last}", revisions.len()),
     }
 }
 

@@ -41,6 +41,9 @@ fn engine_code(e: &EngineError) -> Code {
         EngineError::LockHeld | EngineError::StaleFence { .. } | EngineError::Stopped { .. } => {
             Code::Aborted
         }
+        // The app's scratch prelude does not run: the app needs fixing.
+        EngineError::Prelude { .. } => Code::FailedPrecondition,
+        EngineError::Scratch { source, .. } => engine_code(source),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod import;
 pub mod placeholder;
 pub mod plan;
 pub mod render;
+pub mod scratch;
 pub mod sql;
 pub mod validate;
 
@@ -58,6 +59,8 @@ pub enum LoadError {
 struct Manifest {
     #[serde(default)]
     placeholders: BTreeMap<String, placeholder::Declaration>,
+    #[serde(default)]
+    scratch: scratch::ScratchManifest,
 }
 
 /// One migration graph: `migrations/<name>/`.
@@ -67,6 +70,8 @@ pub struct App {
     pub dir: PathBuf,
     pub graph: Graph,
     pub declarations: Declarations,
+    /// What its scratch databases need first (`[scratch]` in the manifest).
+    pub scratch: scratch::ScratchSetup,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
@@ -146,6 +151,13 @@ impl App {
                 message: format!("invalid placeholder name {bad:?}"),
             });
         }
+        let scratch = scratch::ScratchSetup::load(manifest.scratch, &dir).map_err(|message| {
+            LoadError::Manifest {
+                path: manifest_path.clone(),
+                message,
+            }
+        })?;
+        let prelude = scratch.prelude.as_ref().map(|p| p.path.clone());
         let mut revisions = Vec::new();
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(io_err(&dir))?
@@ -156,6 +168,8 @@ impl App {
         for path in entries
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            // The scratch prelude may sit beside the revisions; it is not one.
+            .filter(|p| prelude.as_ref() != Some(p))
         {
             let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
             revisions.push(Revision::parse(&path, &text)?);
@@ -166,6 +180,7 @@ impl App {
             dir,
             graph,
             declarations: Declarations(manifest.placeholders),
+            scratch,
         })
     }
 }

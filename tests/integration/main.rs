@@ -17,6 +17,7 @@ mod onboard;
 mod pki;
 mod pools;
 mod rollouts;
+mod scratch;
 mod secret_refs;
 mod security;
 mod services;
