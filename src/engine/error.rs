@@ -197,3 +197,43 @@ pub fn describe_pg(e: &tokio_postgres::Error) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_run_is_summarised_not_listed() {
+        let applied: Vec<RevisionId> = (1..=246)
+            .map(|i| format!("r{i:03}").parse().unwrap())
+            .collect();
+        let e = EngineError::StepFailed {
+            failure: Box::new(StepFailure {
+                revision: "r247".parse().unwrap(),
+                direction: Direction::Upgrade,
+                location: Some("m/r247.sql:4:9".into()),
+                sqlstate: Some("42P01".into()),
+                message: "relation \"nowhere\" does not exist".into(),
+                detail: None,
+                hint: None,
+                attempts: 1,
+            }),
+            applied: applied.clone(),
+        };
+        let m = e.to_string();
+        assert!(
+            m.contains(
+                "(applied in this run before the failure: 246 revisions, from r001 to r246)"
+            ),
+            "{m}"
+        );
+        assert!(m.len() < 300, "{} bytes: {m}", m.len());
+        assert!(
+            EngineError::Stopped {
+                applied: applied[..1].to_vec()
+            }
+            .to_string()
+            .ends_with("(applied in this run before the failure: 1 revision, r001)")
+        );
+    }
+}

@@ -4,11 +4,13 @@
 
 use squawk_lexer::{LiteralKind, TokenKind, tokenize};
 
-/// One statement of a section, with the 0-based line (within the section) where it starts.
+/// One statement of a section, with the 0-based line (within the section) and the 0-based
+/// column (in characters, within that line) where it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
     pub text: String,
     pub line: usize,
+    pub column: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +58,12 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
     let mut atomic_depth = 0usize;
     let mut prev_word: Option<String> = None;
     let line_at = |pos: usize| sql[..pos].matches('\n').count();
+    let column_at = |pos: usize| {
+        sql[..pos]
+            .rsplit('\n')
+            .next()
+            .map_or(0, |l| l.chars().count())
+    };
     // A byte-order mark (an editor's, pasted mid-file) is not SQL: lexed as the three spaces
     // it is as long as, so that it never joins the token after it (`\u{feff}$$` would lex as
     // one identifier here, and as a dollar quote once the statement starts with it).
@@ -78,6 +86,7 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
                     out.push(Statement {
                         text: sql[s..offset].trim_end().to_string(),
                         line: line_at(s),
+                        column: column_at(s),
                     });
                 }
                 prev_word = None;
@@ -104,6 +113,7 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
         out.push(Statement {
             text: sql[s..].trim_end().to_string(),
             line: line_at(s),
+            column: column_at(s),
         });
     }
     Ok(out)
@@ -368,8 +378,12 @@ mod tests {
                 "SELECT \"we;ird\" FROM t",
             ]
         );
-        let lines: Vec<usize> = split(sql).unwrap().iter().map(|s| s.line).collect();
-        assert_eq!(lines, vec![0, 2, 3]);
+        let starts: Vec<(usize, usize)> = split(sql)
+            .unwrap()
+            .iter()
+            .map(|s| (s.line, s.column))
+            .collect();
+        assert_eq!(starts, vec![(0, 0), (2, 0), (3, 14)]);
     }
 
     #[test]
