@@ -581,15 +581,7 @@ impl<'a> Engine<'a> {
         tables: TablesExist,
     ) -> Result<Vec<RevisionId>, EngineError> {
         let g = &self.app.graph;
-        let new_applied: BTreeSet<Node> = match target {
-            "base" => BTreeSet::new(),
-            "heads" => g.ancestors(g.heads()),
-            "head" => g.ancestors(g.single_head().map_err(plan::PlanError::from)?),
-            t => match t.strip_suffix("@head") {
-                Some(l) => g.ancestors([g.branch_head(l).map_err(plan::PlanError::from)?]),
-                None => g.ancestors([g.resolve(t).map_err(plan::PlanError::from)?]),
-            },
-        };
+        let new_applied = plan::stamped(g, target)?;
         if !self.snapshot(client, Some(tables)).await?.all_tables {
             self.ensure_tables(client).await?;
         }

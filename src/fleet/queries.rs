@@ -12,7 +12,7 @@ use super::{Fleet, FleetError, Selector};
 use crate::engine::{self, Engine, Event, RunOptions};
 use crate::model::Direction;
 use crate::registry::{Tenant, TenantId};
-use crate::revision::plan::Target;
+use crate::revision::plan::{self, Target};
 
 #[derive(Debug, Clone)]
 pub struct TenantVersion {
@@ -251,6 +251,8 @@ impl Fleet {
         }
         let tenant = self.registry.get(id).await?;
         let app = self.app(&tenant.app)?;
+        // Before the lock: an unknown revision is the request's fault, not the tenant's.
+        plan::stamped(&app.graph, revision).map_err(FleetError::StampRevision)?;
         let values = tenant_values(app, &tenant).map_err(|source| FleetError::Placeholders {
             tenant: id.clone(),
             source,

@@ -76,7 +76,7 @@ impl From<FleetError> for Status {
             FleetError::UnknownApp { .. }
             | FleetError::Selector(_)
             | FleetError::WrongApp { .. } => Code::InvalidArgument,
-            FleetError::Target(p) => plan_code(p),
+            FleetError::Target(p) | FleetError::StampRevision(p) => plan_code(p),
             FleetError::Registry(r) => registry_code(r),
             FleetError::UnknownJob(_) => Code::NotFound,
             FleetError::ShuttingDown => Code::Unavailable,

@@ -525,21 +525,21 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
                 labels: [("tier".to_string(), "a b".to_string())].into(),
                 ..base()
             },
-            "tenant.labels[tier]",
+            "tenant.labels[\"tier\"]",
         ),
         (
             proto::Tenant {
                 placeholders: [("EMBEDDING_DIM".to_string(), "big".to_string())].into(),
                 ..base()
             },
-            "tenant.placeholders[EMBEDDING_DIM]",
+            "tenant.placeholders[\"EMBEDDING_DIM\"]",
         ),
         (
             proto::Tenant {
                 placeholders: [("NOT_DECLARED".to_string(), "1".to_string())].into(),
                 ..base()
             },
-            "tenant.placeholders[NOT_DECLARED]",
+            "tenant.placeholders[\"NOT_DECLARED\"]",
         ),
         // Password references the daemon must not follow: its own secrets, any file.
         (

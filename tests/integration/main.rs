@@ -7,6 +7,7 @@ mod adopt;
 mod alembic_import;
 mod changed;
 mod cli;
+mod consistency;
 mod daemon;
 mod daemon_e2e;
 mod engine;
