@@ -237,32 +237,7 @@ pub async fn serve_until(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let (mut limits, mut health_limits) = crate::listen::Limits::from_config(&config);
-    match crate::listen::rlimit::raise() {
-        Ok(n) => {
-            if n.before < n.soft {
-                tracing::info!(
-                    from = n.before,
-                    to = n.soft,
-                    "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
-                );
-            } else {
-                tracing::info!(limit = n.soft, "open-file limit (RLIMIT_NOFILE)");
-            }
-            let health = config.server.health_listen.map(|_| &mut health_limits);
-            if let Some(note) = crate::listen::fit_caps(
-                &mut limits,
-                health,
-                n.soft,
-                config.fleet.global_concurrency,
-            ) {
-                tracing::warn!("{note}");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read or raise the open-file limit (RLIMIT_NOFILE)")
-        }
-    }
+    let (limits, health_limits) = crate::listen::Limits::at_start(&config);
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;

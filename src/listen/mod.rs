@@ -77,6 +77,36 @@ impl Limits {
         (grpc, health)
     }
 
+    /// The limits of the gRPC and the health port at `fleetmig serve`'s start: the soft
+    /// open-file limit raised to the hard one (logged), the caps lowered to what it leaves
+    /// (with a warning).
+    pub fn at_start(config: &Config) -> (Limits, Limits) {
+        let (mut grpc, mut health) = Limits::from_config(config);
+        match rlimit::raise() {
+            Ok(n) => {
+                if n.before < n.soft {
+                    tracing::info!(
+                        from = n.before,
+                        to = n.soft,
+                        "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
+                    );
+                } else {
+                    tracing::info!(limit = n.soft, "open-file limit (RLIMIT_NOFILE)");
+                }
+                let with_health = config.server.health_listen.map(|_| &mut health);
+                let concurrency = config.fleet.global_concurrency;
+                if let Some(note) = fit_caps(&mut grpc, with_health, n.soft, concurrency) {
+                    tracing::warn!("{note}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not read or raise the open-file limit (RLIMIT_NOFILE)"
+            ),
+        }
+        (grpc, health)
+    }
+
     /// The HTTP/2 settings of tonic's server.
     pub fn apply<L>(&self, server: Server<L>) -> Server<L> {
         let server = server
