@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
@@ -57,10 +56,23 @@ fn load_apps(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<App>>> {
             config.migrations_dir.display()
         );
     }
-    names
-        .iter()
-        .map(|n| Ok((n.clone(), Arc::new(App::load(&config.migrations_dir, n)?))))
-        .collect()
+    // Every app checked whole before anything else starts: a broken revision stops the
+    // daemon here, never a tenant halfway through a job. All problems of all apps at once.
+    let mut apps = BTreeMap::new();
+    let mut problems = Vec::new();
+    for name in &names {
+        match App::load_checked(&config.migrations_dir, name) {
+            Ok(app) => {
+                apps.insert(name.clone(), Arc::new(app));
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    match problems.len() {
+        0 => Ok(apps),
+        1 => Err(problems.remove(0).into()),
+        _ => Err(crate::revision::LoadError::Several(problems).into()),
+    }
 }
 
 async fn signalled() {
@@ -226,6 +238,7 @@ pub async fn serve_until(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let (limits, health_limits) = crate::listen::Limits::at_start(&config);
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -263,23 +276,25 @@ pub async fn serve_until(
             .await
             .with_context(|| format!("binding server.health_listen {health_addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "health checks (plaintext, grpc.health.v1 only)");
-        let health_only = Server::builder()
+        let incoming = crate::listen::plain(
+            listener,
+            &health_limits,
+            "health",
+            &tracker,
+            background.clone(),
+        );
+        let health_only = health_limits
+            .apply(Server::builder())
             .add_service(health_service.clone())
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                background.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(incoming, background.clone().cancelled_owned());
         tracker.spawn(async move {
             if let Err(e) = health_only.await {
                 tracing::error!(error = %e, "health port stopped");
             }
         });
     }
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("server.tls")?;
-    }
-    let server = builder
+    let router = limits
+        .apply(Server::builder())
         .trace_fn(rpc_span)
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
@@ -295,12 +310,27 @@ pub async fn serve_until(
         .add_service(RolloutsServer::new(RolloutsService {
             fleet: fleet.clone(),
             rollouts: rollouts.clone(),
-        }))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    tokio::pin!(server);
+        }));
+    let stop_serving = shutdown.clone().cancelled_owned();
+    let mut server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(acceptor) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::listen::tls(
+                listener,
+                &limits,
+                acceptor,
+                "grpc",
+                &tracker,
+                shutdown.clone(),
+            ),
+            stop_serving,
+        )),
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            crate::listen::plain(listener, &limits, "grpc", &tracker, shutdown.clone()),
+            stop_serving,
+        )),
+    };
     let mut server_done = false;
     tokio::select! {
         r = &mut server => {

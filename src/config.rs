@@ -67,6 +67,31 @@ pub struct ServerConfig {
     /// A second, plaintext port serving only `grpc.health.v1`: for probes that cannot speak
     /// TLS (Kubernetes' gRPC probes). Unset: none.
     pub health_listen: Option<std::net::SocketAddr>,
+    /// From accept to the end of the HTTP/2 client preface, TLS handshake included: a
+    /// connection that has not got that far is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Open connections on the gRPC port at most (handshakes included). At the cap, the oldest
+    /// connection still in its handshake is closed to make room. Lowered at start when the
+    /// open-file limit cannot hold it.
+    pub max_connections: usize,
+    /// The same for the health port.
+    pub health_max_connections: usize,
+    /// TCP keep-alive probes on accepted connections after this much silence ("0s": off).
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// HTTP/2 PING after this much silence on a connection ...
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// ... and the connection is closed when the PING is not answered within this.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// A connection older than this is asked to go away (HTTP/2 GOAWAY; calls in flight
+    /// finish, clients reconnect). "0s": never.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// Concurrent calls (HTTP/2 streams) per connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +102,14 @@ impl Default for ServerConfig {
             plaintext: false,
             tls: None,
             health_listen: None,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            health_max_connections: 64,
+            tcp_keepalive: Duration::from_secs(60),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(3600),
+            max_concurrent_streams: 200,
         }
     }
 }
@@ -361,6 +394,26 @@ impl Config {
         }
         if self.pools.per_host_connections == 0 || self.pools.per_database_connections == 0 {
             return bad("pools", "connection limits must be at least 1");
+        }
+        let s = &self.server;
+        for (key, value) in [
+            ("server.handshake_timeout", s.handshake_timeout),
+            (
+                "server.http2_keepalive_interval",
+                s.http2_keepalive_interval,
+            ),
+            ("server.http2_keepalive_timeout", s.http2_keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return bad(key, "must be above zero");
+            }
+        }
+        if s.max_connections == 0 || s.health_max_connections == 0 || s.max_concurrent_streams == 0
+        {
+            return bad(
+                "server",
+                "max_connections, health_max_connections and max_concurrent_streams must be at least 1",
+            );
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //!
 //! Module map (dependencies point downwards):
 //! - [`cli`]: command-line front end (local commands on one `DATABASE_URL`, daemon client).
-//! - [`app`]: composition root of `fleetmig serve`; [`transport`]: its TLS edges.
+//! - [`app`]: composition root of `fleetmig serve`; [`transport`]: its TLS edges;
+//!   [`listen`]: limits of every port it serves.
 //! - [`grpc`]: tonic services and the auth layer; [`auth`]: callers and scopes;
 //!   [`audit`]: audit records.
 //! - [`rollout`]: fleet-wide rollouts in waves, persisted in etcd, driven by one replica and
@@ -22,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod fleet;
 pub mod grpc;
+pub mod listen;
 pub mod lock;
 pub mod metrics;
 pub mod model;

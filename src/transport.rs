@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::{Config, ConfigError};
 
@@ -43,31 +42,80 @@ fn refuse(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The server's TLS settings, or None for plaintext (which must be asked for).
-pub fn server_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
-    match (&config.server.tls, config.server.plaintext) {
-        (Some(_), true) => Err(refuse(
-            "server.plaintext",
-            "set together with [server.tls]: choose one",
-        )),
-        (None, false) => Err(refuse(
-            "server.tls",
-            "not configured: set server.tls.cert and server.tls.key (and server.tls.client_ca \
-             for mTLS), or server.plaintext = true for local development",
-        )),
-        (None, true) => Ok(None),
-        (Some(t), false) => {
-            let identity = Identity::from_pem(
-                read("server.tls.cert", &t.cert)?,
-                read("server.tls.key", &t.key)?,
-            );
-            let mut tls = ServerTlsConfig::new().identity(identity);
-            if let Some(ca) = &t.client_ca {
-                tls = tls.client_ca_root(Certificate::from_pem(read("server.tls.client_ca", ca)?));
-            }
-            Ok(Some(tls))
+/// The server's TLS acceptor, or None for plaintext (which must be asked for). TLS 1.2 and
+/// 1.3 (rustls' safe defaults), ALPN h2; with `client_ca`, a client certificate signed by it
+/// is required. The handshake itself runs in [`crate::listen`], under the handshake deadline.
+pub fn server_tls(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+
+    let t = match (&config.server.tls, config.server.plaintext) {
+        (Some(_), true) => {
+            return Err(refuse(
+                "server.plaintext",
+                "set together with [server.tls]: choose one",
+            ));
         }
-    }
+        (None, false) => {
+            return Err(refuse(
+                "server.tls",
+                "not configured: set server.tls.cert and server.tls.key (and server.tls.client_ca \
+                 for mTLS), or server.plaintext = true for local development",
+            ));
+        }
+        (None, true) => return Ok(None),
+        (Some(t), false) => t,
+    };
+    let certs =
+        |key: &'static str, path: &Path| -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+            let pem = read(key, path)?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    refuse(
+                        key,
+                        format!("{}: not PEM certificates: {e}", path.display()),
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(refuse(
+                    key,
+                    format!("{}: no certificate in it", path.display()),
+                ));
+            }
+            Ok(certs)
+        };
+    let chain = certs("server.tls.cert", &t.cert)?;
+    let key = PrivateKeyDer::from_pem_slice(&read("server.tls.key", &t.key)?).map_err(|e| {
+        refuse(
+            "server.tls.key",
+            format!("{}: no PEM private key in it: {e}", t.key.display()),
+        )
+    })?;
+    let builder = ServerConfig::builder();
+    let builder = match &t.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(certs("server.tls.client_ca", ca)?);
+            let verifier = WebPkiClientVerifier::builder(roots.into())
+                .build()
+                .map_err(|e| refuse("server.tls.client_ca", e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder.with_single_cert(chain, key).map_err(|e| {
+        refuse(
+            "server.tls.key",
+            format!("does not fit server.tls.cert: {e}"),
+        )
+    })?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        tls,
+    ))))
 }
 
 /// etcd connection options from `[etcd]`: timeouts, TLS, client certificate, user.
@@ -98,15 +146,24 @@ pub fn etcd_options(config: &Config) -> Result<etcd_client::ConnectOptions, Conf
         options = options.with_tls(tls);
     }
     if let Some(user) = &e.user {
+        // The reference is never shown: it may be the password typed in the wrong place.
         let password = match (&e.password_file, &e.password_env) {
-            (Some(path), None) => String::from_utf8(read("etcd.password_file", path)?)
-                .map_err(|_| refuse("etcd.password_file", "not UTF-8"))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
+            (Some(path), None) => String::from_utf8(std::fs::read(path).map_err(|e| {
+                refuse(
+                    "etcd.password_file",
+                    format!(
+                        "cannot read the file it names ({}); expected the absolute path of a file holding the password (the value is not shown)",
+                        e.kind()
+                    ),
+                )
+            })?)
+            .map_err(|_| refuse("etcd.password_file", "not UTF-8"))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
             (None, Some(var)) => std::env::var(var).map_err(|_| {
                 refuse(
                     "etcd.password_env",
-                    format!("environment variable {var} is not set"),
+                    "the environment variable it names is not set; expected the NAME of a variable holding the password (the value is not shown)",
                 )
             })?,
             _ => {

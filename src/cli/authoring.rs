@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{Context, Failure};
-use crate::model::{Direction, RevisionId};
-use crate::revision::{App, Node, plan, render};
+use crate::model::RevisionId;
+use crate::revision::{App, Node, plan};
 
 #[derive(Debug, Args)]
 pub struct RevisionArgs {
@@ -351,37 +351,7 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
                 continue;
             }
         };
-        for (_, rev) in app.graph.revisions() {
-            for direction in [Direction::Upgrade, Direction::Downgrade] {
-                if direction == Direction::Downgrade && rev.irreversible {
-                    continue;
-                }
-                // Check the SQL even where a condition would skip it today.
-                let forced = rev.condition.as_ref().map(|_| false);
-                let res = render::render(rev, direction, &values, forced);
-                let res = match (res, direction) {
-                    (Ok(r), Direction::Upgrade) if r.skipped_by.is_some() => {
-                        render::render(rev, Direction::Downgrade, &values, Some(false)).map(|_| ())
-                    }
-                    (r, _) => r.map(|_| ()),
-                };
-                if let Err(e) = res {
-                    problems.push(e.to_string());
-                }
-            }
-            if let Some(c) = &rev.condition
-                && app
-                    .declarations
-                    .0
-                    .get(c)
-                    .is_none_or(|d| d.ty != crate::revision::placeholder::PlaceholderType::Bool)
-            {
-                problems.push(format!(
-                    "{}: condition {c} is not a declared bool placeholder",
-                    rev.location(1)
-                ));
-            }
-        }
+        problems.extend(crate::revision::validate::problems(&app, &values));
         let heads = app.graph.heads();
         if heads.len() > 1 {
             warnings.push(format!(

@@ -149,6 +149,9 @@ pub enum FleetCommand {
         target: String,
         #[arg(long)]
         downgrade: bool,
+        /// Plan even if applied revision files changed since they were applied.
+        #[arg(long)]
+        allow_changed: bool,
     },
     /// Stop a job after the revisions in flight.
     Cancel { job_id: String },
@@ -493,6 +496,7 @@ pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
             tenant,
             target,
             downgrade,
+            allow_changed,
         } => {
             let r = client
                 .plan(proto::PlanRequest {
@@ -503,6 +507,7 @@ pub async fn fleet(conn: &Connect, cmd: FleetCommand) -> Result<(), Failure> {
                     } else {
                         "upgrade".into()
                     },
+                    allow_changed,
                 })
                 .await
                 .map_err(status)?

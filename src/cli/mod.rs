@@ -193,28 +193,34 @@ impl From<PlaceholderError> for Failure {
     }
 }
 
+/// The exit code of an engine error.
+fn engine_code(e: &EngineError) -> u8 {
+    match e {
+        EngineError::Plan(PlanError::Resolve(
+            crate::revision::graph::ResolveError::MultipleHeads { .. },
+        ))
+        | EngineError::Plan(PlanError::UnknownInDatabase(_))
+        | EngineError::Plan(PlanError::Irreversible { .. })
+        | EngineError::ChecksumMismatch(_)
+        | EngineError::NeedsSession { .. }
+        | EngineError::LockHeld
+        | EngineError::StaleFence { .. } => 3,
+        EngineError::Plan(_) | EngineError::Render(_) | EngineError::Setting { .. } => 2,
+        EngineError::Connect(_)
+        | EngineError::Database { .. }
+        | EngineError::StepFailed { .. }
+        | EngineError::StateChanged(_)
+        | EngineError::IndexInvalid { .. }
+        | EngineError::Stopped { .. }
+        | EngineError::Prelude { .. } => 1,
+        EngineError::Scratch { source, .. } => engine_code(source),
+    }
+}
+
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Self {
-        let code = match &e {
-            EngineError::Plan(PlanError::Resolve(
-                crate::revision::graph::ResolveError::MultipleHeads { .. },
-            ))
-            | EngineError::Plan(PlanError::UnknownInDatabase(_))
-            | EngineError::Plan(PlanError::Irreversible { .. })
-            | EngineError::ChecksumMismatch(_)
-            | EngineError::NeedsSession { .. }
-            | EngineError::LockHeld
-            | EngineError::StaleFence { .. } => 3,
-            EngineError::Plan(_) | EngineError::Render(_) | EngineError::Setting { .. } => 2,
-            EngineError::Connect(_)
-            | EngineError::Database { .. }
-            | EngineError::StepFailed { .. }
-            | EngineError::StateChanged(_)
-            | EngineError::IndexInvalid { .. }
-            | EngineError::Stopped { .. } => 1,
-        };
         Failure {
-            code,
+            code: engine_code(&e),
             message: e.to_string(),
         }
     }
@@ -352,7 +358,14 @@ async fn serve(config: Config, log_json: bool) -> Result<(), Failure> {
     let result = crate::app::serve(config).await;
     telemetry.shutdown(flush).await;
     result.map_err(|e| Failure {
-        code: 1,
+        // Bad input (configuration, revision files) is 2, as for every other command.
+        code: if e.downcast_ref::<LoadError>().is_some()
+            || e.downcast_ref::<ConfigError>().is_some()
+        {
+            2
+        } else {
+            1
+        },
         message: format!("{e:#}"),
     })
 }

@@ -9,6 +9,7 @@ use super::fingerprint::{Fingerprint, fingerprint};
 use super::{Engine, EngineError, Event, RunOptions, Settings};
 use crate::model::{Direction, RevisionId};
 use crate::pg;
+use crate::revision::placeholder::quote_ident;
 use crate::revision::plan::Target;
 use crate::revision::{App, Resolved};
 
@@ -27,22 +28,72 @@ async fn connect(target: &pg::Target) -> Result<Client, EngineError> {
         .into_client())
 }
 
+/// Errors on a scratch database say so, and name it: the user's database is not the one
+/// that failed.
+fn on_scratch(app: &App, database: &str) -> impl FnOnce(EngineError) -> EngineError {
+    let template = app.scratch.template_name().to_string();
+    let manifest = app
+        .dir
+        .join(crate::revision::MANIFEST)
+        .display()
+        .to_string();
+    let database = database.to_string();
+    move |source| match source {
+        already @ EngineError::Scratch { .. } => already,
+        source => EngineError::Scratch {
+            database,
+            template,
+            manifest,
+            source: Box::new(source),
+        },
+    }
+}
+
 impl Scratch {
-    /// Needs CREATEDB on the server (via its `postgres` database).
-    pub async fn create(base: &pg::Target) -> Result<Scratch, EngineError> {
+    /// Needs CREATEDB on the server (via its `postgres` database), and the right to copy the
+    /// app's scratch template when it declares one. The app's prelude runs on it first.
+    pub async fn create(base: &pg::Target, app: &App) -> Result<Scratch, EngineError> {
         let admin = connect(&base.with_dbname("postgres")).await?;
         let name = format!("fleetmig_scratch_{}", uuid::Uuid::new_v4().simple());
+        let template = app
+            .scratch
+            .template
+            .as_deref()
+            .map(|t| format!(" TEMPLATE {}", quote_ident(t)))
+            .unwrap_or_default();
         admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .batch_execute(&format!("CREATE DATABASE {}{template}", quote_ident(&name)))
             .await
             .map_err(EngineError::db(
-                "creating a scratch database (needs CREATEDB)",
-            ))?;
-        Ok(Scratch {
+                "creating a scratch database (needs CREATEDB, and the right to copy its template)",
+            ))
+            .map_err(on_scratch(app, &name))?;
+        let scratch = Scratch {
             admin,
             target: base.with_dbname(&name),
             name,
-        })
+        };
+        if let Some(prelude) = &app.scratch.prelude {
+            let ran = async {
+                let client = scratch.client().await?;
+                for stmt in &prelude.statements {
+                    client.batch_execute(&stmt.text).await.map_err(|source| {
+                        EngineError::Prelude {
+                            location: prelude.location(stmt.line),
+                            source,
+                        }
+                    })?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = ran {
+                let e = on_scratch(app, &scratch.name)(e);
+                scratch.drop().await;
+                return Err(e);
+            }
+        }
+        Ok(scratch)
     }
 
     pub async fn client(&self) -> Result<Client, EngineError> {
@@ -85,7 +136,7 @@ pub async fn revision_fingerprints(
     settings: &Settings,
     base: &pg::Target,
 ) -> Result<Vec<(Vec<RevisionId>, Fingerprint)>, EngineError> {
-    let scratch = Scratch::create(base).await?;
+    let scratch = Scratch::create(base, app).await?;
     let result = async {
         let mut client = scratch.client().await?;
         let engine = Engine::new(app, values, settings);
@@ -98,7 +149,8 @@ pub async fn revision_fingerprints(
         }
         Ok(out)
     }
-    .await;
+    .await
+    .map_err(on_scratch(app, &scratch.name));
     scratch.drop().await;
     result
 }
@@ -111,7 +163,7 @@ pub async fn expected(
     base: &pg::Target,
     rows: &[RevisionId],
 ) -> Result<Fingerprint, EngineError> {
-    let scratch = Scratch::create(base).await?;
+    let scratch = Scratch::create(base, app).await?;
     let result = async {
         let mut client = scratch.client().await?;
         let engine = Engine::new(app, values, settings);
@@ -120,7 +172,8 @@ pub async fn expected(
         }
         fingerprint(&client, &settings.tables).await
     }
-    .await;
+    .await
+    .map_err(on_scratch(app, &scratch.name));
     scratch.drop().await;
     result
 }

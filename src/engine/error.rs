@@ -95,6 +95,43 @@ pub enum EngineError {
     NeedsSession { revision: RevisionId },
     #[error("invalid setting {key}: {message}")]
     Setting { key: &'static str, message: String },
+    /// A statement of the app's scratch prelude failed.
+    #[error("{location}: {}", describe_pg(source))]
+    Prelude {
+        location: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Something failed on a scratch database (adopt, verify): never the user's own.
+    #[error("{}", on_scratch(.database, .template, .manifest, .source))]
+    Scratch {
+        database: String,
+        template: String,
+        /// The app's manifest, where `[scratch]` is declared.
+        manifest: String,
+        source: Box<EngineError>,
+    },
+}
+
+fn on_scratch(database: &str, template: &str, manifest: &str, source: &EngineError) -> String {
+    let what = match source {
+        // The scratch database is dropped: "the database is left at ..." would mislead.
+        EngineError::StepFailed { failure, applied } => format!(
+            "{failure}{}",
+            if applied.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\n  replayed there before the failure: {}",
+                    summary(applied)
+                )
+            }
+        ),
+        other => other.to_string(),
+    };
+    format!(
+        "on the scratch database {database} (created from {template} on the same server to replay this app's revisions, then dropped; your database was not changed): {what}\n  if the revisions assume objects made outside them, declare what scratch databases need in {manifest}: [scratch] template = \"<a database that has them>\" or prelude = \"<a SQL file in the app directory>\""
+    )
 }
 
 fn applied_note(applied: &[RevisionId]) -> String {
@@ -103,12 +140,18 @@ fn applied_note(applied: &[RevisionId]) -> String {
     } else {
         format!(
             " (applied in this run before the failure: {})",
-            applied
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            summary(applied)
         )
+    }
+}
+
+/// Revisions of a run for a message: how many, the first and the last (a list of all of
+/// them made a 4.7 kB line at 246 revisions).
+pub fn summary(revisions: &[RevisionId]) -> String {
+    match revisions {
+        [] => "none".to_string(),
+        [one] => format!("1 revision, {one}"),
+        [first, .., last] => format!("{} revisions, from {first} to {last}", revisions.len()),
     }
 }
 
@@ -155,5 +198,45 @@ pub fn describe_pg(e: &tokio_postgres::Error) -> String {
             }
             s
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_run_is_summarised_not_listed() {
+        let applied: Vec<RevisionId> = (1..=246)
+            .map(|i| format!("r{i:03}").parse().unwrap())
+            .collect();
+        let e = EngineError::StepFailed {
+            failure: Box::new(StepFailure {
+                revision: "r247".parse().unwrap(),
+                direction: Direction::Upgrade,
+                location: Some("m/r247.sql:4:9".into()),
+                sqlstate: Some("42P01".into()),
+                message: "relation \"nowhere\" does not exist".into(),
+                detail: None,
+                hint: None,
+                attempts: 1,
+            }),
+            applied: applied.clone(),
+        };
+        let m = e.to_string();
+        assert!(
+            m.contains(
+                "(applied in this run before the failure: 246 revisions, from r001 to r246)"
+            ),
+            "{m}"
+        );
+        assert!(m.len() < 300, "{} bytes: {m}", m.len());
+        assert!(
+            EngineError::Stopped {
+                applied: applied[..1].to_vec()
+            }
+            .to_string()
+            .ends_with("(applied in this run before the failure: 1 revision, r001)")
+        );
     }
 }

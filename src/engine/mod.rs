@@ -568,6 +568,12 @@ impl<'a> Engine<'a> {
             Direction::Downgrade => plan::downgrade(g, &applied, target)?,
         };
         let before = snapshot.rows.clone();
+        // Changed files are refused at head too: "nothing to do" would hide them.
+        let recorded = snapshot.recorded;
+        let changed = self.changed_in(&recorded, &applied);
+        if !changed.is_empty() && !opts.allow_changed {
+            return Err(EngineError::ChecksumMismatch(changed));
+        }
         if steps.is_empty() {
             return Ok(Migrated {
                 applied: vec![],
@@ -579,7 +585,6 @@ impl<'a> Engine<'a> {
             before: before.clone(),
             steps: steps.iter().map(|&n| g.revision(n).id.clone()).collect(),
         });
-        let recorded = snapshot.recorded;
         if self.settings.transaction_pooled()
             && let Some(&node) = steps
                 .iter()
@@ -588,10 +593,6 @@ impl<'a> Engine<'a> {
             return Err(EngineError::NeedsSession {
                 revision: g.revision(node).id.clone(),
             });
-        }
-        let changed = self.changed_in(&recorded, &applied);
-        if !changed.is_empty() && !opts.allow_changed {
-            return Err(EngineError::ChecksumMismatch(changed));
         }
         if !snapshot.all_tables {
             self.ensure_tables(client).await?;
@@ -696,15 +697,7 @@ impl<'a> Engine<'a> {
         tables: TablesExist,
     ) -> Result<Vec<RevisionId>, EngineError> {
         let g = &self.app.graph;
-        let new_applied: BTreeSet<Node> = match target {
-            "base" => BTreeSet::new(),
-            "heads" => g.ancestors(g.heads()),
-            "head" => g.ancestors(g.single_head().map_err(plan::PlanError::from)?),
-            t => match t.strip_suffix("@head") {
-                Some(l) => g.ancestors([g.branch_head(l).map_err(plan::PlanError::from)?]),
-                None => g.ancestors([g.resolve(t).map_err(plan::PlanError::from)?]),
-            },
-        };
+        let new_applied = plan::stamped(g, target)?;
         if !self.snapshot(client, Some(tables)).await?.all_tables {
             self.ensure_tables(client).await?;
         }

@@ -10,10 +10,77 @@ use crate::revision::render;
 use crate::revision::{App, Node, Resolved};
 
 use super::record::{self, HistoryRow};
-use super::{EngineError, Settings, millis};
+use super::{Engine, EngineError, Settings, millis};
+use crate::model::RevisionId;
 
 /// Who the history rows of offline SQL name.
 pub const OFFLINE_APPLIED_BY: &str = "fleetmig offline sql";
+
+/// What a run on one database would do now: its version rows, the revisions it would apply,
+/// and their SQL.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub current: Vec<RevisionId>,
+    pub steps: Vec<RevisionId>,
+    pub sql: String,
+}
+
+impl Engine<'_> {
+    /// Plan a run from the database's state, refused as the run itself would be: applied
+    /// revision files that changed are reported ([`EngineError::ChecksumMismatch`]) unless
+    /// `allow_changed`, also when there is nothing to apply. Reads only.
+    pub async fn plan(
+        &self,
+        client: &tokio_postgres::Client,
+        direction: Direction,
+        target: &Target,
+        allow_changed: bool,
+    ) -> Result<Planned, EngineError> {
+        let g = &self.app.graph;
+        let snapshot = self.snapshot(client, None).await?;
+        let applied = plan::applied_from_rows(g, &snapshot.rows)?;
+        let steps = match direction {
+            Direction::Upgrade => plan::upgrade(g, &applied, target)?,
+            Direction::Downgrade => plan::downgrade(g, &applied, target)?,
+        };
+        let changed = self.changed_in(&snapshot.recorded, &applied);
+        if !changed.is_empty() && !allow_changed {
+            return Err(EngineError::ChecksumMismatch(changed));
+        }
+        let skips: HashMap<String, bool> = snapshot
+            .recorded
+            .iter()
+            .map(|(k, r)| (k.clone(), r.skipped))
+            .collect();
+        let from = crate::model::version_label(&snapshot.rows, ",");
+        let sql = render_from(
+            self.app,
+            self.values,
+            self.settings,
+            direction,
+            applied,
+            &from,
+            target,
+            &skips,
+        )?;
+        Ok(Planned {
+            current: snapshot.rows,
+            steps: steps.iter().map(|&n| g.revision(n).id.clone()).collect(),
+            sql,
+        })
+    }
+}
+
+/// One statement as psql must read it: ended by `;` on a line of its own when the statement
+/// ends in a `--` comment (on the comment's line, the `;` would be part of the comment, and
+/// psql would run the statement together with the next one).
+pub fn terminated(sql: &str) -> String {
+    if crate::revision::sql::ends_in_line_comment(sql) {
+        format!("{sql}\n;\n")
+    } else {
+        format!("{sql};\n")
+    }
+}
 
 /// SQL to go from `from` (`base`, or a revision) to `target`.
 pub fn render(
@@ -126,10 +193,10 @@ pub fn render_from(
             out.push_str(&timeouts);
         }
         for stmt in rendered.statements.iter() {
-            out.push_str(&format!("{};\n", stmt.sql));
+            out.push_str(&terminated(&stmt.sql));
         }
         for analyze in &rendered.analyze {
-            out.push_str(&format!("{analyze};\n"));
+            out.push_str(&terminated(analyze));
         }
         if autocommit {
             out.push_str("BEGIN;\n");

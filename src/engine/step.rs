@@ -16,7 +16,7 @@ use super::{Applied, Engine, Event, RunOptions, millis, rows_of, tagged};
 use crate::model::{Direction, FenceToken, TransactionMode};
 use crate::revision::placeholder::quote_literal;
 use crate::revision::plan;
-use crate::revision::render::{self, RenderedRevision};
+use crate::revision::render::{self, RenderedRevision, RenderedStatement};
 use crate::revision::{Node, Revision};
 
 pub(crate) enum StepError {
@@ -33,6 +33,19 @@ impl From<EngineError> for StepError {
 }
 
 const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Where `stmt` failed: `file:line:column` of the server's error position when it gives one.
+fn locate(rev: &Revision, stmt: &RenderedStatement, e: &tokio_postgres::Error) -> String {
+    let position = e
+        .as_db_error()
+        .and_then(|d| d.position())
+        .and_then(|p| match p {
+            tokio_postgres::error::ErrorPosition::Original(n) => Some(*n as usize),
+            // Inside a function body or similar: the statement's own start is what we know.
+            tokio_postgres::error::ErrorPosition::Internal { .. } => None,
+        });
+    stmt.location(rev, position)
+}
 
 fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == LOCK_NOT_AVAILABLE)
@@ -364,24 +377,26 @@ async fn transactional_once(
         engine, &versions, node, direction, rendered, None, opts,
     )?);
     bookkeeping.push_str(engine.transaction_epilogue());
+    // What each piece is, for the location of a failure: a statement of the file, the
+    // header's ANALYZE, or fleetmig's own bookkeeping.
     let located = rendered
         .statements
         .iter()
-        .map(|stmt| (stmt.sql.as_str(), Some(rev.location(stmt.line))))
-        .chain(
-            rendered
-                .analyze
-                .iter()
-                .map(|a| (a.as_str(), Some(rev.location(1)))),
-        )
-        .chain([(bookkeeping.as_str(), None), ("COMMIT", None)]);
-    let (sqls, locations): (Vec<&str>, Vec<Option<String>>) = located.unzip();
+        .map(|stmt| (stmt.sql.as_str(), Some(stmt), true))
+        .chain(rendered.analyze.iter().map(|a| (a.as_str(), None, true)))
+        .chain([(bookkeeping.as_str(), None, false), ("COMMIT", None, false)]);
+    let (sqls, places): (Vec<&str>, Vec<(Option<&RenderedStatement>, bool)>) =
+        located.map(|(sql, stmt, ours)| (sql, (stmt, ours))).unzip();
     let results = futures::future::join_all(sqls.iter().map(|sql| execute(&tx, sql))).await;
-    if let Some((e, location)) = results
+    if let Some((e, (stmt, in_file))) = results
         .into_iter()
-        .zip(locations)
-        .find_map(|(r, l)| r.err().map(|e| (e, l)))
+        .zip(places)
+        .find_map(|(r, p)| r.err().map(|e| (e, p)))
     {
+        let location = match stmt {
+            Some(stmt) => Some(locate(rev, stmt, &e)),
+            None => in_file.then(|| rev.location(1)),
+        };
         return Err(Attempt::Sql(e, location));
     }
     committed(tx);
@@ -486,7 +501,7 @@ async fn autocommit(
             &mut fenced,
         )
         .await
-        .map_err(|f| f.at(rev, direction, Some(stmt.line)))?;
+        .map_err(|f| f.at(rev, direction, |e| Some(locate(rev, stmt, e))))?;
         max_attempts = max_attempts.max(attempts);
         if let Some(build) = &stmt.index_build
             && index_validity(client, build)
@@ -503,7 +518,7 @@ async fn autocommit(
     for analyze in &rendered.analyze {
         run_with_retries(engine, client, rev, analyze, None, opts, &mut fenced)
             .await
-            .map_err(|f| f.at(rev, direction, Some(1)))?;
+            .map_err(|f| f.at(rev, direction, |_| Some(rev.location(1))))?;
     }
     // Record completion in a fenced transaction, the session's timeouts reset in it.
     let tx = client
@@ -569,16 +584,18 @@ enum StatementError {
 }
 
 impl StatementError {
-    fn at(self, rev: &Revision, direction: Direction, line: Option<usize>) -> StepError {
+    fn at(
+        self,
+        rev: &Revision,
+        direction: Direction,
+        locate: impl FnOnce(&tokio_postgres::Error) -> Option<String>,
+    ) -> StepError {
         match self {
             StatementError::Step(e) => e,
-            StatementError::Sql(e, attempts) => StepError::Failed(failure(
-                rev,
-                direction,
-                line.map(|l| rev.location(l)),
-                &e,
-                attempts,
-            )),
+            StatementError::Sql(e, attempts) => {
+                let location = locate(&e);
+                StepError::Failed(failure(rev, direction, location, &e, attempts))
+            }
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum FleetError {
     UnknownApp { app: String, available: Vec<String> },
     #[error("target: {0}")]
     Target(PlanError),
+    /// A Stamp's revision this app does not have.
+    #[error("revision: {0}")]
+    StampRevision(PlanError),
     #[error("selector: {0}")]
     Selector(String),
     #[error("tenant {tenant} belongs to app '{actual}', not '{requested}'")]

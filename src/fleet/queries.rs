@@ -197,12 +197,14 @@ impl Fleet {
             .collect())
     }
 
-    /// What `direction` to `target` would run on one tenant now.
+    /// What `direction` to `target` would run on one tenant now; refused when applied
+    /// revision files changed, unless `allow_changed` (as the run itself).
     pub async fn plan(
         &self,
         id: &TenantId,
         direction: Direction,
         target: &str,
+        allow_changed: bool,
     ) -> Result<TenantPlan, FleetError> {
         let tenant = self.registry.get(id).await?;
         let app = self.app(&tenant.app)?;
@@ -221,38 +223,18 @@ impl Fleet {
                     tenant: id.clone(),
                     source,
                 })?;
-        let engine_err = |source| FleetError::Engine {
-            tenant: id.clone(),
-            source: Box::new(source),
-        };
-        let state = Engine::new(app, &values, &settings)
-            .state(&conn)
+        let planned = Engine::new(app, &values, &settings)
+            .plan(&conn, direction, &target, allow_changed)
             .await
-            .map_err(engine_err)?;
-        let applied =
-            plan::applied_from_rows(&app.graph, &state.rows).map_err(|e| engine_err(e.into()))?;
-        let steps = match direction {
-            Direction::Upgrade => plan::upgrade(&app.graph, &applied, &target),
-            Direction::Downgrade => plan::downgrade(&app.graph, &applied, &target),
-        }
-        .map_err(|e| engine_err(e.into()))?;
-        let current: Vec<String> = state.rows.iter().map(|r| r.to_string()).collect();
-        let from = crate::model::version_label(&current, ",");
-        let skips = Engine::new(app, &values, &settings)
-            .recorded_skips(&conn)
-            .await
-            .map_err(engine_err)?;
-        let sql = engine::offline::render_from(
-            app, &values, &settings, direction, applied, &from, &target, &skips,
-        )
-        .map_err(engine_err)?;
+            .map_err(|source| FleetError::Engine {
+                tenant: id.clone(),
+                source: Box::new(source),
+            })?;
+        let ids = |v: Vec<crate::model::RevisionId>| v.into_iter().map(|r| r.to_string()).collect();
         Ok(TenantPlan {
-            current,
-            revisions: steps
-                .iter()
-                .map(|&n| app.graph.revision(n).id.to_string())
-                .collect(),
-            sql,
+            current: ids(planned.current),
+            revisions: ids(planned.steps),
+            sql: planned.sql,
         })
     }
 
@@ -269,6 +251,8 @@ impl Fleet {
         }
         let tenant = self.registry.get(id).await?;
         let app = self.app(&tenant.app)?;
+        // Before the lock: an unknown revision is the request's fault, not the tenant's.
+        plan::stamped(&app.graph, revision).map_err(FleetError::StampRevision)?;
         let values = tenant_values(app, &tenant).map_err(|source| FleetError::Placeholders {
             tenant: id.clone(),
             source,

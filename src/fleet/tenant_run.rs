@@ -12,9 +12,8 @@ use tracing::Instrument;
 use super::events::{Failure, JobEvent, Outcome, TenantEvent};
 use super::{Fleet, JobSpec};
 use crate::engine::{self, Engine, EngineError, Event, RunOptions};
-use crate::model::Direction;
 use crate::registry::Tenant;
-use crate::revision::plan::{self, Target};
+use crate::revision::plan::Target;
 use crate::revision::{App, Resolved};
 
 pub(super) struct TenantRun {
@@ -530,35 +529,21 @@ impl TenantRun {
                 );
             }
         };
-        let engine = Engine::new(&self.app, values, settings);
-        let planned = async {
-            let state = engine.state(&conn).await?;
-            let applied = plan::applied_from_rows(&self.app.graph, &state.rows)?;
-            let steps = match self.spec.direction {
-                Direction::Upgrade => plan::upgrade(&self.app.graph, &applied, &self.target)?,
-                Direction::Downgrade => plan::downgrade(&self.app.graph, &applied, &self.target)?,
-            };
-            let from = crate::model::version_label(&state.rows, ",");
-            let skips = engine.recorded_skips(&conn).await?;
-            let sql = engine::offline::render_from(
-                &self.app,
-                values,
-                settings,
+        let planned = Engine::new(&self.app, values, settings)
+            .plan(
+                &conn,
                 self.spec.direction,
-                applied,
-                &from,
                 &self.target,
-                &skips,
-            )?;
-            Ok::<_, EngineError>((
-                steps
-                    .iter()
-                    .map(|&n| self.app.graph.revision(n).id.to_string())
-                    .collect::<Vec<_>>(),
-                sql,
-            ))
-        };
-        match planned.await {
+                self.spec.allow_changed,
+            )
+            .await
+            .map(|p| {
+                (
+                    p.steps.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    p.sql,
+                )
+            });
+        match planned {
             Ok((revisions, sql)) => {
                 self.emit(tenant, TenantEvent::Planned { revisions, sql });
                 Outcome::Planned

@@ -12,7 +12,7 @@ use super::proto;
 use crate::fleet::{self, JobEvent, Selector, TenantEvent};
 use crate::model::Direction;
 use crate::registry::tenant::{ChannelBinding, ConnectionOptions, Endpoint, SslNegotiation};
-use crate::registry::tenant::{field_error, shown, validate_labels};
+use crate::registry::tenant::{field_error, map_entry, shown, validate_labels};
 use crate::registry::{ConnectionSpec, FieldError, PasswordRef, SslMode, Tenant, TenantId};
 use crate::revision::App;
 
@@ -135,7 +135,7 @@ pub fn placeholders(
     let values: BTreeMap<String, String> = values.into_iter().collect();
     if let Some(long) = values.iter().find(|(k, v)| k.len() > 63 || v.len() > 1024) {
         return Err(field_error(
-            format!("{at}[{}]", shown(long.0)),
+            map_entry(at, long.0),
             "names are at most 63 characters, values at most 1024",
         ));
     }
@@ -148,10 +148,7 @@ pub fn placeholders(
             | P::NotBool { name, .. } => name.clone(),
             P::Unterminated | P::BadName(_) => String::new(),
         };
-        field_error(
-            format!("{at}[{}]", shown(&name).trim_matches('"')),
-            e.to_string(),
-        )
+        field_error(map_entry(at, &name), e.to_string())
     })?;
     Ok(values)
 }
@@ -163,6 +160,24 @@ pub fn labels(
     let labels: BTreeMap<String, String> = values.into_iter().collect();
     validate_labels(at, &labels)?;
     Ok(labels)
+}
+
+/// A job or rollout id (they are the same kind): 1-64 letters and digits. `what` says where
+/// the caller got it from.
+pub fn job_id(field: &str, id: &str, what: &str) -> Result<String, FieldError> {
+    if id.is_empty() {
+        return Err(field_error(field, format!("required: {what}")));
+    }
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(field_error(
+            field,
+            format!(
+                "{} is not an id: ids are 1-64 letters and digits ({what})",
+                shown(id)
+            ),
+        ));
+    }
+    Ok(id.to_string())
 }
 
 pub fn tenant_id(field: &str, id: &str) -> Result<TenantId, FieldError> {

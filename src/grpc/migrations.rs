@@ -226,15 +226,10 @@ impl proto::migrations_server::Migrations for MigrationsService {
     ) -> Result<Response<proto::CancelResponse>, Status> {
         let caller = caller(&request);
         let id = request.into_inner().job_id;
-        let result =
-            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                Err(invalid(field_error(
-                    "job_id",
-                    "required: the job id from the accepted event",
-                )))
-            } else {
-                self.cancel_job(&id).await
-            };
+        let result = match convert::job_id("job_id", &id, "the job id from the accepted event") {
+            Ok(id) => self.cancel_job(&id).await,
+            Err(e) => Err(invalid(e)),
+        };
         let job = (!id.is_empty()).then(|| id.chars().take(64).collect());
         audited_job(&self.fleet, &caller, "Migrations/Cancel", None, job, result)
     }
@@ -329,7 +324,10 @@ impl proto::migrations_server::Migrations for MigrationsService {
         let id = convert::tenant_id("tenant_id", &r.tenant_id).map_err(invalid)?;
         let direction = convert::direction("direction", &r.direction).map_err(invalid)?;
         let target = convert::target("target", &r.target, direction).map_err(invalid)?;
-        let plan = self.fleet.plan(&id, direction, &target).await?;
+        let plan = self
+            .fleet
+            .plan(&id, direction, &target, r.allow_changed)
+            .await?;
         Ok(Response::new(proto::PlanResponse {
             current: plan.current,
             revisions: plan.revisions,

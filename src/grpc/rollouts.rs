@@ -20,7 +20,9 @@ use crate::registry::tenant::{field_error, validate_labels};
 use crate::rollout::driver::{RolloutError, Rollouts};
 use crate::rollout::store::{Desired, StoreError};
 use crate::rollout::watch::WatchEvent;
-use crate::rollout::{FailureBudget, RolloutDoc, RolloutSpec, SelectorDoc, TenantDoc, WavePlan};
+use crate::rollout::{
+    FailureBudget, RolloutDoc, RolloutSpec, RolloutState, SelectorDoc, TenantDoc, WavePlan,
+};
 
 pub struct RolloutsService {
     pub fleet: Arc<Fleet>,
@@ -51,14 +53,18 @@ impl From<RolloutError> for Status {
 }
 
 fn rollout_id(id: &str) -> Result<String, Status> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(id.to_string())
-    } else {
-        Err(invalid(field_error(
-            "id",
-            "required: the rollout id Start returned",
-        )))
+    convert::job_id("id", id, "the rollout id Start returned").map_err(invalid)
+}
+
+/// What a control call did, as the state it answers with: the replica driving the rollout
+/// acts on the request within a second, so a running rollout asked to stop is `cancelling`,
+/// not yet `cancelled` (and not `running`, which read as if nothing happened).
+fn answered_state(now: RolloutState, desired: Desired) -> &'static str {
+    match (desired, now) {
+        (Desired::Cancelled, s) if !s.is_final() => "cancelling",
+        (Desired::Paused, RolloutState::Running) => "pausing",
+        (Desired::Running, RolloutState::Paused) => "resuming",
+        (_, s) => s.as_str(),
     }
 }
 
@@ -235,12 +241,22 @@ impl RolloutsService {
         let raw = request.into_inner().id;
         let result = async {
             let id = rollout_id(&raw)?;
-            let doc = match desired {
-                Some(d) => self.rollouts.control(&id, d).await?,
-                None => self.rollouts.retry_failed(&id).await?,
+            let (doc, state) = match desired {
+                Some(d) => {
+                    let doc = self.rollouts.control(&id, d).await?;
+                    let state = answered_state(doc.state, d);
+                    (doc, state)
+                }
+                None => {
+                    let doc = self.rollouts.retry_failed(&id).await?;
+                    let state = doc.state.as_str();
+                    (doc, state)
+                }
             };
-            tracing::info!(rollout = %id, rpc, "rollout control");
-            Ok(Response::new(self.show(&doc).await?))
+            tracing::info!(rollout = %id, rpc, state, "rollout control");
+            let mut shown = self.show(&doc).await?;
+            shown.state = state.to_string();
+            Ok(Response::new(shown))
         }
         .await;
         let id = (!raw.is_empty()).then(|| raw.chars().take(64).collect());

@@ -42,6 +42,9 @@ fn engine_code(e: &EngineError) -> Code {
         EngineError::LockHeld | EngineError::StaleFence { .. } | EngineError::Stopped { .. } => {
             Code::Aborted
         }
+        // The app's scratch prelude does not run: the app needs fixing.
+        EngineError::Prelude { .. } => Code::FailedPrecondition,
+        EngineError::Scratch { source, .. } => engine_code(source),
     }
 }
 
@@ -74,7 +77,7 @@ impl From<FleetError> for Status {
             FleetError::UnknownApp { .. }
             | FleetError::Selector(_)
             | FleetError::WrongApp { .. } => Code::InvalidArgument,
-            FleetError::Target(p) => plan_code(p),
+            FleetError::Target(p) | FleetError::StampRevision(p) => plan_code(p),
             FleetError::Registry(r) => registry_code(r),
             FleetError::UnknownJob(_) => Code::NotFound,
             FleetError::ShuttingDown => Code::Unavailable,

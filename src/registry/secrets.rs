@@ -30,6 +30,19 @@ impl Default for SecretsPolicy {
 
 static POLICY: OnceLock<SecretsPolicy> = OnceLock::new();
 
+// A reference field's value is never shown in a message: someone may have typed the password
+// itself where its reference belongs, and messages end up in replies, logs, audit records and
+// etcd. The messages say what shape was expected instead.
+
+/// `password.env` is not a variable name.
+pub const NOT_AN_ENV_NAME: &str = "expected the NAME of an environment variable holding the \
+     password (1-128 characters from A-Z 0-9 _), not the password itself; the value given is not \
+     shown";
+
+/// `password.file` is not an absolute path.
+pub const NOT_A_PATH: &str = "expected the absolute PATH of a file holding the password, not \
+     the password itself; the value given is not shown";
+
 impl SecretsPolicy {
     /// Make `self` the process's policy (the daemon does this once at start). A second call
     /// with a different policy is refused: the policy cannot change under running tenants.
@@ -56,7 +69,7 @@ impl SecretsPolicy {
             Ok(())
         } else {
             Err(format!(
-                "environment variable {var} is not one the daemon may read for passwords: its name must start with one of {:?} (configuration key secrets.env_prefixes)",
+                "the variable named is not one the daemon may read for passwords: its name must start with one of {:?} (configuration key secrets.env_prefixes); the value given is not shown",
                 self.env_prefixes
             ))
         }
@@ -72,8 +85,7 @@ impl SecretsPolicy {
             Ok(())
         } else {
             Err(format!(
-                "{} is not a file the daemon may read for passwords: use an absolute path without `..` under one of {:?} (configuration key secrets.password_dirs)",
-                path.display(),
+                "the file named is not one the daemon may read for passwords: use an absolute path without `..` under one of {:?} (configuration key secrets.password_dirs); the value given is not shown",
                 self.password_dirs
             ))
         }
@@ -89,7 +101,9 @@ mod tests {
         let p = SecretsPolicy::default();
         assert!(p.allows_env("TENANT_42_PASSWORD").is_ok());
         for bad in ["AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "TENANT", "XTENANT_A"] {
-            assert!(p.allows_env(bad).is_err(), "{bad}");
+            let e = p.allows_env(bad).unwrap_err();
+            // Never echoed ("TENANT" is in the prefix the message names).
+            assert!(bad == "TENANT" || !e.contains(bad), "{e}");
         }
         assert!(p.allows_file(Path::new("/run/secrets/t42")).is_ok());
         for bad in [
@@ -98,7 +112,8 @@ mod tests {
             "/run/secretsX/t",
             "run/secrets/t",
         ] {
-            assert!(p.allows_file(Path::new(bad)).is_err(), "{bad}");
+            let e = p.allows_file(Path::new(bad)).unwrap_err();
+            assert!(!e.contains(bad), "{e}");
         }
     }
 }

@@ -33,6 +33,12 @@ pub fn shown(s: &str) -> String {
     )
 }
 
+/// `field["key"]` for an entry of a map field (labels, placeholders): the key always quoted
+/// and escaped, whatever it is, since a client may send any key.
+pub fn map_entry(field: &str, key: &str) -> String {
+    format!("{field}[{}]", shown(key))
+}
+
 /// A tenant id: 1-63 of a-z 0-9 _ -, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -251,10 +257,7 @@ impl ConnectionSpec {
             {
                 Err(field_error(
                     format!("{at}.password.env"),
-                    format!(
-                        "{} is not an environment variable name (A-Z 0-9 _)",
-                        shown(var)
-                    ),
+                    super::secrets::NOT_AN_ENV_NAME,
                 ))
             }
             Some(PasswordRef::File(path))
@@ -262,7 +265,7 @@ impl ConnectionSpec {
             {
                 Err(field_error(
                     format!("{at}.password.file"),
-                    "must be an absolute path",
+                    super::secrets::NOT_A_PATH,
                 ))
             }
             Some(reference) => reference
@@ -450,7 +453,7 @@ pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result
             });
         if !key_ok {
             return Err(field_error(
-                format!("{field}[{}]", shown(k)),
+                map_entry(field, k),
                 "label keys are 1-63 characters from a-z 0-9 _ . - /",
             ));
         }
@@ -460,7 +463,7 @@ pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
         {
             return Err(field_error(
-                format!("{field}[{k}]"),
+                map_entry(field, k),
                 format!(
                     "{} is not a label value: up to 63 characters from A-Z a-z 0-9 _ . -",
                     shown(v)
@@ -578,7 +581,7 @@ mod tests {
         let bad = BTreeMap::from([("tier".to_string(), "free; drop".to_string())]);
         assert_eq!(
             validate_labels("tenant.labels", &bad).unwrap_err().field,
-            "tenant.labels[tier]"
+            "tenant.labels[\"tier\"]"
         );
     }
 }

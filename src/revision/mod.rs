@@ -7,7 +7,9 @@ pub mod import;
 pub mod placeholder;
 pub mod plan;
 pub mod render;
+pub mod scratch;
 pub mod sql;
+pub mod validate;
 
 #[cfg(test)]
 mod plan_tests;
@@ -46,6 +48,10 @@ pub enum LoadError {
     },
     #[error("invalid app name '{0}': use a-z A-Z 0-9 _ -")]
     BadName(String),
+    #[error("app {app} has {} problem(s); `fleetmig --app {app} check` shows the same:\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid { app: String, problems: Vec<String> },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<LoadError>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +59,8 @@ pub enum LoadError {
 struct Manifest {
     #[serde(default)]
     placeholders: BTreeMap<String, placeholder::Declaration>,
+    #[serde(default)]
+    scratch: scratch::ScratchManifest,
 }
 
 /// One migration graph: `migrations/<name>/`.
@@ -62,6 +70,8 @@ pub struct App {
     pub dir: PathBuf,
     pub graph: Graph,
     pub declarations: Declarations,
+    /// What its scratch databases need first (`[scratch]` in the manifest).
+    pub scratch: scratch::ScratchSetup,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
@@ -92,6 +102,21 @@ impl App {
             .collect();
         apps.sort();
         apps
+    }
+
+    /// [`App::load`], then every revision checked as `fleetmig check` does, with a sample
+    /// value of each placeholder's type ([`validate::without_values`]): what the daemon serves.
+    pub fn load_checked(migrations_dir: &Path, name: &str) -> Result<App, LoadError> {
+        let app = App::load(migrations_dir, name)?;
+        let problems = validate::without_values(&app);
+        if problems.is_empty() {
+            Ok(app)
+        } else {
+            Err(LoadError::Invalid {
+                app: name.to_string(),
+                problems,
+            })
+        }
     }
 
     pub fn load(migrations_dir: &Path, name: &str) -> Result<App, LoadError> {
@@ -126,6 +151,13 @@ impl App {
                 message: format!("invalid placeholder name {bad:?}"),
             });
         }
+        let scratch = scratch::ScratchSetup::load(manifest.scratch, &dir).map_err(|message| {
+            LoadError::Manifest {
+                path: manifest_path.clone(),
+                message,
+            }
+        })?;
+        let prelude = scratch.prelude.as_ref().map(|p| p.path.clone());
         let mut revisions = Vec::new();
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(io_err(&dir))?
@@ -136,6 +168,8 @@ impl App {
         for path in entries
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            // The scratch prelude may sit beside the revisions; it is not one.
+            .filter(|p| prelude.as_ref() != Some(p))
         {
             let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
             revisions.push(Revision::parse(&path, &text)?);
@@ -146,6 +180,7 @@ impl App {
             dir,
             graph,
             declarations: Declarations(manifest.placeholders),
+            scratch,
         })
     }
 }

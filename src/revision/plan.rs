@@ -163,6 +163,20 @@ fn relative_up(
     Ok(out)
 }
 
+/// What `stamp <target>` records as applied: `base`, `head`, `heads`, `label@head` or a
+/// revision, with their ancestors.
+pub fn stamped(graph: &Graph, target: &str) -> Result<BTreeSet<Node>, PlanError> {
+    Ok(match target {
+        "base" => BTreeSet::new(),
+        "heads" => graph.ancestors(graph.heads()),
+        "head" => graph.ancestors(graph.single_head()?),
+        t => match t.strip_suffix("@head") {
+            Some(l) => graph.ancestors([graph.branch_head(l)?]),
+            None => graph.ancestors([graph.resolve(t)?]),
+        },
+    })
+}
+
 /// The revisions to unapply, in order (newest first), to reach `target` from `applied`.
 pub fn downgrade(
     graph: &Graph,

@@ -12,6 +12,8 @@ pub struct RenderedStatement {
     pub sql: String,
     /// 1-based line in the revision file.
     pub line: usize,
+    /// 0-based column (characters) of its first character on that line.
+    pub column: usize,
     /// Set for `CREATE INDEX CONCURRENTLY name ON table`: checked for INVALID leftovers.
     pub index_build: Option<ConcurrentIndexBuild>,
 }
@@ -50,8 +52,30 @@ pub enum RenderError {
         "{location}: the rendered statement is no longer one statement; a placeholder value changed its structure"
     )]
     NotOneStatement { location: String },
+    #[error(
+        "{location}: a backslash outside quotes is not SQL (the server refuses it, and in offline SQL psql would run it as one of its own commands)"
+    )]
+    Backslash { location: String },
     #[error("{location}: revision {id} has no downgrade (irreversible)")]
     NoDowngrade { location: String, id: String },
+}
+
+impl RenderedStatement {
+    /// `file:line:column` of the server's error `position` (1-based, in characters of the
+    /// statement as sent), or `file:line` of the statement without one. Columns count the
+    /// rendered statement: a placeholder earlier on the line shifts them by its value's length.
+    pub fn location(&self, rev: &Revision, position: Option<usize>) -> String {
+        let Some(position) = position.filter(|&p| p >= 1) else {
+            return rev.location(self.line);
+        };
+        let before: String = self.sql.chars().take(position - 1).collect();
+        let lines = before.matches('\n').count();
+        let column = match before.rfind('\n') {
+            Some(i) => before[i + 1..].chars().count() + 1,
+            None => self.column + before.chars().count() + 1,
+        };
+        format!("{}:{column}", rev.location(self.line + lines))
+    }
 }
 
 /// What a revision does for one direction: its statements, or nothing when its condition is false.
@@ -119,6 +143,11 @@ pub fn render(
                 what,
             });
         }
+        if let Some(offset) = sql::backslash_outside_quotes(&s.text) {
+            return Err(RenderError::Backslash {
+                location: loc(line + offset),
+            });
+        }
         let text = values
             .render(&s.text)
             .map_err(|(offset, source)| RenderError::Placeholder {
@@ -154,6 +183,7 @@ pub fn render(
         statements.push(RenderedStatement {
             sql: text,
             line,
+            column: s.column,
             index_build,
         });
     }
@@ -240,5 +270,30 @@ mod tests {
             );
             assert!(e.to_string().starts_with("r.sql:4:"), "{e}");
         }
+    }
+
+    #[test]
+    fn server_error_positions_map_to_file_line_column() {
+        let r = rev("SELECT 1; SELECT\n  nope,\n  2;");
+        let out = render(&r, Direction::Upgrade, &values("x"), None).unwrap();
+        let second = &out.statements[1];
+        // "SELECT\n  nope": the server points at `nope`, character 10.
+        assert_eq!(second.location(&r, Some(10)), "r.sql:5:3");
+        // On the statement's first line, its column in the file counts.
+        assert_eq!(second.location(&r, Some(1)), "r.sql:4:11");
+        assert_eq!(second.location(&r, None), "r.sql:4");
+    }
+
+    #[test]
+    fn a_psql_meta_command_is_refused() {
+        let e = render(
+            &rev("SELECT 1;\n\\! touch /tmp/pwned\nSELECT 2;"),
+            Direction::Upgrade,
+            &values("x"),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, RenderError::Backslash { .. }), "{e}");
+        assert!(e.to_string().starts_with("r.sql:5:"), "{e}");
     }
 }

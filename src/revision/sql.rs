@@ -4,11 +4,13 @@
 
 use squawk_lexer::{LiteralKind, TokenKind, tokenize};
 
-/// One statement of a section, with the 0-based line (within the section) where it starts.
+/// One statement of a section, with the 0-based line (within the section) and the 0-based
+/// column (in characters, within that line) where it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
     pub text: String,
     pub line: usize,
+    pub column: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +58,12 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
     let mut atomic_depth = 0usize;
     let mut prev_word: Option<String> = None;
     let line_at = |pos: usize| sql[..pos].matches('\n').count();
+    let column_at = |pos: usize| {
+        sql[..pos]
+            .rsplit('\n')
+            .next()
+            .map_or(0, |l| l.chars().count())
+    };
     // A byte-order mark (an editor's, pasted mid-file) is not SQL: lexed as the three spaces
     // it is as long as, so that it never joins the token after it (`\u{feff}$$` would lex as
     // one identifier here, and as a dollar quote once the statement starts with it).
@@ -78,6 +86,7 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
                     out.push(Statement {
                         text: sql[s..offset].trim_end().to_string(),
                         line: line_at(s),
+                        column: column_at(s),
                     });
                 }
                 prev_word = None;
@@ -104,9 +113,42 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, SplitError> {
         out.push(Statement {
             text: sql[s..].trim_end().to_string(),
             line: line_at(s),
+            column: column_at(s),
         });
     }
     Ok(out)
+}
+
+/// Whether the statement's last token is a `--` comment: a `;` put after it on the same line
+/// would be part of the comment (psql would then merge the statement with the next one).
+pub fn ends_in_line_comment(stmt: &str) -> bool {
+    let mut last = None;
+    for token in tokenize(stmt) {
+        match token.kind {
+            TokenKind::Eof => break,
+            TokenKind::Whitespace => {}
+            kind => last = Some(kind),
+        }
+    }
+    last == Some(TokenKind::LineComment)
+}
+
+/// The 0-based line of a backslash outside quotes and comments: never SQL (the server refuses
+/// it), and in offline SQL psql would run what follows as one of its own commands (`\!` runs
+/// a shell command).
+pub fn backslash_outside_quotes(stmt: &str) -> Option<usize> {
+    let mut offset = 0usize;
+    for token in tokenize(stmt) {
+        let len = token.len as usize;
+        if token.kind == TokenKind::Eof {
+            break;
+        }
+        if token.kind == TokenKind::Unknown && stmt[offset..offset + len].starts_with('\\') {
+            return Some(stmt[..offset].matches('\n').count());
+        }
+        offset += len;
+    }
+    None
 }
 
 /// Where a `${` sits inside a string, quoted identifier, dollar-quoted body or comment: a
@@ -336,8 +378,12 @@ mod tests {
                 "SELECT \"we;ird\" FROM t",
             ]
         );
-        let lines: Vec<usize> = split(sql).unwrap().iter().map(|s| s.line).collect();
-        assert_eq!(lines, vec![0, 2, 3]);
+        let starts: Vec<(usize, usize)> = split(sql)
+            .unwrap()
+            .iter()
+            .map(|s| (s.line, s.column))
+            .collect();
+        assert_eq!(starts, vec![(0, 0), (2, 0), (3, 14)]);
     }
 
     #[test]
@@ -385,6 +431,30 @@ mod tests {
         );
         assert!(split("SELECT 'open").is_err());
         assert!(split("/* open").is_err());
+    }
+
+    #[test]
+    fn trailing_line_comments_are_recognised() {
+        assert!(ends_in_line_comment("SELECT 1 -- why"));
+        assert!(ends_in_line_comment("SELECT 1 -- why\n  "));
+        assert!(!ends_in_line_comment("SELECT 1 -- why\n+ 2"));
+        assert!(!ends_in_line_comment("SELECT '-- not a comment'"));
+        assert!(!ends_in_line_comment("SELECT 1 /* block */"));
+        // A split statement keeps the comment that precedes its `;`.
+        assert_eq!(
+            texts("SELECT 1 -- why\n;\nSELECT 2;"),
+            vec!["SELECT 1 -- why", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn backslashes_outside_quotes_are_found() {
+        assert_eq!(backslash_outside_quotes("SELECT 1\n\\! rm -rf ~"), Some(1));
+        assert_eq!(backslash_outside_quotes("SELECT 1 \\gexec"), Some(0));
+        assert_eq!(
+            backslash_outside_quotes("SELECT E'a\\nb', '\\', $$\\$$ -- \\!"),
+            None
+        );
     }
 
     #[test]

@@ -569,21 +569,21 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
                 labels: [("tier".to_string(), "a b".to_string())].into(),
                 ..base()
             },
-            "tenant.labels[tier]",
+            "tenant.labels[\"tier\"]",
         ),
         (
             proto::Tenant {
                 placeholders: [("EMBEDDING_DIM".to_string(), "big".to_string())].into(),
                 ..base()
             },
-            "tenant.placeholders[EMBEDDING_DIM]",
+            "tenant.placeholders[\"EMBEDDING_DIM\"]",
         ),
         (
             proto::Tenant {
                 placeholders: [("NOT_DECLARED".to_string(), "1".to_string())].into(),
                 ..base()
             },
-            "tenant.placeholders[NOT_DECLARED]",
+            "tenant.placeholders[\"NOT_DECLARED\"]",
         ),
         // Password references the daemon must not follow: its own secrets, any file.
         (
@@ -873,6 +873,7 @@ async fn a_job_outlives_its_stream_and_unary_queries_answer() {
             tenant_id: "outlive-0".into(),
             target: "-1".into(),
             direction: "downgrade".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -993,6 +994,7 @@ async fn plans_follow_what_a_conditional_upgrade_recorded() {
             tenant_id: "plancond-0".into(),
             target: "-1".into(),
             direction: "downgrade".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -133,10 +133,28 @@ pub struct Process {
 
 impl Process {
     pub fn start(etcd: &str, prefix: &str, migrations: &Path, env: &[(&str, &str)]) -> Process {
+        Process::start_under(&[], etcd, prefix, migrations, env)
+    }
+
+    /// [`Process::start`] under a wrapper command (e.g. `prlimit --nofile=128:512`).
+    pub fn start_under(
+        wrapper: &[&str],
+        etcd: &str,
+        prefix: &str,
+        migrations: &Path,
+        env: &[(&str, &str)],
+    ) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("daemon.log");
         let port = harness::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetmig"));
+        let mut cmd = match wrapper {
+            [] => Command::new(env!("CARGO_BIN_EXE_fleetmig")),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_fleetmig"));
+                c
+            }
+        };
         cmd.args([
             "serve",
             "--listen",

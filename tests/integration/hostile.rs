@@ -316,6 +316,7 @@ async fn nothing_a_tenant_planted_runs_inside_fleetmig() {
         tenant_id: "hostile".into(),
         target: "base".into(),
         direction: "downgrade".into(),
+        allow_changed: false,
     })
     .await
     .unwrap();

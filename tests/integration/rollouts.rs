@@ -249,9 +249,13 @@ async fn pause_mid_wave_resume_and_cancel() {
         count(r, "done") >= 1
     })
     .await;
-    c.pause(proto::RolloutControlRequest { id: r.id.clone() })
+    // Each control call answers what it did: asked, not yet done by the driving replica.
+    let answer = c
+        .pause(proto::RolloutControlRequest { id: r.id.clone() })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.state, "pausing");
     let paused = until(&mut c, &r.id, Duration::from_secs(10), |r| {
         r.state == "paused"
     })
@@ -266,16 +270,22 @@ async fn pause_mid_wave_resume_and_cancel() {
     );
     assert_eq!(count(&still, "running"), 0);
 
-    c.resume(proto::RolloutControlRequest { id: r.id.clone() })
+    let answer = c
+        .resume(proto::RolloutControlRequest { id: r.id.clone() })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.state, "resuming");
     until(&mut c, &r.id, Duration::from_secs(10), |r| {
         count(r, "done") > done_at_pause
     })
     .await;
-    c.cancel(proto::RolloutControlRequest { id: r.id.clone() })
+    let answer = c
+        .cancel(proto::RolloutControlRequest { id: r.id.clone() })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.state, "cancelling");
     let cancelled = until(&mut c, &r.id, Duration::from_secs(10), |r| {
         r.state == "cancelled"
     })
