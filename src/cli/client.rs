@@ -646,6 +646,15 @@ async fn migrate(
                         Some("failed")
                     }
                     Some(Kind::Skipped(_)) => Some("skipped"),
+                    Some(Kind::Reconnected(r)) => {
+                        bar.println(format!(
+                            "RECONNECTED {} (attempt {}): {}",
+                            t.tenant_id,
+                            r.attempt,
+                            r.reason.lines().next().unwrap_or_default()
+                        ));
+                        None
+                    }
                     Some(Kind::Interrupted(i)) => {
                         bar.println(format!("INTERRUPTED {}: {}", t.tenant_id, i.reason));
                         Some("interrupted")

@@ -139,6 +139,7 @@ pub async fn migrate(
         applied_by: &who,
         events: &events,
         stop: &|| false,
+        live: &|| true,
     };
     eprintln!("Database {what}, app {}", app.name);
     let started = Instant::now();
@@ -190,6 +191,7 @@ pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
         applied_by: &who,
         events: &events,
         stop: &|| false,
+        live: &|| true,
     };
     let rows = Engine::new(&app, &values, &settings)
         .stamp(&mut client, &args.revision, args.purge, &opts)
@@ -352,6 +354,7 @@ pub async fn adopt(ctx: &Context, args: AdoptArgs) -> Result<(), Failure> {
                 applied_by: &who,
                 events: &events,
                 stop: &|| false,
+                live: &|| true,
             };
             for row in rows {
                 engine

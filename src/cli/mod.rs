@@ -212,6 +212,7 @@ fn engine_code(e: &EngineError) -> u8 {
         | EngineError::StateChanged(_)
         | EngineError::IndexInvalid { .. }
         | EngineError::Stopped { .. }
+        | EngineError::LeaseExpired
         | EngineError::Prelude { .. } => 1,
         EngineError::Scratch { source, .. } => engine_code(source),
     }

@@ -121,6 +121,7 @@ async fn scratch_upgrade(
         applied_by: "fleetmig fingerprint (scratch)",
         events: &events,
         stop: &|| false,
+        live: &|| true,
     };
     engine
         .migrate(client, Direction::Upgrade, target, &opts)

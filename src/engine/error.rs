@@ -18,6 +18,9 @@ pub struct StepFailure {
     pub detail: Option<String>,
     pub hint: Option<String>,
     pub attempts: u32,
+    /// The connection broke during the statement: its outcome (a COMMIT's too) is unknown
+    /// until the database is read again.
+    pub connection_lost: bool,
 }
 
 impl fmt::Display for StepFailure {
@@ -74,7 +77,7 @@ pub enum EngineError {
     #[error("{}\n  revert the file(s), or pass --allow-changed if the change is intended (the database keeps the old version)", changed_list(.0))]
     ChecksumMismatch(Vec<ChangedRevision>),
     #[error(
-        "another fleetmig process is migrating this database (its migration lock is held); wait for it to finish, or find it in pg_stat_activity where application_name = 'fleetmig'"
+        "another fleetmig process is migrating this database (its migration lock is held); wait for it to finish, or find it in pg_stat_activity where application_name LIKE 'fleetmig%'"
     )]
     LockHeld,
     #[error(
@@ -93,6 +96,10 @@ pub enum EngineError {
         "revision {revision} is non-transactional (e.g. CREATE INDEX CONCURRENTLY runs outside a transaction): it cannot run through a transaction-mode pooler. Name a session connection to the same database (the server itself, or a session-mode pool): CLI --session-url (FLEETMIG_SESSION_URL), tenant connection.session_host. Nothing was applied"
     )]
     NeedsSession { revision: RevisionId },
+    #[error(
+        "the distributed lock's lease deadline passed: stopped before sending anything more (another holder or a retry finishes this database)"
+    )]
+    LeaseExpired,
     #[error("invalid setting {key}: {message}")]
     Setting { key: &'static str, message: String },
     /// A statement of the app's scratch prelude failed.
@@ -174,6 +181,17 @@ impl EngineError {
         move |source| EngineError::Database { context, source }
     }
 
+    /// The connection broke or could not be made: reconnecting may finish the run (the
+    /// database, read again under the same lock, says what the last COMMIT did).
+    pub fn connection_lost(&self) -> bool {
+        match self {
+            EngineError::StepFailed { failure, .. } => failure.connection_lost,
+            EngineError::Database { source, .. } => connection_broke(source),
+            EngineError::Connect(_) => true,
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE of the underlying failure, if any.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -182,6 +200,16 @@ impl EngineError {
             EngineError::Connect(source) => source.sqlstate(),
             _ => None,
         }
+    }
+}
+
+/// Whether `e` means the connection is gone (closed, reset, or the server shutting down or
+/// ending this session), rather than a statement the server refused.
+pub(crate) fn connection_broke(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, database_dropped
+        Some(c) => matches!(c.code(), "57P01" | "57P02" | "57P03" | "57P04"),
+        None => e.as_db_error().is_none(),
     }
 }
 
@@ -220,6 +248,7 @@ mod tests {
                 detail: None,
                 hint: None,
                 attempts: 1,
+                connection_lost: false,
             }),
             applied: applied.clone(),
         };

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod offline;
 mod record;
+mod stale;
 mod step;
 pub mod tables;
 
@@ -186,6 +187,29 @@ pub struct RunOptions<'a> {
     pub events: &'a (dyn Fn(Event) + Send + Sync),
     /// Checked before each revision: true stops the run there (job cancelled, shutdown).
     pub stop: &'a (dyn Fn() -> bool + Send + Sync),
+    /// Asked right before every statement sent: false means the lock this run holds can no
+    /// longer be trusted (its lease's deadline passed), and the run stops at once, sending
+    /// nothing more. Always true without a distributed lock.
+    pub live: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+impl RunOptions<'_> {
+    pub(crate) fn ensure_live(&self) -> Result<(), EngineError> {
+        if (self.live)() {
+            Ok(())
+        } else {
+            Err(EngineError::LeaseExpired)
+        }
+    }
+}
+
+/// `fleetmig`, or `fleetmig fence=<token>` for a run under a distributed lock: a newer holder
+/// recognises a stale holder's session by it (see [`stale`]).
+pub(crate) fn application_name(fence: Option<FenceToken>) -> String {
+    match fence {
+        Some(t) => format!("fleetmig fence={t}"),
+        None => "fleetmig".into(),
+    }
 }
 
 /// What a run did: the revisions applied, and the version rows before and after.
@@ -294,6 +318,12 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// The key of the database's migration lock (a PostgreSQL advisory lock), derived from
+    /// the version table's name: two apps with their own version tables do not collide.
+    pub fn migration_lock_key(&self) -> i64 {
+        self.lock_key()
+    }
+
     fn lock_key(&self) -> i64 {
         let digest =
             Sha256::digest(format!("fleetmig:{}", self.settings.tables.version.sql()).as_bytes());
@@ -301,10 +331,13 @@ impl<'a> Engine<'a> {
     }
 
     /// The session settings of a migration connection, as SET (session) or SET LOCAL
-    /// (behind a transaction-mode pooler, once per transaction).
-    fn session_settings(&self, scope: &str) -> String {
+    /// (behind a transaction-mode pooler, once per transaction). The server's TCP keepalives
+    /// are short, so the session of a client that vanished (and its locks) goes within about
+    /// 25 s, not the kernel's two hours.
+    fn session_settings(&self, scope: &str, fence: Option<FenceToken>) -> String {
         format!(
-            "SET {scope} application_name = 'fleetmig'; SET {scope} standard_conforming_strings = on; SET {scope} search_path = {}; SET {scope} idle_in_transaction_session_timeout = '{}ms'",
+            "SET {scope} application_name = {}; SET {scope} standard_conforming_strings = on; SET {scope} search_path = {}; SET {scope} idle_in_transaction_session_timeout = '{}ms'; SET {scope} tcp_keepalives_idle = 10; SET {scope} tcp_keepalives_interval = 5; SET {scope} tcp_keepalives_count = 3",
+            quote_literal(&application_name(fence)),
             self.settings.search_path_sql(),
             self.settings.idle_in_transaction_timeout.as_millis(),
         )
@@ -314,13 +347,13 @@ impl<'a> Engine<'a> {
     /// the settings for this transaction only, and the local migration lock, also for this
     /// transaction only (its row is checked by [`check_xact_lock`]). Empty otherwise: the
     /// session already has both.
-    pub(crate) fn transaction_preamble(&self) -> String {
+    pub(crate) fn transaction_preamble(&self, fence: Option<FenceToken>) -> String {
         if !self.settings.transaction_pooled() {
             return String::new();
         }
         format!(
             "{};\nSELECT 'xlock', pg_catalog.pg_try_advisory_xact_lock({})::text;\n",
-            self.session_settings("LOCAL"),
+            self.session_settings("LOCAL", fence),
             self.lock_key()
         )
     }
@@ -357,7 +390,12 @@ impl<'a> Engine<'a> {
     /// fleetmig on the same database fails fast instead of queueing (a blocking advisory lock
     /// can deadlock with CREATE INDEX CONCURRENTLY). Behind a transaction-mode pooler nothing
     /// is set here: each transaction sets and locks for itself.
-    async fn open(&self, client: &Client) -> Result<TablesExist, EngineError> {
+    async fn open(
+        &self,
+        client: &Client,
+        opts: &RunOptions<'_>,
+    ) -> Result<TablesExist, EngineError> {
+        opts.ensure_live()?;
         if self.settings.transaction_pooled() {
             let messages = client
                 .simple_query(&pinned(&self.settings.tables.exists_sql()))
@@ -368,7 +406,7 @@ impl<'a> Engine<'a> {
         // Pipelined: DISCARD ALL cannot share a query string (it refuses transaction blocks).
         let sql = format!(
             "{}; SELECT pg_catalog.pg_try_advisory_lock({}); {}",
-            self.session_settings(""),
+            self.session_settings("", opts.fence),
             self.lock_key(),
             self.settings.tables.exists_sql(),
         );
@@ -388,8 +426,10 @@ impl<'a> Engine<'a> {
 
     /// Leave the session as it was found: `DISCARD ALL` drops the migration lock and whatever
     /// the revisions set, before the connection goes back to its pool.
-    async fn unlock(&self, client: &Client) {
-        if self.settings.transaction_pooled() {
+    async fn unlock(&self, client: &Client, opts: &RunOptions<'_>) {
+        // Past the lease's deadline nothing more is sent: the caller throws the connection
+        // away, and the session's end releases the lock.
+        if self.settings.transaction_pooled() || !(opts.live)() {
             return;
         }
         match client.simple_query("DISCARD ALL").await {
@@ -479,11 +519,15 @@ impl<'a> Engine<'a> {
         })
     }
 
-    async fn ensure_tables(&self, client: &Client) -> Result<(), EngineError> {
+    async fn ensure_tables(
+        &self,
+        client: &Client,
+        fence: Option<FenceToken>,
+    ) -> Result<(), EngineError> {
         client
             .batch_execute(&format!(
                 "BEGIN;\n{OWN_CONTEXT}{}{}{}COMMIT;",
-                self.transaction_preamble(),
+                self.transaction_preamble(fence),
                 self.settings.tables.create_sql(),
                 self.transaction_epilogue(),
             ))
@@ -544,12 +588,28 @@ impl<'a> Engine<'a> {
         target: &Target,
         opts: &RunOptions<'_>,
     ) -> Result<Migrated, EngineError> {
-        let tables = self.open(client).await?;
-        let result = self
-            .migrate_locked(client, direction, target, opts, tables)
+        let mut ended_stale_holder = false;
+        loop {
+            let result = async {
+                let tables = self.open(client, opts).await?;
+                let result = self
+                    .migrate_locked(client, direction, target, opts, tables)
+                    .await;
+                self.unlock(client, opts).await;
+                result
+            }
             .await;
-        self.unlock(client).await;
-        result
+            match result {
+                // We hold the database's distributed lock with a newer fence token: a session
+                // still holding the migration lock is a holder whose lease ended (paused,
+                // frozen, cut off); it gets a grace period, then is ended.
+                Err(EngineError::LockHeld) if opts.fence.is_some() && !ended_stale_holder => {
+                    ended_stale_holder = true;
+                    stale::end_stale_holder(self, client, opts).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn migrate_locked(
@@ -595,7 +655,8 @@ impl<'a> Engine<'a> {
             });
         }
         if !snapshot.all_tables {
-            self.ensure_tables(client).await?;
+            opts.ensure_live()?;
+            self.ensure_tables(client, opts.fence).await?;
         }
         let state = DbState {
             version_table_exists: true,
@@ -604,6 +665,7 @@ impl<'a> Engine<'a> {
         let fresh_database = state.rows.is_empty();
         let mut done: Vec<Applied> = Vec::with_capacity(steps.len());
         for node in steps {
+            opts.ensure_live()?;
             if (opts.stop)() {
                 return Err(EngineError::Stopped {
                     applied: done.into_iter().map(|a| a.revision).collect(),
@@ -682,10 +744,23 @@ impl<'a> Engine<'a> {
         purge: bool,
         opts: &RunOptions<'_>,
     ) -> Result<Vec<RevisionId>, EngineError> {
-        let tables = self.open(client).await?;
-        let result = self.stamp_locked(client, target, purge, opts, tables).await;
-        self.unlock(client).await;
-        result
+        let mut ended_stale_holder = false;
+        loop {
+            let result = async {
+                let tables = self.open(client, opts).await?;
+                let result = self.stamp_locked(client, target, purge, opts, tables).await;
+                self.unlock(client, opts).await;
+                result
+            }
+            .await;
+            match result {
+                Err(EngineError::LockHeld) if opts.fence.is_some() && !ended_stale_holder => {
+                    ended_stale_holder = true;
+                    stale::end_stale_holder(self, client, opts).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn stamp_locked(
@@ -699,8 +774,10 @@ impl<'a> Engine<'a> {
         let g = &self.app.graph;
         let new_applied = plan::stamped(g, target)?;
         if !self.snapshot(client, Some(tables)).await?.all_tables {
-            self.ensure_tables(client).await?;
+            opts.ensure_live()?;
+            self.ensure_tables(client, opts.fence).await?;
         }
+        opts.ensure_live()?;
         let tx = client
             .transaction()
             .await
@@ -708,7 +785,7 @@ impl<'a> Engine<'a> {
         let messages = tx
             .simple_query(&format!(
                 "{OWN_CONTEXT}{}{}",
-                self.transaction_preamble(),
+                self.transaction_preamble(opts.fence),
                 self.settings.tables.tagged_versions_sql()
             ))
             .await

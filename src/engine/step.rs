@@ -60,7 +60,8 @@ fn failure(
 ) -> Box<StepFailure> {
     let db = e.as_db_error();
     let mut message = db.map_or_else(|| e.to_string(), |d| d.message().to_string());
-    if e.is_closed() {
+    let connection_lost = super::error::connection_broke(e);
+    if connection_lost {
         message.push_str(" (connection lost: the outcome of the last statement is unknown; run `fleetmig current` before retrying)");
     }
     Box::new(StepFailure {
@@ -72,6 +73,7 @@ fn failure(
         detail: db.and_then(|d| d.detail().map(str::to_string)),
         hint: db.and_then(|d| d.hint().map(str::to_string)),
         attempts,
+        connection_lost,
     })
 }
 
@@ -343,6 +345,7 @@ async fn transactional_once(
 ) -> Result<(), Attempt> {
     let rev = engine.app.graph.revision(node);
     let tables = &engine.settings.tables;
+    opts.ensure_live()?;
     let tx = client
         .transaction()
         .await
@@ -352,7 +355,7 @@ async fn transactional_once(
     let preamble = format!(
         "{}{}{};\n{};\n{}",
         super::OWN_CONTEXT,
-        engine.transaction_preamble(),
+        engine.transaction_preamble(opts.fence),
         local_timeouts(engine),
         fence_and_versions_sql(tables, opts.fence),
         engine.revision_context(),
@@ -387,6 +390,7 @@ async fn transactional_once(
         .chain([(bookkeeping.as_str(), None, false), ("COMMIT", None, false)]);
     let (sqls, places): (Vec<&str>, Vec<(Option<&RenderedStatement>, bool)>) =
         located.map(|(sql, stmt, ours)| (sql, (stmt, ours))).unzip();
+    opts.ensure_live()?;
     let results = futures::future::join_all(sqls.iter().map(|sql| execute(&tx, sql))).await;
     if let Some((e, (stmt, in_file))) = results
         .into_iter()
@@ -477,6 +481,7 @@ async fn autocommit(
         millis(engine.settings.lock_timeout),
         millis(engine.settings.statement_timeout)
     );
+    opts.ensure_live()?;
     let rows = rows_of(
         &client
             .simple_query(&precheck)
@@ -521,6 +526,7 @@ async fn autocommit(
             .map_err(|f| f.at(rev, direction, |_| Some(rev.location(1))))?;
     }
     // Record completion in a fenced transaction, the session's timeouts reset in it.
+    opts.ensure_live()?;
     let tx = client
         .transaction()
         .await
@@ -615,6 +621,8 @@ async fn run_with_retries(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        opts.ensure_live()
+            .map_err(|e| StatementError::Step(StepError::Engine(e)))?;
         if let Some(token) = opts.fence
             && !std::mem::take(fenced)
         {

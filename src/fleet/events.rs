@@ -47,6 +47,12 @@ pub enum TenantEvent {
         attempt: u32,
         delay: Duration,
     },
+    /// The connection was lost (or a COMMIT's outcome was unknown): a new one is made and the
+    /// run resumes from what the database recorded, under the same lock.
+    Reconnected {
+        attempt: u32,
+        reason: String,
+    },
     UpToDate {
         revisions: Vec<String>,
     },

@@ -4,6 +4,7 @@
 //! Knows nothing of gRPC.
 
 pub mod events;
+mod execution;
 mod onboard;
 mod queries;
 mod tenant_run;

@@ -487,6 +487,7 @@ impl Fleet {
                 applied_by: "fleetmig onboarding template",
                 events: &events,
                 stop: &|| false,
+                live: &|| true,
             };
             Engine::new(app, values, &self.settings)
                 .migrate(&mut client, Direction::Upgrade, &Target::Heads, &opts)

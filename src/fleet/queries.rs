@@ -281,6 +281,7 @@ impl Fleet {
                     applied_by: &self.owner,
                     events: &events,
                     stop: &|| false,
+                    live: &|| guard.is_live(),
                 };
                 let engine = Engine::new(app, &values, &settings);
                 let stamped = tokio::select! {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::events::{Failure, JobEvent, Outcome, TenantEvent};
+use super::execution::{Ended, Execution};
 use super::{Fleet, JobSpec};
 use crate::engine::{self, Engine, EngineError, Event, RunOptions};
 use crate::registry::Tenant;
@@ -264,7 +265,7 @@ impl TenantRun {
             Some(c) => c,
             None => connecting.await,
         };
-        let mut conn = match connected {
+        let conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 self.audit_early_failure(&tenant, Some(guard.token().0), &e.to_string());
@@ -355,76 +356,75 @@ impl TenantRun {
         };
         let (cancel, shutdown) = (self.cancel.clone(), self.fleet.shutdown.clone());
         let stop = move || cancel.is_cancelled() || shutdown.is_cancelled();
+        let live = || guard.is_live();
         let opts = RunOptions {
             fence: Some(guard.token()),
             allow_changed: self.spec.allow_changed,
             applied_by: &self.fleet.owner,
             events: &events,
             stop: &stop,
+            live: &live,
         };
-        let engine = Engine::new(&self.app, &values, &settings);
-        let mut result = tokio::select! {
-            r = engine.migrate(&mut conn, self.spec.direction, &self.target, &opts) => Some(r),
-            _ = guard.lost() => None,
+        let on_reconnect = |attempt: u32, why: &str| {
+            tracing::warn!(tenant = %tenant.id, attempt, reason = %why, "reconnected after a lost connection; resuming from what the database recorded");
+            self.emit(
+                &tenant,
+                TenantEvent::Reconnected {
+                    attempt,
+                    reason: why.to_string(),
+                },
+            );
         };
-        let mut lost_on = &mut conn;
-        // Behind a transaction-mode pooler a non-transactional revision needs a real session:
-        // then the whole run goes through the tenant's session connection.
-        let mut session = None;
-        if let Some(Err(EngineError::NeedsSession { revision })) = &result
-            && tenant.connection.options.session.is_some()
-        {
-            tracing::info!(tenant = %tenant.id, %revision, "non-transactional revision: running through the session connection");
-            let direct = settings.for_pooler(crate::pg::Pooler::None);
-            let engine = Engine::new(&self.app, &values, &direct);
-            result = match self
-                .fleet
-                .pools
-                .get(&tenant.connection.session_spec())
-                .await
-            {
-                Err(e) => Some(Err(EngineError::Setting {
-                    key: "connection.session_host",
-                    message: e.to_string(),
-                })),
-                Ok(c) => {
-                    let c = session.insert(c);
-                    tokio::select! {
-                        r = engine.migrate(c, self.spec.direction, &self.target, &opts) => Some(r),
-                        _ = guard.lost() => None,
-                    }
+        let execution = Execution {
+            pools: &self.fleet.pools,
+            app: &self.app,
+            values: &values,
+            settings: &settings,
+            connection: &tenant.connection,
+            direction: self.spec.direction,
+            target: &self.target,
+            guard: &guard,
+            opts: &opts,
+            on_reconnect: &on_reconnect,
+        };
+        let result = match execution.run(conn).await {
+            Ended::Ran(result) => result,
+            Ended::LeaseLost => {
+                let reason = "this daemon's etcd lease ended; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();
+                if let Some(revision) = in_flight.lock().unwrap().take() {
+                    self.revision_audit(&tenant, guard.token().0)(
+                        self.spec.direction,
+                        &revision,
+                        "interrupted: lease lost".into(),
+                    );
                 }
-            };
-            if let Some(c) = session.as_mut() {
-                lost_on = c;
+                tracing::error!(tenant = %tenant.id, "interrupted: lease lost");
+                let applied = applied_so_far.lock().unwrap().clone();
+                self.emit(&tenant, TenantEvent::Interrupted { reason, applied });
+                return Outcome::Interrupted;
             }
-        }
-        let Some(result) = result else {
-            // Lease lost: stop at once. Cancel what is running, never reuse this connection.
-            let _ = lost_on.canceller().cancel().await;
-            lost_on.poison();
-            drop(session);
-            drop(conn);
-            self.fleet.pools.discard(&key);
-            let reason = "this daemon lost its etcd lease; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();
-            if let Some(revision) = in_flight.lock().unwrap().take() {
-                self.revision_audit(&tenant, guard.token().0)(
-                    self.spec.direction,
-                    &revision,
-                    "interrupted: lease lost".into(),
+            Ended::Unreachable(e) => {
+                let guard_token = guard.token().0;
+                guard.release().await;
+                if applied_so_far.lock().unwrap().is_empty() {
+                    self.audit_early_failure(&tenant, Some(guard_token), &e.to_string());
+                }
+                return self.fail(
+                    &tenant,
+                    Failure {
+                        sqlstate: e.sqlstate().unwrap_or_default().to_string(),
+                        message: format!("{e} (the connection was lost, and reconnecting failed)"),
+                        applied: applied_so_far.lock().unwrap().clone(),
+                        ..Failure::default()
+                    },
                 );
             }
-            tracing::error!(tenant = %tenant.id, "interrupted: lease lost");
-            let applied = applied_so_far.lock().unwrap().clone();
-            self.emit(&tenant, TenantEvent::Interrupted { reason, applied });
-            return Outcome::Interrupted;
         };
         let label = |rows: &[crate::model::RevisionId]| crate::model::version_label(rows, ",");
         if let Ok(run) = &result {
             let span = tracing::Span::current();
             span.record("fleetmig.revision.to", label(&run.after).as_str());
         }
-        drop(conn);
         let guard_token = guard.token().0;
         // Queued, not sent: it rides on the acquire of the tenant that takes this job slot
         // next. Queued here, before the slot is freed, or that acquire would leave without it

@@ -374,6 +374,9 @@ fn tenant_event(e: TenantEvent) -> proto::tenant_event::Kind {
             attempt,
             delay_ms: ms(delay),
         }),
+        TenantEvent::Reconnected { attempt, reason } => {
+            Kind::Reconnected(proto::Reconnected { attempt, reason })
+        }
         TenantEvent::UpToDate { revisions } => Kind::UpToDate(proto::UpToDate { revisions }),
         TenantEvent::Done {
             revisions,

@@ -39,9 +39,10 @@ fn engine_code(e: &EngineError) -> Code {
         EngineError::StepFailed { .. }
         | EngineError::IndexInvalid { .. }
         | EngineError::StateChanged(_) => Code::Aborted,
-        EngineError::LockHeld | EngineError::StaleFence { .. } | EngineError::Stopped { .. } => {
-            Code::Aborted
-        }
+        EngineError::LockHeld
+        | EngineError::StaleFence { .. }
+        | EngineError::Stopped { .. }
+        | EngineError::LeaseExpired => Code::Aborted,
         // The app's scratch prelude does not run: the app needs fixing.
         EngineError::Prelude { .. } => Code::FailedPrecondition,
         EngineError::Scratch { source, .. } => engine_code(source),

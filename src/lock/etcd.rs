@@ -306,7 +306,8 @@ impl EtcdSession {
                             released.notify_one();
                         })
                     }),
-                ));
+                )
+                .with_deadline(self.safe_until.clone()));
             }
             if !riders.is_empty() {
                 // Held, or a rider no longer ours: send the riders alone, then ask again.

@@ -8,7 +8,11 @@
 pub mod etcd;
 pub mod memory;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+// The keep-alive loop keeps its deadline on tokio's clock (its timers use it).
+use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -39,6 +43,9 @@ pub struct LockGuard {
     key: DatabaseKey,
     token: FenceToken,
     lost: CancellationToken,
+    /// Until when the lock can be trusted (the lease's deadline on the monotonic clock),
+    /// moved forward by each acknowledged keep-alive.
+    safe_until: Option<Arc<Mutex<Instant>>>,
     releaser: Option<Releaser>,
 }
 
@@ -53,8 +60,26 @@ impl LockGuard {
             key,
             token,
             lost,
+            safe_until: None,
             releaser: Some(releaser),
         }
+    }
+
+    /// The lock is trusted only until this deadline (shared with the keep-alive loop).
+    pub fn with_deadline(mut self, safe_until: Arc<Mutex<Instant>>) -> LockGuard {
+        self.safe_until = Some(safe_until);
+        self
+    }
+
+    /// Whether the lock can still be trusted *now*: not lost, and its lease's deadline not
+    /// passed. Asked right before each statement sent under the lock, so a holder that was
+    /// paused past its deadline sends nothing, even before the keep-alive loop notices.
+    pub fn is_live(&self) -> bool {
+        !self.lost.is_cancelled()
+            && self
+                .safe_until
+                .as_ref()
+                .is_none_or(|d| Instant::now() < *d.lock().unwrap())
     }
 
     pub fn key(&self) -> &DatabaseKey {

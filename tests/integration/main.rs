@@ -17,6 +17,7 @@ mod hostile;
 mod locks;
 mod offline_psql;
 mod onboard;
+mod pg_faults;
 mod pgbouncer;
 mod pki;
 mod pools;
