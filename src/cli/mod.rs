@@ -8,8 +8,10 @@
 mod authoring;
 mod client;
 mod connect;
+mod import;
 mod local;
 mod rollout;
+mod show;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -72,9 +74,9 @@ pub enum Command {
     /// Show the revision(s) the database is at.
     Current(local::CurrentArgs),
     /// Show the revision graph (or, with --applied, what the database's history records).
-    History(authoring::HistoryArgs),
+    History(show::HistoryArgs),
     /// Show the current head revision(s) of the graph.
-    Heads(authoring::HeadsArgs),
+    Heads(show::HeadsArgs),
     /// Check the graph, every revision's SQL with the resolved placeholders, and (with a
     /// database) that applied revisions' files are unchanged.
     Check,
@@ -85,8 +87,9 @@ pub enum Command {
     Adopt(local::AdoptArgs),
     /// Compare the live schema with what its recorded revision should produce (drift).
     Verify,
-    /// Turn an Alembic project's offline SQL into revision files with the same ids and parents.
-    ImportAlembic(authoring::ImportArgs),
+    /// Turn an Alembic project (version files + offline SQL) into revision files with the same
+    /// ids, parents, branch labels and dependencies.
+    ImportAlembic(import::ImportArgs),
     /// Run the daemon: gRPC API, tenant registry and locks in etcd, parallel migrations.
     Serve(ServeArgs),
     /// Manage the daemon's tenant registry.
@@ -190,18 +193,47 @@ impl From<PlaceholderError> for Failure {
     }
 }
 
+impl From<PlanError> for Failure {
+    /// Exit 3 when the command is refused for safety (several heads for `head`, a version
+    /// table with unknown or overlapping rows, rows Alembic could not maintain, an irreversible
+    /// revision); exit 2 when the target names nothing, or nothing from the current rows.
+    fn from(e: PlanError) -> Self {
+        use crate::revision::resolve::ResolveError as R;
+        let code = match &e {
+            PlanError::Resolve(R::MultipleHeads { .. })
+            | PlanError::UnknownInDatabase(_)
+            | PlanError::OverlappingRows { .. }
+            | PlanError::Rows(_)
+            | PlanError::Irreversible { .. } => 3,
+            PlanError::Resolve(
+                R::NotFound { .. }
+                | R::NoSuchBranch(_)
+                | R::Ambiguous { .. }
+                | R::NotInBranch { .. }
+                | R::Overlap { .. }
+                | R::Revision(_)
+                | R::NoRevision(_),
+            )
+            | PlanError::BadRange(_)
+            | PlanError::NotAncestor { .. }
+            | PlanError::NotValidTarget { .. }
+            | PlanError::AmbiguousFromHeads { .. } => 2,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Self {
         let code = match &e {
-            EngineError::Plan(PlanError::Resolve(
-                crate::revision::graph::ResolveError::MultipleHeads { .. },
-            ))
-            | EngineError::Plan(PlanError::UnknownInDatabase(_))
-            | EngineError::Plan(PlanError::Irreversible { .. })
-            | EngineError::ChecksumMismatch(_)
+            EngineError::Plan(p) => return Failure::from(p.clone()),
+            EngineError::ChecksumMismatch(_)
             | EngineError::LockHeld
             | EngineError::StaleFence { .. } => 3,
-            EngineError::Plan(_) | EngineError::Render(_) | EngineError::Setting { .. } => 2,
+            EngineError::Render(_) | EngineError::Setting { .. } => 2,
             EngineError::Connect(_)
             | EngineError::Database { .. }
             | EngineError::StepFailed { .. }
@@ -312,8 +344,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Revision(args) => authoring::revision(&ctx, args),
         Command::Merge(args) => authoring::merge(&ctx, args),
-        Command::History(args) => authoring::history(&ctx, args).await,
-        Command::Heads(args) => authoring::heads(&ctx, args),
+        Command::History(args) => show::history(&ctx, args).await,
+        Command::Heads(args) => show::heads(&ctx, args),
         Command::Check => authoring::check(&ctx).await,
         Command::Upgrade(args) => {
             local::migrate(&ctx, crate::model::Direction::Upgrade, args).await
@@ -324,7 +356,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stamp(args) => local::stamp(&ctx, args).await,
         Command::Current(args) => local::current(&ctx, args).await,
         Command::Fingerprint => local::fingerprint(&ctx).await,
-        Command::ImportAlembic(args) => authoring::import_alembic(&ctx, args),
+        Command::ImportAlembic(args) => import::import_alembic(&ctx, args),
         Command::Adopt(args) => local::adopt(&ctx, args).await,
         Command::Verify => local::verify(&ctx).await,
         Command::Serve(_) => serve(ctx.config, cli.global.log_json).await,

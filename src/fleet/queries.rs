@@ -100,8 +100,9 @@ impl Fleet {
         selector: &Selector,
     ) -> Result<CurrentReport, FleetError> {
         let graph = &self.app(app)?.graph;
+        // At head = the rows `upgrade heads` leaves: the heads nothing depends on.
         let heads: Vec<String> = graph
-            .heads()
+            .real_heads()
             .into_iter()
             .map(|h| graph.revision(h).id.to_string())
             .collect();
@@ -230,13 +231,9 @@ impl Fleet {
             .state(&conn)
             .await
             .map_err(engine_err)?;
-        let applied =
-            plan::applied_from_rows(&app.graph, &state.rows).map_err(|e| engine_err(e.into()))?;
-        let steps = match direction {
-            Direction::Upgrade => plan::upgrade(&app.graph, &applied, &target),
-            Direction::Downgrade => plan::downgrade(&app.graph, &applied, &target),
-        }
-        .map_err(|e| engine_err(e.into()))?;
+        let rows = plan::rows_from_db(&app.graph, &state.rows).map_err(|e| engine_err(e.into()))?;
+        let planned =
+            plan::plan(&app.graph, &rows, direction, &target).map_err(|e| engine_err(e.into()))?;
         let current: Vec<String> = state.rows.iter().map(|r| r.to_string()).collect();
         let from = crate::model::version_label(&current, ",");
         let skips = Engine::new(app, &values, &settings)
@@ -244,14 +241,15 @@ impl Fleet {
             .await
             .map_err(engine_err)?;
         let sql = engine::offline::render_from(
-            app, &values, &settings, direction, applied, &from, &target, &skips,
+            app, &values, &settings, direction, &rows, &from, &target, &skips,
         )
         .map_err(engine_err)?;
         Ok(TenantPlan {
             current,
-            revisions: steps
+            revisions: planned
+                .steps
                 .iter()
-                .map(|&n| app.graph.revision(n).id.to_string())
+                .map(|s| app.graph.id(s.node).to_string())
                 .collect(),
             sql,
         })
@@ -301,8 +299,9 @@ impl Fleet {
                     stop: &|| false,
                 };
                 let engine = Engine::new(app, &values, &settings);
+                let targets = [revision.to_string()];
                 let stamped = tokio::select! {
-                    r = engine.stamp(&mut conn, revision, purge, &opts) => r,
+                    r = engine.stamp(&mut conn, &targets, purge, &opts) => r,
                     // Lease lost: stop at once and never reuse this connection.
                     _ = guard.lost() => {
                         conn.poison();

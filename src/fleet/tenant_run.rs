@@ -13,7 +13,6 @@ use tracing::Instrument;
 use super::events::{Failure, JobEvent, Outcome, TenantEvent};
 use super::{Fleet, JobSpec};
 use crate::engine::{self, Engine, EngineError, Event, RunOptions};
-use crate::model::Direction;
 use crate::registry::Tenant;
 use crate::revision::plan::{self, Target};
 use crate::revision::{App, Resolved};
@@ -484,11 +483,8 @@ impl TenantRun {
         let engine = Engine::new(&self.app, values, settings);
         let planned = async {
             let state = engine.state(&conn).await?;
-            let applied = plan::applied_from_rows(&self.app.graph, &state.rows)?;
-            let steps = match self.spec.direction {
-                Direction::Upgrade => plan::upgrade(&self.app.graph, &applied, &self.target)?,
-                Direction::Downgrade => plan::downgrade(&self.app.graph, &applied, &self.target)?,
-            };
+            let rows = plan::rows_from_db(&self.app.graph, &state.rows)?;
+            let planned = plan::plan(&self.app.graph, &rows, self.spec.direction, &self.target)?;
             let from = crate::model::version_label(&state.rows, ",");
             let skips = engine.recorded_skips(&conn).await?;
             let sql = engine::offline::render_from(
@@ -496,15 +492,16 @@ impl TenantRun {
                 values,
                 settings,
                 self.spec.direction,
-                applied,
+                &rows,
                 &from,
                 &self.target,
                 &skips,
             )?;
             Ok::<_, EngineError>((
-                steps
+                planned
+                    .steps
                     .iter()
-                    .map(|&n| self.app.graph.revision(n).id.to_string())
+                    .map(|s| self.app.graph.id(s.node).to_string())
                     .collect::<Vec<_>>(),
                 sql,
             ))
