@@ -10,12 +10,12 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn ci() -> bool {
+pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// A service is missing: skip (None) locally, fail under CI.
-fn missing(service: &str, why: String) -> Option<()> {
+pub fn missing(service: &str, why: String) -> Option<()> {
     if ci() {
         panic!("{service} is required under CI=true but unavailable: {why} (run `make setup`)");
     }

@@ -4,7 +4,11 @@ mod daemon_harness;
 mod harness;
 
 mod adopt;
+mod alembic_daemon;
 mod alembic_import;
+mod alembic_parity;
+mod alembic_project;
+mod alembic_property;
 mod cli;
 mod daemon;
 mod daemon_e2e;
