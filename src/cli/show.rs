@@ -143,13 +143,6 @@ pub async fn history(ctx: &Context, args: HistoryArgs) -> Result<(), Failure> {
     let app = ctx.app()?;
     let g = &app.graph;
     let range = args.rev_range.as_deref();
-    let wants_rows = args.indicate_current
-        || range.is_some_and(|r| r.split(':').any(|side| side.trim() == "current"));
-    let rows = if wants_rows {
-        Some(super::local::read_rows(ctx, &app).await?)
-    } else {
-        None
-    };
     if let Some(r) = range
         && !r.contains(':')
     {
@@ -157,6 +150,13 @@ pub async fn history(ctx: &Context, args: HistoryArgs) -> Result<(), Failure> {
             "History range requires [start]:[end], [start]:, or :[end]",
         ));
     }
+    let wants_rows = args.indicate_current
+        || range.is_some_and(|r| r.split(':').any(|side| side.trim() == "current"));
+    let rows = if wants_rows {
+        Some(super::local::read_rows(ctx, &app).await?)
+    } else {
+        None
+    };
     for n in plan::history(g, range, rows.as_deref()).map_err(Failure::from)? {
         let opts = LineOpts {
             parents: true,
