@@ -14,8 +14,9 @@ use crate::revision::plan::{self, Target};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Target (upgrade: head, heads, REV, label@head, +N; downgrade: -N, REV, base). With
-    /// --sql, `FROM:TO` gives the starting point (default base for upgrades).
+    /// Target, as in Alembic (upgrade: head, heads, REV, label, label@head, +N, REV+N,
+    /// label@+N; downgrade: -N, REV-N, label@-N, REV, label@base, base). With --sql, `FROM:TO`
+    /// gives the starting point (default base for upgrades).
     #[arg(allow_negative_numbers = true, allow_hyphen_values = true)]
     pub target: Option<String>,
     /// Print the SQL instead of running it (offline mode; no database is touched).

@@ -65,11 +65,11 @@ pub enum Command {
     Revision(authoring::RevisionArgs),
     /// Create a merge revision joining several heads.
     Merge(authoring::MergeArgs),
-    /// Upgrade to a target: head (default), heads, a revision, label@head or +N.
+    /// Upgrade to a target: head (default), heads, a revision, label@head, +N, REV+N...
     Upgrade(local::MigrateArgs),
-    /// Downgrade to a target: -N, a revision or base.
+    /// Downgrade to a target: -N, a revision, label@-N, label@base, base...
     Downgrade(local::MigrateArgs),
-    /// Set the version table to a revision without running any migration.
+    /// Set the version table to revision(s) without running any migration.
     Stamp(local::StampArgs),
     /// Show the revision(s) the database is at.
     Current(local::CurrentArgs),
