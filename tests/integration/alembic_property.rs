@@ -1,9 +1,8 @@
 //! The graph property test of issue 27: random graphs (several bases, branches, merges,
 //! labels, one or two depends_on across branches, now and then a shape Alembic itself cannot
-//! book-keep)
-//! and random sequences of upgrade / downgrade / stamp targets, run by Alembic and by fleetmig
-//! on two databases; after every command both refused, or both succeeded with the same
-//! `alembic_version` rows and tables.
+//! book-keep) and random sequences of upgrade / downgrade / stamp targets, run by Alembic and
+//! by fleetmig on two databases; after every command both refused, or both succeeded with the
+//! same `alembic_version` rows and tables.
 //!
 //! Alembic runs in one long-lived Python process (`tests/alembic_driver.py`), fleetmig in this
 //! process through the library, so hundreds of cases fit in CI time. Knobs:
