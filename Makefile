@@ -4,6 +4,7 @@
 #   make build                 cargo build
 #   make lint                  rustfmt check, clippy -D warnings, yamllint deploy/
 #   make test                  setup + lint + cargo test (the harness starts Postgres and etcd) + fuzz
+#   make test-graph            the Alembic graph property test alone, GRAPH_CASES cases (default 2000)
 #   make fuzz                  the fuzz targets (cargo fuzz), FUZZ_SECONDS each (default 30)
 #   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
 #   make demo                  setup + build + scripts/demo.sh
@@ -39,7 +40,14 @@ export PATH := $(TOOLS_DIR)/bin:$(PATH)
 
 APP_ARG = $(if $(app),--app '$(app)')
 
-.PHONY: setup build lint test fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
+# Random graph cases of the Alembic property test (tests/integration/alembic_property.rs):
+# unset, `make test` runs the test's default (150); `make test GRAPH_CASES=1000` runs more.
+GRAPH_CASES ?=
+ifneq ($(GRAPH_CASES),)
+export FLEETMIG_GRAPH_CASES := $(GRAPH_CASES)
+endif
+
+.PHONY: setup build lint test test-graph fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
 
 setup:
 	bash scripts/setup.sh
@@ -57,6 +65,9 @@ lint: setup
 test: setup lint
 	$(CARGO) test --locked --all-targets $(CARGO_TEST_ARGS)
 	$(MAKE) fuzz
+
+test-graph: setup
+	FLEETMIG_GRAPH_CASES=$(or $(GRAPH_CASES),2000) $(CARGO) test --locked --test integration alembic_property -- --nocapture
 
 # cargo fuzz on the machine's stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass the sanitizer
 # flags (-Z) that otherwise need nightly. New inputs go to $(TOOLS_DIR)/fuzz-corpus; the kept

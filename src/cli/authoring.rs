@@ -1,4 +1,6 @@
-//! Commands on the revision files themselves: new revision, merge, history, heads, check.
+//! Commands that write revision files: new revision and merge, with Alembic's guards (the
+//! parent must be a head unless `--splice`; a branch label must be new; the new graph must
+//! load before anything is written), and `check`. Printing the graph lives in `show.rs`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -7,20 +9,25 @@ use clap::Args;
 
 use super::{Context, Failure};
 use crate::model::RevisionId;
-use crate::revision::{App, Node, plan};
+use crate::revision::resolve::{At, ResolveError};
+use crate::revision::{App, Graph, Node, Revision, plan};
 
 #[derive(Debug, Args)]
 pub struct RevisionArgs {
     /// Message describing the revision.
     #[arg(short, long)]
     pub message: String,
-    /// Parent revision (default: the current single head; `base` for a new root).
+    /// Parent revision(s): a head (default `head`, the single head), `label@head`, `base` for
+    /// a new root, or any revision with --splice.
     #[arg(long)]
     pub head: Option<String>,
+    /// Allow a --head that is not a head: the new revision starts a new branch from it.
+    #[arg(long)]
+    pub splice: bool,
     /// Branch label(s) for the new revision.
     #[arg(long)]
     pub branch_label: Vec<String>,
-    /// Revision(s) this one depends on without being their child.
+    /// Revision(s) or branch label(s) this one depends on without being their child.
     #[arg(long)]
     pub depends_on: Vec<String>,
     /// Use this revision id instead of a fresh random one.
@@ -36,29 +43,14 @@ pub struct MergeArgs {
     /// Message describing the merge.
     #[arg(short, long)]
     pub message: String,
-    /// Revisions to join (or `heads`).
+    /// Heads to join (or `heads`).
     #[arg(required = true)]
     pub revisions: Vec<String>,
+    /// Branch label(s) for the merge revision.
+    #[arg(long)]
+    pub branch_label: Vec<String>,
     #[arg(long)]
     pub rev_id: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct HistoryArgs {
-    #[arg(long, short)]
-    pub verbose: bool,
-    /// Range `START:END` (revisions, `base`, `head`, `heads`; either side may be empty).
-    #[arg(short = 'r', long)]
-    pub rev_range: Option<String>,
-    /// Show what the database's history table records instead (needs DATABASE_URL).
-    #[arg(long)]
-    pub applied: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct HeadsArgs {
-    #[arg(long, short)]
-    pub verbose: bool,
 }
 
 fn slug(message: &str) -> String {
@@ -91,36 +83,45 @@ fn new_id(app: &App, given: Option<String>) -> Result<RevisionId, Failure> {
     Ok(id)
 }
 
-fn write_revision(
-    app: &App,
-    id: &RevisionId,
-    parents: &[String],
-    labels: &[String],
-    depends_on: &[String],
-    message: &str,
+/// What a new revision file says.
+struct NewRevision<'a> {
+    id: &'a RevisionId,
+    parents: &'a [String],
+    labels: &'a [String],
+    depends_on: &'a [String],
+    message: &'a str,
     non_transactional: bool,
-) -> Result<PathBuf, Failure> {
-    if message.contains('\n') {
+}
+
+/// Write the file, after proving the app still loads as one graph with it (a label in use,
+/// a label that is an id, an unknown dependency: refused, nothing written).
+fn write_revision(app: &App, new: &NewRevision<'_>) -> Result<PathBuf, Failure> {
+    if new.message.contains('\n') {
         return Err(Failure::input("the message must be one line"));
     }
     let mut text = format!(
-        "-- revision: {id}\n-- down_revision: {}\n",
-        parents.join(", ")
+        "-- revision: {}\n-- down_revision: {}\n",
+        new.id,
+        new.parents.join(", ")
     );
-    if !labels.is_empty() {
-        text.push_str(&format!("-- branch_labels: {}\n", labels.join(", ")));
+    if !new.labels.is_empty() {
+        text.push_str(&format!("-- branch_labels: {}\n", new.labels.join(", ")));
     }
-    if !depends_on.is_empty() {
-        text.push_str(&format!("-- depends_on: {}\n", depends_on.join(", ")));
+    if !new.depends_on.is_empty() {
+        text.push_str(&format!("-- depends_on: {}\n", new.depends_on.join(", ")));
     }
-    text.push_str(&format!("-- message: {message}\n"));
-    if non_transactional {
+    text.push_str(&format!("-- message: {}\n", new.message));
+    if new.non_transactional {
         text.push_str("-- transaction: none\n");
     }
     text.push_str("\n-- +upgrade\n\n\n-- +downgrade\n\n");
-    // Validate what we are about to write with the real parser.
-    let path = app.dir.join(format!("{id}_{}.sql", slug(message)));
-    crate::revision::Revision::parse(&path, &text).map_err(Failure::input)?;
+    let path = app
+        .dir
+        .join(format!("{}_{}.sql", new.id, slug(new.message)));
+    let parsed = Revision::parse(&path, &text).map_err(Failure::input)?;
+    let mut all: Vec<Revision> = app.graph.revisions().map(|(_, r)| r.clone()).collect();
+    all.push(parsed);
+    Graph::new(all).map_err(|e| Failure::input(format!("refused, nothing written: {e}")))?;
     if path.exists() {
         return Err(Failure::input(format!("{} already exists", path.display())));
     }
@@ -132,51 +133,82 @@ fn write_revision(
 }
 
 fn id_of(app: &App, n: Node) -> String {
-    app.graph.revision(n).id.to_string()
+    app.graph.id(n).to_string()
+}
+
+/// The parents `--head` (or `merge`'s revisions) name, as Alembic's `generate_revision`
+/// resolves them: `base` gives none; each must be a head unless `splice`.
+fn parents_of(
+    app: &App,
+    symbols: &[String],
+    splice: bool,
+    several_heads: &str,
+) -> Result<Vec<String>, Failure> {
+    let g = &app.graph;
+    let mut parents: Vec<Node> = Vec::new();
+    for symbol in symbols {
+        let found = g.get_revisions(symbol).map_err(|e| match e {
+            ResolveError::MultipleHeads { heads, .. } => Failure {
+                code: 3,
+                message: format!("{several_heads} (heads: {})", heads.join(", ")),
+            },
+            other => Failure::from(plan::PlanError::from(other)),
+        })?;
+        for f in found {
+            match f {
+                Some(At::Rev(n)) => parents.push(n),
+                _ => {
+                    return Err(Failure::input(format!(
+                        "{symbol} does not name a revision to build on"
+                    )));
+                }
+            }
+        }
+    }
+    if parents.iter().collect::<BTreeSet<_>>().len() != parents.len() {
+        return Err(Failure::input("Duplicate head revisions specified"));
+    }
+    if !splice && let Some(&n) = parents.iter().find(|&&n| !g.is_head(n)) {
+        return Err(Failure::input(format!(
+            "Revision {} is not a head revision; please specify --splice to create a new branch from this revision",
+            id_of(app, n)
+        )));
+    }
+    Ok(parents.into_iter().map(|n| id_of(app, n)).collect())
 }
 
 pub fn revision(ctx: &Context, args: RevisionArgs) -> Result<(), Failure> {
     let app = ctx.app()?;
     let g = &app.graph;
-    let parents: Vec<String> = match args.head.as_deref() {
-        Some("base") => vec![],
-        Some(h) => vec![id_of(
-            &app,
-            if let Some(l) = h.strip_suffix("@head") {
-                g.branch_head(l)
-            } else {
-                g.resolve(h)
-            }
-            .map_err(|e| Failure::input(plan::PlanError::from(e)))?,
-        )],
-        None => g
-            .single_head()
-            .map_err(|e| Failure {
-                code: 3,
-                message: e.to_string(),
-            })?
-            .map(|h| id_of(&app, h))
-            .into_iter()
-            .collect(),
-    };
+    let head = args.head.clone().unwrap_or_else(|| "head".into());
+    let parents = parents_of(
+        &app,
+        &[head],
+        args.splice,
+        "Multiple heads are present; please specify the head revision on which the new revision should be based (--head), or perform a merge",
+    )?;
+    // Like Alembic: a dependency named by one of its branch labels keeps the label.
     let depends_on = args
         .depends_on
         .iter()
-        .map(|d| {
-            g.resolve(d)
-                .map(|n| id_of(&app, n))
-                .map_err(|e| Failure::input(plan::PlanError::from(e)))
+        .map(|d| match g.get_revision(d) {
+            Ok(Some(n)) if g.branch_labels(n).contains(d) => Ok(d.clone()),
+            Ok(Some(n)) => Ok(id_of(&app, n)),
+            Ok(None) => Err(Failure::input(format!("--depends-on {d}: not a revision"))),
+            Err(e) => Err(Failure::from(plan::PlanError::from(e))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let id = new_id(&app, args.rev_id)?;
     let path = write_revision(
         &app,
-        &id,
-        &parents,
-        &args.branch_label,
-        &depends_on,
-        &args.message,
-        args.non_transactional,
+        &NewRevision {
+            id: &id,
+            parents: &parents,
+            labels: &args.branch_label,
+            depends_on: &depends_on,
+            message: &args.message,
+            non_transactional: args.non_transactional,
+        },
     )?;
     println!("Generating {} ... done", path.display());
     Ok(())
@@ -184,137 +216,36 @@ pub fn revision(ctx: &Context, args: RevisionArgs) -> Result<(), Failure> {
 
 pub fn merge(ctx: &Context, args: MergeArgs) -> Result<(), Failure> {
     let app = ctx.app()?;
-    let g = &app.graph;
-    let mut parents = BTreeSet::new();
-    for r in &args.revisions {
-        if r == "heads" {
-            parents.extend(g.heads());
-        } else {
-            parents.insert(
-                g.resolve(r)
-                    .map_err(|e| Failure::input(plan::PlanError::from(e)))?,
-            );
-        }
-    }
+    let parents = parents_of(
+        &app,
+        &args.revisions,
+        false,
+        "Multiple heads are present for `head`; name them, or `heads`",
+    )?;
     if parents.len() < 2 {
-        return Err(Failure::input("a merge joins at least two revisions"));
-    }
-    let parents: Vec<String> = parents.into_iter().map(|n| id_of(&app, n)).collect();
-    let id = new_id(&app, args.rev_id)?;
-    let path = write_revision(&app, &id, &parents, &[], &[], &args.message, false)?;
-    println!("Generating {} ... done", path.display());
-    Ok(())
-}
-
-fn describe(app: &App, n: Node, verbose: bool) -> String {
-    let g = &app.graph;
-    let rev = g.revision(n);
-    let parents = if g.parents(n).is_empty() {
-        "<base>".to_string()
-    } else {
-        g.parents(n)
-            .iter()
-            .map(|&p| id_of(app, p))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut tags = String::new();
-    if g.children(n).is_empty() {
-        tags.push_str(" (head)");
-    }
-    if g.children(n).len() > 1 {
-        tags.push_str(" (branchpoint)");
-    }
-    if g.parents(n).len() > 1 {
-        tags.push_str(" (mergepoint)");
-    }
-    let mut s = format!("{parents} -> {}{tags}, {}", rev.id, rev.message);
-    if verbose {
-        s.push_str(&format!(
-            "\n    file: {}\n    checksum: {}",
-            rev.path.display(),
-            &rev.checksum[..12]
-        ));
-        if !rev.branch_labels.is_empty() {
-            s.push_str(&format!(
-                "\n    branch labels: {}",
-                rev.branch_labels.join(", ")
-            ));
-        }
-        if !rev.depends_on.is_empty() {
-            s.push_str(&format!(
-                "\n    depends on: {}",
-                rev.depends_on
-                    .iter()
-                    .map(|d| d.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if rev.transaction == crate::model::TransactionMode::None {
-            s.push_str("\n    transaction: none");
-        }
-        if let Some(c) = &rev.condition {
-            s.push_str(&format!("\n    condition: {c}"));
-        }
-    }
-    s
-}
-
-fn range_end(app: &App, spec: &str) -> Result<BTreeSet<Node>, Failure> {
-    let g = &app.graph;
-    Ok(match spec {
-        "" | "heads" | "head" => g.ancestors(g.heads()),
-        "base" => BTreeSet::new(),
-        r => g.ancestors([g
-            .resolve(r)
-            .map_err(|e| Failure::input(plan::PlanError::from(e)))?]),
-    })
-}
-
-pub async fn history(ctx: &Context, args: HistoryArgs) -> Result<(), Failure> {
-    if args.applied {
-        return super::local::applied_history(ctx).await;
-    }
-    let app = ctx.app()?;
-    let g = &app.graph;
-    let mut shown: BTreeSet<Node> = (0..g.len()).collect();
-    if let Some(range) = &args.rev_range {
-        let (start, end) = range
-            .split_once(':')
-            .ok_or_else(|| Failure::input(format!("-r {range:?}: expected START:END")))?;
-        let upper = range_end(&app, end)?;
-        let lower = match start {
-            "" | "base" => BTreeSet::new(),
-            s => {
-                let n = g
-                    .resolve(s)
-                    .map_err(|e| Failure::input(plan::PlanError::from(e)))?;
-                // Alembic ranges include their start.
-                let mut below = g.ancestors([n]);
-                below.remove(&n);
-                below
+        return Err(Failure::input(format!(
+            "a merge joins at least two heads; {} name(s) {}",
+            args.revisions.join(" "),
+            if parents.is_empty() {
+                "none".to_string()
+            } else {
+                parents.join(", ")
             }
-        };
-        shown = upper.difference(&lower).copied().collect();
+        )));
     }
-    let mut order = g.topo_order(&shown);
-    order.reverse();
-    for n in order {
-        println!("{}", describe(&app, n, args.verbose));
-    }
-    Ok(())
-}
-
-pub fn heads(ctx: &Context, args: HeadsArgs) -> Result<(), Failure> {
-    let app = ctx.app()?;
-    for h in app.graph.heads() {
-        if args.verbose {
-            println!("{}", describe(&app, h, true));
-        } else {
-            println!("{} (head)", id_of(&app, h));
-        }
-    }
+    let id = new_id(&app, args.rev_id)?;
+    let path = write_revision(
+        &app,
+        &NewRevision {
+            id: &id,
+            parents: &parents,
+            labels: &args.branch_label,
+            depends_on: &[],
+            message: &args.message,
+            non_transactional: false,
+        },
+    )?;
+    println!("Generating {} ... done", path.display());
     Ok(())
 }
 
@@ -371,8 +302,9 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
             let client = db.connect().await?;
             let engine = crate::engine::Engine::new(&app, &values, &settings);
             let state = engine.state(&client).await?;
-            match plan::applied_from_rows(&app.graph, &state.rows) {
-                Ok(applied) => {
+            match plan::rows_from_db(&app.graph, &state.rows) {
+                Ok(rows) => {
+                    let applied = plan::applied(&app.graph, &rows);
                     for c in engine.changed_revisions(&client, &applied).await? {
                         problems.push(format!(
                             "{} ({}) changed since it was applied to {}",
@@ -401,68 +333,4 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
             problems.len()
         )))
     }
-}
-
-#[derive(Debug, Args)]
-pub struct ImportArgs {
-    /// Output of `alembic upgrade base:head --sql`.
-    #[arg(long)]
-    pub upgrade_sql: PathBuf,
-    /// Output of `alembic downgrade head:base --sql` (without it, revisions are irreversible).
-    #[arg(long)]
-    pub downgrade_sql: Option<PathBuf>,
-    /// The app to create under the migrations directory (must not exist yet).
-    #[arg(long = "into")]
-    pub into: String,
-}
-
-/// `import-alembic`: an Alembic project's offline SQL into revision files (same ids and parents).
-pub fn import_alembic(ctx: &Context, args: ImportArgs) -> Result<(), Failure> {
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).map_err(|e| Failure::input(format!("{}: {e}", p.display())))
-    };
-    let up = read(&args.upgrade_sql)?;
-    let down = args.downgrade_sql.as_ref().map(read).transpose()?;
-    if !crate::revision::is_valid_app_name(&args.into) {
-        return Err(Failure::input(format!(
-            "--into {:?}: use a-z A-Z 0-9 _ -",
-            args.into
-        )));
-    }
-    let dir = ctx.config.migrations_dir.join(&args.into);
-    if dir.exists() {
-        return Err(Failure::input(format!(
-            "{} already exists: import into a new app",
-            dir.display()
-        )));
-    }
-    let version_table = ctx.config.engine.version_table.name.clone();
-    let revisions = crate::revision::import::import(&up, down.as_deref(), &version_table)
-        .map_err(|e| Failure::input(format!("{}: {e}", args.upgrade_sql.display())))?;
-    std::fs::create_dir_all(&dir).map_err(|e| Failure {
-        code: 1,
-        message: format!("{}: {e}", dir.display()),
-    })?;
-    for r in &revisions {
-        let path = dir.join(format!("{}.sql", r.id));
-        std::fs::write(&path, crate::revision::import::render_file(r)).map_err(|e| Failure {
-            code: 1,
-            message: format!("{}: {e}", path.display()),
-        })?;
-    }
-    // Prove the result loads as one graph before saying it worked.
-    let app = App::load(&ctx.config.migrations_dir, &args.into)?;
-    let heads: Vec<String> = app
-        .graph
-        .heads()
-        .into_iter()
-        .map(|h| id_of(&app, h))
-        .collect();
-    println!(
-        "Imported {} revision(s) into {} (heads: {})",
-        revisions.len(),
-        dir.display(),
-        heads.join(", ")
-    );
-    Ok(())
 }

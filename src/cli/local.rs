@@ -11,12 +11,13 @@ use super::{Context, Failure, applied_by};
 use crate::engine::{self, Engine, EngineError, Event, RunOptions};
 use crate::model::Direction;
 use crate::revision::App;
-use crate::revision::plan::Target;
+use crate::revision::plan::{self, Target};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Target (upgrade: head, heads, REV, label@head, +N; downgrade: -N, REV, base). With
-    /// --sql, `FROM:TO` gives the starting point (default base for upgrades).
+    /// Target, as in Alembic (upgrade: head, heads, REV, label, label@head, +N, REV+N,
+    /// label@+N; downgrade: -N, REV-N, label@-N, REV, label@base, base). With --sql, `FROM:TO`
+    /// gives the starting point (default base for upgrades).
     #[arg(allow_negative_numbers = true, allow_hyphen_values = true)]
     pub target: Option<String>,
     /// Print the SQL instead of running it (offline mode; no database is touched).
@@ -29,8 +30,10 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Args)]
 pub struct StampArgs {
-    /// The revision to stamp: REV, head, heads, label@head or base.
-    pub revision: String,
+    /// The revision(s) to stamp: REV, head, heads, label@head, base... (several: one per
+    /// branch, as Alembic's `stamp`).
+    #[arg(required = true, allow_hyphen_values = true)]
+    pub revisions: Vec<String>,
     /// Empty the version table first, even if it names revisions this app does not know.
     #[arg(long)]
     pub purge: bool,
@@ -194,13 +197,16 @@ pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
         live: &|| true,
     };
     let rows = Engine::new(&app, &values, &settings)
-        .stamp(&mut client, &args.revision, args.purge, &opts)
+        .stamp(&mut client, &args.revisions, args.purge, &opts)
         .await?;
     let now = crate::model::version_label(&rows, ", ");
     eprintln!("Stamped {what} at {now} (no migration ran)");
     Ok(())
 }
 
+/// `current`: like Alembic, each line of descent the rows stand for (a row's dependency that
+/// no applied revision continues is listed too, as an "effective head"). A row this app does
+/// not know is printed as such and the command exits 3 (Alembic refuses with an error).
 pub async fn current(ctx: &Context, args: CurrentArgs) -> Result<(), Failure> {
     let app = ctx.app()?;
     let values = ctx.values(&app)?;
@@ -218,24 +224,28 @@ pub async fn current(ctx: &Context, args: CurrentArgs) -> Result<(), Failure> {
     if state.rows.is_empty() {
         eprintln!("(no revision applied: the database is at base)");
     }
-    let heads = app.graph.heads();
-    let applied = crate::revision::plan::applied_from_rows(&app.graph, &state.rows).ok();
-    for row in &state.rows {
-        let Some(node) = app.graph.node(row.as_str()) else {
-            println!(
-                "{row} (unknown to app {}: Can't locate revision identified by '{row}')",
-                app.name
-            );
-            continue;
-        };
-        let head = if heads.contains(&node) { " (head)" } else { "" };
-        println!("{row}{head}");
+    let g = &app.graph;
+    let rows = match plan::rows_from_db(g, &state.rows) {
+        Ok(rows) => rows,
+        Err(e) => {
+            for row in &state.rows {
+                match g.node(row.as_str()) {
+                    Some(n) => println!("{}", super::show::describe_short(&app, n)),
+                    None => println!("{row} (unknown to app {})", app.name),
+                }
+            }
+            return Err(Failure::from(e));
+        }
+    };
+    for n in plan::current(g, &rows) {
+        println!("{}", super::show::describe_short(&app, n));
         if args.verbose {
-            let rev = app.graph.revision(node);
+            let rev = g.revision(n);
             println!("    {}\n    {}", rev.message, rev.path.display());
         }
     }
-    if let (true, Some(applied)) = (args.verbose, applied) {
+    if args.verbose {
+        let applied = plan::applied(g, &rows);
         for c in engine.changed_revisions(&client, &applied).await? {
             println!(
                 "WARNING: {} changed since it was applied ({})",
@@ -244,6 +254,15 @@ pub async fn current(ctx: &Context, args: CurrentArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The database's version rows as revisions of `app` (for `history` with `current`).
+pub async fn read_rows(ctx: &Context, app: &App) -> Result<Vec<crate::revision::Node>, Failure> {
+    let values = ctx.values(app)?;
+    let (client, db) = connect(ctx).await?;
+    let settings = db.settings(ctx.config.engine.settings());
+    let state = Engine::new(app, &values, &settings).state(&client).await?;
+    Ok(plan::rows_from_db(&app.graph, &state.rows)?)
 }
 
 pub async fn fingerprint(ctx: &Context) -> Result<(), Failure> {
@@ -356,11 +375,8 @@ pub async fn adopt(ctx: &Context, args: AdoptArgs) -> Result<(), Failure> {
                 stop: &|| false,
                 live: &|| true,
             };
-            for row in rows {
-                engine
-                    .stamp(&mut client, row.as_str(), false, &opts)
-                    .await?;
-            }
+            let targets: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+            engine.stamp(&mut client, &targets, false, &opts).await?;
             println!("Stamped {what} at {} (no migration ran)", label(rows));
         } else {
             println!(
@@ -397,7 +413,7 @@ pub async fn verify(ctx: &Context) -> Result<(), Failure> {
     let (what, settings) = (db.what(), db.settings(ctx.config.engine.settings()));
     let engine = Engine::new(&app, &values, &settings);
     let state = engine.state(&client).await?;
-    crate::revision::plan::applied_from_rows(&app.graph, &state.rows).map_err(EngineError::from)?;
+    plan::rows_from_db(&app.graph, &state.rows).map_err(EngineError::from)?;
     let live = engine::fingerprint::fingerprint(&client, &settings.tables).await?;
     let expected = engine::adopt::expected(
         &app,

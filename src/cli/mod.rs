@@ -9,8 +9,10 @@ mod authoring;
 mod client;
 mod connect;
 mod database;
+mod import;
 mod local;
 mod rollout;
+mod show;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,18 +68,18 @@ pub enum Command {
     Revision(authoring::RevisionArgs),
     /// Create a merge revision joining several heads.
     Merge(authoring::MergeArgs),
-    /// Upgrade to a target: head (default), heads, a revision, label@head or +N.
+    /// Upgrade to a target: head (default), heads, a revision, label@head, +N, REV+N...
     Upgrade(local::MigrateArgs),
-    /// Downgrade to a target: -N, a revision or base.
+    /// Downgrade to a target: -N, a revision, label@-N, label@base, base...
     Downgrade(local::MigrateArgs),
-    /// Set the version table to a revision without running any migration.
+    /// Set the version table to revision(s) without running any migration.
     Stamp(local::StampArgs),
     /// Show the revision(s) the database is at.
     Current(local::CurrentArgs),
     /// Show the revision graph (or, with --applied, what the database's history records).
-    History(authoring::HistoryArgs),
+    History(show::HistoryArgs),
     /// Show the current head revision(s) of the graph.
-    Heads(authoring::HeadsArgs),
+    Heads(show::HeadsArgs),
     /// Check the graph, every revision's SQL with the resolved placeholders, and (with a
     /// database) that applied revisions' files are unchanged.
     Check,
@@ -88,8 +90,9 @@ pub enum Command {
     Adopt(local::AdoptArgs),
     /// Compare the live schema with what its recorded revision should produce (drift).
     Verify,
-    /// Turn an Alembic project's offline SQL into revision files with the same ids and parents.
-    ImportAlembic(authoring::ImportArgs),
+    /// Turn an Alembic project (version files + offline SQL) into revision files with the same
+    /// ids, parents, branch labels and dependencies.
+    ImportAlembic(import::ImportArgs),
     /// Run the daemon: gRPC API, tenant registry and locks in etcd, parallel migrations.
     Serve(ServeArgs),
     /// Manage the daemon's tenant registry.
@@ -196,16 +199,12 @@ impl From<PlaceholderError> for Failure {
 /// The exit code of an engine error.
 fn engine_code(e: &EngineError) -> u8 {
     match e {
-        EngineError::Plan(PlanError::Resolve(
-            crate::revision::graph::ResolveError::MultipleHeads { .. },
-        ))
-        | EngineError::Plan(PlanError::UnknownInDatabase(_))
-        | EngineError::Plan(PlanError::Irreversible { .. })
-        | EngineError::ChecksumMismatch(_)
+        EngineError::Plan(p) => plan_code(p),
+        EngineError::ChecksumMismatch(_)
         | EngineError::NeedsSession { .. }
         | EngineError::LockHeld
         | EngineError::StaleFence { .. } => 3,
-        EngineError::Plan(_) | EngineError::Render(_) | EngineError::Setting { .. } => 2,
+        EngineError::Render(_) | EngineError::Setting { .. } => 2,
         EngineError::Connect(_)
         | EngineError::Database { .. }
         | EngineError::StepFailed { .. }
@@ -215,6 +214,42 @@ fn engine_code(e: &EngineError) -> u8 {
         | EngineError::LeaseExpired
         | EngineError::Prelude { .. } => 1,
         EngineError::Scratch { source, .. } => engine_code(source),
+    }
+}
+
+/// Exit 3 when the command is refused for safety (several heads for `head`, a version table
+/// with unknown or overlapping rows, rows Alembic could not maintain, an irreversible
+/// revision); exit 2 when the target names nothing, or nothing from the current rows.
+fn plan_code(e: &PlanError) -> u8 {
+    use crate::revision::resolve::ResolveError as R;
+    match e {
+        PlanError::Resolve(R::MultipleHeads { .. })
+        | PlanError::UnknownInDatabase(_)
+        | PlanError::OverlappingRows { .. }
+        | PlanError::Rows(_)
+        | PlanError::Irreversible { .. } => 3,
+        PlanError::Resolve(
+            R::NotFound { .. }
+            | R::NoSuchBranch(_)
+            | R::Ambiguous { .. }
+            | R::NotInBranch { .. }
+            | R::Overlap { .. }
+            | R::Revision(_)
+            | R::NoRevision(_),
+        )
+        | PlanError::BadRange(_)
+        | PlanError::NotAncestor { .. }
+        | PlanError::NotValidTarget { .. }
+        | PlanError::AmbiguousFromHeads { .. } => 2,
+    }
+}
+
+impl From<PlanError> for Failure {
+    fn from(e: PlanError) -> Self {
+        Failure {
+            code: plan_code(&e),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -329,8 +364,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Revision(args) => authoring::revision(&ctx, args),
         Command::Merge(args) => authoring::merge(&ctx, args),
-        Command::History(args) => authoring::history(&ctx, args).await,
-        Command::Heads(args) => authoring::heads(&ctx, args),
+        Command::History(args) => show::history(&ctx, args).await,
+        Command::Heads(args) => show::heads(&ctx, args),
         Command::Check => authoring::check(&ctx).await,
         Command::Upgrade(args) => {
             local::migrate(&ctx, crate::model::Direction::Upgrade, args).await
@@ -341,7 +376,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Stamp(args) => local::stamp(&ctx, args).await,
         Command::Current(args) => local::current(&ctx, args).await,
         Command::Fingerprint => local::fingerprint(&ctx).await,
-        Command::ImportAlembic(args) => authoring::import_alembic(&ctx, args),
+        Command::ImportAlembic(args) => import::import_alembic(&ctx, args),
         Command::Adopt(args) => local::adopt(&ctx, args).await,
         Command::Verify => local::verify(&ctx).await,
         Command::Serve(_) => serve(ctx.config, cli.global.log_json).await,

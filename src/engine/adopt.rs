@@ -144,7 +144,7 @@ pub async fn revision_fingerprints(
         let mut out = vec![(vec![], fingerprint(&client, &settings.tables).await?)];
         let all = (0..app.graph.len()).collect();
         for node in app.graph.topo_order(&all) {
-            let target = Target::Revision(app.graph.revision(node).id.to_string());
+            let target = Target::revision(app.graph.id(node));
             let run = scratch_upgrade(&engine, &mut client, &target).await?;
             out.push((run.after, fingerprint(&client, &settings.tables).await?));
         }
@@ -169,7 +169,7 @@ pub async fn expected(
         let mut client = scratch.client().await?;
         let engine = Engine::new(app, values, settings);
         for row in rows {
-            scratch_upgrade(&engine, &mut client, &Target::Revision(row.to_string())).await?;
+            scratch_upgrade(&engine, &mut client, &Target::revision(row.as_str())).await?;
         }
         fingerprint(&client, &settings.tables).await
     }

@@ -549,7 +549,7 @@ impl<'a> Engine<'a> {
             .collect())
     }
 
-    /// Applied revisions whose files changed since.
+    /// Applied revisions (see [`plan::applied`]) whose files changed since.
     pub async fn changed_revisions(
         &self,
         client: &Client,
@@ -622,19 +622,16 @@ impl<'a> Engine<'a> {
     ) -> Result<Migrated, EngineError> {
         let g = &self.app.graph;
         let snapshot = self.snapshot(client, Some(tables)).await?;
-        let mut applied = plan::applied_from_rows(g, &snapshot.rows)?;
-        let steps = match direction {
-            Direction::Upgrade => plan::upgrade(g, &applied, target)?,
-            Direction::Downgrade => plan::downgrade(g, &applied, target)?,
-        };
+        let rows = plan::rows_from_db(g, &snapshot.rows)?;
+        let planned = plan::plan(g, &rows, direction, target)?;
         let before = snapshot.rows.clone();
         // Changed files are refused at head too: "nothing to do" would hide them.
         let recorded = snapshot.recorded;
-        let changed = self.changed_in(&recorded, &applied);
+        let changed = self.changed_in(&recorded, &plan::applied(g, &rows));
         if !changed.is_empty() && !opts.allow_changed {
             return Err(EngineError::ChecksumMismatch(changed));
         }
-        if steps.is_empty() {
+        if planned.steps.is_empty() {
             return Ok(Migrated {
                 applied: vec![],
                 after: before.clone(),
@@ -643,28 +640,29 @@ impl<'a> Engine<'a> {
         }
         (opts.events)(Event::Planned {
             before: before.clone(),
-            steps: steps.iter().map(|&n| g.revision(n).id.clone()).collect(),
+            steps: planned
+                .steps
+                .iter()
+                .map(|s| g.revision(s.node).id.clone())
+                .collect(),
         });
         if self.settings.transaction_pooled()
-            && let Some(&node) = steps
+            && let Some(step) = planned
+                .steps
                 .iter()
-                .find(|&&n| self.runs_outside_transactions(n, direction, &recorded))
+                .find(|s| self.runs_outside_transactions(s.node, s.direction, &recorded))
         {
             return Err(EngineError::NeedsSession {
-                revision: g.revision(node).id.clone(),
+                revision: g.revision(step.node).id.clone(),
             });
         }
         if !snapshot.all_tables {
             opts.ensure_live()?;
             self.ensure_tables(client, opts.fence).await?;
         }
-        let state = DbState {
-            version_table_exists: true,
-            rows: snapshot.rows,
-        };
-        let fresh_database = state.rows.is_empty();
-        let mut done: Vec<Applied> = Vec::with_capacity(steps.len());
-        for node in steps {
+        let fresh_database = snapshot.rows.is_empty();
+        let mut done: Vec<Applied> = Vec::with_capacity(planned.steps.len());
+        for planned_step in &planned.steps {
             opts.ensure_live()?;
             if (opts.stop)() {
                 return Err(EngineError::Stopped {
@@ -672,14 +670,10 @@ impl<'a> Engine<'a> {
                 });
             }
             let recorded_skip = recorded
-                .get(self.app.graph.revision(node).id.as_str())
+                .get(g.revision(planned_step.node).id.as_str())
                 .map(|r| r.skipped);
-            match step::apply(self, client, node, direction, recorded_skip, opts).await {
+            match step::apply(self, client, planned_step, recorded_skip, opts).await {
                 Ok(step) => {
-                    match direction {
-                        Direction::Upgrade => applied.insert(node),
-                        Direction::Downgrade => applied.remove(&node),
-                    };
                     (opts.events)(Event::RevisionDone(step.clone()));
                     done.push(step);
                 }
@@ -704,15 +698,10 @@ impl<'a> Engine<'a> {
                 Err(step::StepError::Engine(e)) => return Err(e),
             }
         }
-        let after = g
-            .version_rows(&applied)
-            .into_iter()
-            .map(|n| g.revision(n).id.clone())
-            .collect();
         Ok(Migrated {
             applied: done,
             before,
-            after,
+            after: ids_of(g, &planned.rows_after),
         })
     }
 
@@ -735,12 +724,12 @@ impl<'a> Engine<'a> {
             .is_ok_and(|r| !r.statements.is_empty())
     }
 
-    /// Set the version table to `target` without running any SQL. `purge` first empties the
-    /// table even if it names revisions unknown to this app.
+    /// Set the version table to `targets` (Alembic's `stamp REV...`) without running any SQL.
+    /// `purge` first empties the table even if it names revisions unknown to this app.
     pub async fn stamp(
         &self,
         client: &mut Client,
-        target: &str,
+        targets: &[String],
         purge: bool,
         opts: &RunOptions<'_>,
     ) -> Result<Vec<RevisionId>, EngineError> {
@@ -748,7 +737,9 @@ impl<'a> Engine<'a> {
         loop {
             let result = async {
                 let tables = self.open(client, opts).await?;
-                let result = self.stamp_locked(client, target, purge, opts, tables).await;
+                let result = self
+                    .stamp_locked(client, targets, purge, opts, tables)
+                    .await;
                 self.unlock(client, opts).await;
                 result
             }
@@ -766,13 +757,16 @@ impl<'a> Engine<'a> {
     async fn stamp_locked(
         &self,
         client: &mut Client,
-        target: &str,
+        targets: &[String],
         purge: bool,
         opts: &RunOptions<'_>,
         tables: TablesExist,
     ) -> Result<Vec<RevisionId>, EngineError> {
         let g = &self.app.graph;
-        let new_applied = plan::stamped(g, target)?;
+        // Resolve the targets before touching anything (the rows are read again below).
+        for t in targets {
+            g.get_revisions(t).map_err(plan::PlanError::from)?;
+        }
         if !self.snapshot(client, Some(tables)).await?.all_tables {
             opts.ensure_live()?;
             self.ensure_tables(client, opts.fence).await?;
@@ -795,20 +789,19 @@ impl<'a> Engine<'a> {
         let rows: Vec<RevisionId> = tagged(&tagged_rows, "version")
             .map(|r| parse_revision(r[1].as_deref()))
             .collect::<Result<_, _>>()?;
-        if !purge {
-            plan::applied_from_rows(g, &rows)?;
-        }
+        let current = if purge {
+            vec![]
+        } else {
+            plan::rows_from_db(g, &rows)?
+        };
+        let after_nodes = plan::stamp(g, &current, targets)?;
         if let Some(token) = opts.fence {
             step::fence(&tx, &self.settings.tables, token)
                 .await
                 .map_err(step_to_engine)?;
         }
         let before: BTreeSet<String> = rows.iter().map(|r| r.to_string()).collect();
-        let after_nodes = g.version_rows(&new_applied);
-        let after: BTreeSet<String> = after_nodes
-            .iter()
-            .map(|&n| g.revision(n).id.to_string())
-            .collect();
+        let after: BTreeSet<String> = after_nodes.iter().map(|&n| g.id(n).to_string()).collect();
         let mut sql = record::version_change_sql(&self.settings.tables, &before, &after);
         let json = self.values.to_json();
         let stamped: Vec<String> = if after.is_empty() {
@@ -839,10 +832,7 @@ impl<'a> Engine<'a> {
         tx.commit()
             .await
             .map_err(EngineError::db("committing the stamp"))?;
-        Ok(after_nodes
-            .into_iter()
-            .map(|n| g.revision(n).id.clone())
-            .collect())
+        Ok(ids_of(g, &after_nodes))
     }
 }
 
@@ -855,6 +845,11 @@ pub(crate) fn check_xact_lock(rows: &[Vec<Option<String>>]) -> Result<(), Engine
         }
         _ => Ok(()),
     }
+}
+
+/// The ids of `nodes`, in node (id) order.
+pub(crate) fn ids_of(g: &crate::revision::Graph, nodes: &BTreeSet<Node>) -> Vec<RevisionId> {
+    nodes.iter().map(|&n| g.revision(n).id.clone()).collect()
 }
 
 fn step_to_engine(e: step::StepError) -> EngineError {

@@ -38,12 +38,9 @@ impl Engine<'_> {
     ) -> Result<Planned, EngineError> {
         let g = &self.app.graph;
         let snapshot = self.snapshot(client, None).await?;
-        let applied = plan::applied_from_rows(g, &snapshot.rows)?;
-        let steps = match direction {
-            Direction::Upgrade => plan::upgrade(g, &applied, target)?,
-            Direction::Downgrade => plan::downgrade(g, &applied, target)?,
-        };
-        let changed = self.changed_in(&snapshot.recorded, &applied);
+        let rows = plan::rows_from_db(g, &snapshot.rows)?;
+        let planned = plan::plan(g, &rows, direction, target)?;
+        let changed = self.changed_in(&snapshot.recorded, &plan::applied(g, &rows));
         if !changed.is_empty() && !allow_changed {
             return Err(EngineError::ChecksumMismatch(changed));
         }
@@ -58,14 +55,18 @@ impl Engine<'_> {
             self.values,
             self.settings,
             direction,
-            applied,
+            &rows,
             &from,
             target,
             &skips,
         )?;
         Ok(Planned {
             current: snapshot.rows,
-            steps: steps.iter().map(|&n| g.revision(n).id.clone()).collect(),
+            steps: planned
+                .steps
+                .iter()
+                .map(|s| g.revision(s.node).id.clone())
+                .collect(),
             sql,
         })
     }
@@ -82,7 +83,8 @@ pub fn terminated(sql: &str) -> String {
     }
 }
 
-/// SQL to go from `from` (`base`, or a revision) to `target`.
+/// SQL to go from `from` (`base`, `heads`, `head`, a revision or `label@head`, as if those
+/// were the version table's rows) to `target`.
 pub fn render(
     app: &App,
     values: &Resolved,
@@ -91,26 +93,20 @@ pub fn render(
     from: &str,
     target: &Target,
 ) -> Result<String, EngineError> {
-    let g = &app.graph;
-    let applied: BTreeSet<Node> = match from {
-        "base" => BTreeSet::new(),
-        "heads" => g.ancestors(g.heads()),
-        "head" => g.ancestors(g.single_head().map_err(plan::PlanError::from)?),
-        rev => g.ancestors([g.resolve(rev).map_err(plan::PlanError::from)?]),
-    };
+    let rows = app.graph.get_nodes(from).map_err(plan::PlanError::from)?;
     render_from(
         app,
         values,
         settings,
         direction,
-        applied,
+        &rows,
         from,
         target,
         &HashMap::new(),
     )
 }
 
-/// SQL to go from the applied set `applied` (labelled `from` in the header) to `target`;
+/// SQL to go from the version rows `rows` (labelled `from` in the header) to `target`;
 /// `recorded_skips`: whether each revision's upgrade was skipped by its condition, as the
 /// database's history says (empty offline).
 #[allow(clippy::too_many_arguments)]
@@ -119,16 +115,13 @@ pub fn render_from(
     values: &Resolved,
     settings: &Settings,
     direction: Direction,
-    mut applied: BTreeSet<Node>,
+    rows: &[Node],
     from: &str,
     target: &Target,
     recorded_skips: &HashMap<String, bool>,
 ) -> Result<String, EngineError> {
     let g = &app.graph;
-    let steps = match direction {
-        Direction::Upgrade => plan::upgrade(g, &applied, target)?,
-        Direction::Downgrade => plan::downgrade(g, &applied, target)?,
-    };
+    let planned = plan::plan(g, rows, direction, target)?;
     let tables = &settings.tables;
     let json = values.to_json();
     let mut out = format!(
@@ -146,22 +139,13 @@ pub fn render_from(
         millis(settings.lock_timeout),
         millis(settings.statement_timeout)
     );
-    for node in steps {
+    let ids = |s: &BTreeSet<Node>| -> BTreeSet<String> {
+        s.iter().map(|&n| g.id(n).to_string()).collect()
+    };
+    for step in &planned.steps {
+        let node = step.node;
         let rev = g.revision(node);
-        let before_rows: BTreeSet<String> = g
-            .version_rows(&applied)
-            .into_iter()
-            .map(|n| g.revision(n).id.to_string())
-            .collect();
-        match direction {
-            Direction::Upgrade => applied.insert(node),
-            Direction::Downgrade => applied.remove(&node),
-        };
-        let after_rows: BTreeSet<String> = g
-            .version_rows(&applied)
-            .into_iter()
-            .map(|n| g.revision(n).id.to_string())
-            .collect();
+        let (before_rows, after_rows) = (ids(&step.rows_before), ids(&step.rows_after));
         let parents = g
             .parents(node)
             .iter()

@@ -124,62 +124,58 @@ async fn check_fence(
     }))
 }
 
-/// Is `node` still to be applied in `direction`, given the rows read inside our transaction?
-/// `Ok(false)`: someone else already did it.
+/// Is `step` still to be applied, given the rows read inside our transaction? `Ok(false)`:
+/// the rows are already what the step leaves (someone else did it); rows that are neither
+/// the plan's before nor its after mean the database changed under us.
 fn still_needed(
     engine: &Engine<'_>,
     rows: &[crate::model::RevisionId],
-    node: Node,
-    direction: Direction,
+    step: &plan::Step,
 ) -> Result<bool, EngineError> {
     let g = &engine.app.graph;
-    let applied = plan::applied_from_rows(g, rows)?;
-    let id = &g.revision(node).id;
-    match direction {
-        Direction::Upgrade if applied.contains(&node) => Ok(false),
-        Direction::Upgrade if g.requires(node).iter().all(|r| applied.contains(r)) => Ok(true),
-        Direction::Upgrade => Err(EngineError::StateChanged(format!(
-            "a revision that {id} requires is no longer applied"
-        ))),
-        Direction::Downgrade if !applied.contains(&node) => Ok(false),
-        Direction::Downgrade if applied.iter().any(|&a| g.requires(a).contains(&node)) => {
-            Err(EngineError::StateChanged(format!(
-                "a revision that requires {id} has been applied meanwhile"
-            )))
-        }
-        Direction::Downgrade => Ok(true),
+    let now: BTreeSet<&str> = rows.iter().map(|r| r.as_str()).collect();
+    let ids = |s: &BTreeSet<Node>| -> BTreeSet<&str> { s.iter().map(|&n| g.id(n)).collect() };
+    if now == ids(&step.rows_before) {
+        Ok(true)
+    } else if now == ids(&step.rows_after) {
+        Ok(false)
+    } else {
+        Err(EngineError::StateChanged(format!(
+            "before {} {} the version table was expected to hold [{}] but holds [{}]: another process changed it",
+            step.direction,
+            g.id(step.node),
+            ids(&step.rows_before)
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", "),
+            now.into_iter().collect::<Vec<_>>().join(", ")
+        )))
     }
 }
 
-/// The version/history SQL recording `node` in `direction` on top of `rows`.
+/// The version/history SQL recording `step`.
 fn record_sql(
     engine: &Engine<'_>,
-    rows: &[crate::model::RevisionId],
-    node: Node,
-    direction: Direction,
+    step: &plan::Step,
     rendered: &RenderedRevision,
     started: Option<Instant>,
     opts: &RunOptions<'_>,
-) -> Result<String, EngineError> {
+) -> String {
     let g = &engine.app.graph;
-    let before: BTreeSet<String> = rows.iter().map(|r| r.to_string()).collect();
-    let mut applied = plan::applied_from_rows(g, rows)?;
-    match direction {
-        Direction::Upgrade => applied.insert(node),
-        Direction::Downgrade => applied.remove(&node),
+    let ids = |s: &BTreeSet<Node>| -> BTreeSet<String> {
+        s.iter().map(|&n| g.id(n).to_string()).collect()
     };
-    let after: BTreeSet<String> = g
-        .version_rows(&applied)
-        .into_iter()
-        .map(|n| g.revision(n).id.to_string())
-        .collect();
-    let rev = g.revision(node);
-    let mut sql = record::version_change_sql(&engine.settings.tables, &before, &after);
+    let rev = g.revision(step.node);
+    let mut sql = record::version_change_sql(
+        &engine.settings.tables,
+        &ids(&step.rows_before),
+        &ids(&step.rows_after),
+    );
     sql.push_str(&record::history_sql(
         &engine.settings.tables,
         &HistoryRow {
             revision: rev.id.as_str(),
-            direction: direction.as_str(),
+            direction: step.direction.as_str(),
             checksum: Some(&rev.checksum),
             placeholders: &engine.values.to_json(),
             skipped: rendered.skipped_by.is_some(),
@@ -191,18 +187,18 @@ fn record_sql(
             fence: opts.fence,
         },
     ));
-    Ok(sql)
+    sql
 }
 
 pub(crate) async fn apply(
     engine: &Engine<'_>,
     client: &mut Client,
-    node: Node,
-    direction: Direction,
+    step: &plan::Step,
     recorded_skip: Option<bool>,
     opts: &RunOptions<'_>,
 ) -> Result<Applied, StepError> {
-    let rev = engine.app.graph.revision(node);
+    let direction = step.direction;
+    let rev = engine.app.graph.revision(step.node);
     let span = tracing::info_span!(
         "revision",
         otel.name = %format!("{direction} {}", rev.id),
@@ -215,7 +211,7 @@ pub(crate) async fn apply(
         otel.status_message = tracing::field::Empty,
         db.response.status_code = tracing::field::Empty,
     );
-    let result = apply_in_span(engine, client, node, direction, recorded_skip, opts)
+    let result = apply_in_span(engine, client, step, recorded_skip, opts)
         .instrument(span.clone())
         .await;
     match &result {
@@ -247,12 +243,12 @@ pub(crate) async fn apply(
 async fn apply_in_span(
     engine: &Engine<'_>,
     client: &mut Client,
-    node: Node,
-    direction: Direction,
+    step: &plan::Step,
     recorded_skip: Option<bool>,
     opts: &RunOptions<'_>,
 ) -> Result<Applied, StepError> {
-    let rev = engine.app.graph.revision(node);
+    let direction = step.direction;
+    let rev = engine.app.graph.revision(step.node);
     let rendered =
         render::render(rev, direction, engine.values, recorded_skip).map_err(EngineError::from)?;
     (opts.events)(Event::RevisionStarted {
@@ -261,9 +257,9 @@ async fn apply_in_span(
     });
     let started = Instant::now();
     let attempts = if rev.transaction == TransactionMode::None && !rendered.statements.is_empty() {
-        autocommit(engine, client, node, direction, &rendered, started, opts).await?
+        autocommit(engine, client, step, &rendered, started, opts).await?
     } else {
-        transactional(engine, client, node, direction, &rendered, opts).await?
+        transactional(engine, client, step, &rendered, opts).await?
     };
     Ok(Applied {
         revision: rev.id.clone(),
@@ -286,17 +282,17 @@ fn local_timeouts(engine: &Engine<'_>) -> String {
 async fn transactional(
     engine: &Engine<'_>,
     client: &mut Client,
-    node: Node,
-    direction: Direction,
+    step: &plan::Step,
     rendered: &RenderedRevision,
     opts: &RunOptions<'_>,
 ) -> Result<u32, StepError> {
-    let rev = engine.app.graph.revision(node);
+    let direction = step.direction;
+    let rev = engine.app.graph.revision(step.node);
     let mut delays = engine.settings.backoff();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match transactional_once(engine, client, node, direction, rendered, opts).await {
+        match transactional_once(engine, client, step, rendered, opts).await {
             Ok(()) => return Ok(attempt),
             Err(Attempt::Sql(e, location)) if is_lock_timeout(&e) => match delays.next() {
                 Some(delay) => {
@@ -338,12 +334,12 @@ impl From<EngineError> for Attempt {
 async fn transactional_once(
     engine: &Engine<'_>,
     client: &mut Client,
-    node: Node,
-    direction: Direction,
+    step: &plan::Step,
     rendered: &RenderedRevision,
     opts: &RunOptions<'_>,
 ) -> Result<(), Attempt> {
-    let rev = engine.app.graph.revision(node);
+    let direction = step.direction;
+    let rev = engine.app.graph.revision(step.node);
     let tables = &engine.settings.tables;
     opts.ensure_live()?;
     let tx = client
@@ -367,7 +363,7 @@ async fn transactional_once(
     );
     super::check_xact_lock(&rows)?;
     let versions = fenced_versions(&tx, tables, opts.fence, &rows).await?;
-    if !still_needed(engine, &versions, node, direction)? {
+    if !still_needed(engine, &versions, step)? {
         tracing::info!(revision = %rev.id, %direction, "already done by another process; nothing to do");
         return Ok(());
     }
@@ -376,9 +372,7 @@ async fn transactional_once(
     // the rest (25P02) and the COMMIT rolls back, so the first error in order is the one to
     // report.
     let mut bookkeeping = super::BOOKKEEPING_CONTEXT.to_string();
-    bookkeeping.push_str(&record_sql(
-        engine, &versions, node, direction, rendered, None, opts,
-    )?);
+    bookkeeping.push_str(&record_sql(engine, step, rendered, None, opts));
     bookkeeping.push_str(engine.transaction_epilogue());
     // What each piece is, for the location of a failure: a statement of the file, the
     // header's ANALYZE, or fleetmig's own bookkeeping.
@@ -452,13 +446,13 @@ fn versions_of(rows: &[Vec<Option<String>>]) -> Result<Vec<crate::model::Revisio
 async fn autocommit(
     engine: &Engine<'_>,
     client: &mut Client,
-    node: Node,
-    direction: Direction,
+    step: &plan::Step,
     rendered: &RenderedRevision,
     started: Instant,
     opts: &RunOptions<'_>,
 ) -> Result<u32, StepError> {
-    let rev = engine.app.graph.revision(node);
+    let direction = step.direction;
+    let rev = engine.app.graph.revision(step.node);
     let tables = &engine.settings.tables;
     let sql_err = |e: tokio_postgres::Error, line: Option<usize>, attempts: u32| {
         StepError::Failed(failure(
@@ -489,7 +483,7 @@ async fn autocommit(
             .map_err(|e| sql_err(e, None, 1))?,
     );
     let versions = fenced_versions(&*client, tables, opts.fence, &rows).await?;
-    if !still_needed(engine, &versions, node, direction)? {
+    if !still_needed(engine, &versions, step)? {
         return Ok(1);
     }
     // The precheck has just fenced: the first statement's first attempt needs no other check.
@@ -543,16 +537,8 @@ async fn autocommit(
     );
     let versions = fenced_versions(&tx, tables, opts.fence, &rows).await?;
     let mut sql = String::new();
-    if still_needed(engine, &versions, node, direction)? {
-        sql = record_sql(
-            engine,
-            &versions,
-            node,
-            direction,
-            rendered,
-            Some(started),
-            opts,
-        )?;
+    if still_needed(engine, &versions, step)? {
+        sql = record_sql(engine, step, rendered, Some(started), opts);
     }
     sql.push_str("COMMIT");
     tx.batch_execute(&sql)

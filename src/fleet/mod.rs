@@ -231,25 +231,8 @@ impl Fleet {
         direction: Direction,
         target: &Target,
     ) -> Result<(), FleetError> {
-        let g = &app.graph;
-        let err = |e| FleetError::Target(PlanError::Resolve(e));
-        match (direction, target) {
-            (_, Target::Revision(r)) => g.resolve(r).map(|_| ()).map_err(err),
-            (Direction::Upgrade, Target::Head) => g.single_head().map(|_| ()).map_err(err),
-            (Direction::Upgrade, Target::BranchHead(l)) => {
-                g.branch_head(l).map(|_| ()).map_err(err)
-            }
-            (Direction::Upgrade, Target::Heads) => Ok(()),
-            (Direction::Upgrade, Target::Relative(n)) if *n >= 0 => Ok(()),
-            (Direction::Downgrade, Target::Base) => Ok(()),
-            (Direction::Downgrade, Target::Relative(n)) if *n <= 0 => Ok(()),
-            (Direction::Upgrade, _) => Err(FleetError::Target(PlanError::BadUpgradeTarget(
-                target.to_string(),
-            ))),
-            (Direction::Downgrade, _) => Err(FleetError::Target(PlanError::BadDowngradeTarget(
-                target.to_string(),
-            ))),
-        }
+        crate::revision::plan::check_target(&app.graph, direction, target)
+            .map_err(FleetError::Target)
     }
 
     /// The tenants a selector names, all of `app`, in id order.

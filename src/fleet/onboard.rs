@@ -490,7 +490,7 @@ impl Fleet {
                 live: &|| true,
             };
             Engine::new(app, values, &self.settings)
-                .migrate(&mut client, Direction::Upgrade, &Target::Heads, &opts)
+                .migrate(&mut client, Direction::Upgrade, &Target::heads(), &opts)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(())

@@ -98,8 +98,9 @@ impl Fleet {
         selector: &Selector,
     ) -> Result<CurrentReport, FleetError> {
         let graph = &self.app(app)?.graph;
+        // At head = the rows `upgrade heads` leaves: the heads nothing depends on.
         let heads: Vec<String> = graph
-            .heads()
+            .real_heads()
             .into_iter()
             .map(|h| graph.revision(h).id.to_string())
             .collect();
@@ -252,7 +253,9 @@ impl Fleet {
         let tenant = self.registry.get(id).await?;
         let app = self.app(&tenant.app)?;
         // Before the lock: an unknown revision is the request's fault, not the tenant's.
-        plan::stamped(&app.graph, revision).map_err(FleetError::StampRevision)?;
+        app.graph
+            .get_revisions(revision)
+            .map_err(|e| FleetError::StampRevision(plan::PlanError::from(e)))?;
         let values = tenant_values(app, &tenant).map_err(|source| FleetError::Placeholders {
             tenant: id.clone(),
             source,
@@ -284,8 +287,9 @@ impl Fleet {
                     live: &|| guard.is_live(),
                 };
                 let engine = Engine::new(app, &values, &settings);
+                let targets = [revision.to_string()];
                 let stamped = tokio::select! {
-                    r = engine.stamp(&mut conn, revision, purge, &opts) => r,
+                    r = engine.stamp(&mut conn, &targets, purge, &opts) => r,
                     // Lease lost: stop at once and never reuse this connection.
                     _ = guard.lost() => {
                         conn.poison();

@@ -17,13 +17,23 @@ pub fn invalid(e: FieldError) -> Status {
 fn plan_code(e: &PlanError) -> Code {
     match e {
         PlanError::Resolve(ResolveError::MultipleHeads { .. }) => Code::FailedPrecondition,
-        PlanError::Resolve(_)
-        | PlanError::BadUpgradeTarget(_)
-        | PlanError::BadDowngradeTarget(_) => Code::InvalidArgument,
-        PlanError::UnknownInDatabase(_)
-        | PlanError::RelativeTooFar { .. }
-        | PlanError::Ambiguous(_)
-        | PlanError::NotApplied(_)
+        PlanError::Resolve(
+            ResolveError::NotFound { .. }
+            | ResolveError::NoSuchBranch(_)
+            | ResolveError::Ambiguous { .. }
+            | ResolveError::NotInBranch { .. },
+        )
+        | PlanError::BadRange(_) => Code::InvalidArgument,
+        // Depends on the tenant's rows: a walk past base, a fork, overlapping rows.
+        PlanError::Resolve(
+            ResolveError::Overlap { .. } | ResolveError::Revision(_) | ResolveError::NoRevision(_),
+        )
+        | PlanError::UnknownInDatabase(_)
+        | PlanError::OverlappingRows { .. }
+        | PlanError::NotValidTarget { .. }
+        | PlanError::NotAncestor { .. }
+        | PlanError::AmbiguousFromHeads { .. }
+        | PlanError::Rows(_)
         | PlanError::Irreversible { .. } => Code::FailedPrecondition,
     }
 }

@@ -1,13 +1,19 @@
-//! The revision DAG of one app: validation (duplicates, unknown parents, cycles, label
-//! clashes), heads and bases, ancestry, topological order and target resolution.
+//! The revision DAG of one app, built the way Alembic's `RevisionMap` builds it
+//! (alembic/script/revision.py): validation (duplicates, unknown parents, cycles, label
+//! clashes), versioned and "real" heads and bases, resolved and normalized `depends_on`,
+//! branch labels propagated along their branch, and ancestry with or without dependencies.
+//! Resolving symbols lives in `resolve.rs`, planning in `plan.rs`.
 //!
-//! Nodes are indices into the revisions sorted by id, so every order is deterministic.
+//! Nodes are indices into the revisions sorted by id. Alembic orders its map by file name;
+//! fleetmig's order is the id order, which is what Alembic's default `<id>_<slug>.py` names give.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use crate::model::RevisionId;
 use crate::revision::file::Revision;
+
+pub use crate::revision::resolve::ResolveError;
 
 pub type Node = usize;
 
@@ -41,33 +47,44 @@ pub enum GraphError {
     LabelIsRevision { label: String, path: PathBuf },
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ResolveError {
-    #[error("Can't locate revision identified by '{0}'")]
-    NotFound(String),
-    #[error("revision prefix '{prefix}' is ambiguous: {}", candidates.join(", "))]
-    Ambiguous {
-        prefix: String,
-        candidates: Vec<String>,
-    },
-    #[error(
-        "Multiple head revisions are present ({}); please specify a specific target revision, '<branchname>@head' to narrow to a specific head, or 'heads' for all heads; or join them with `fleetmig merge -m \"merge heads\" heads`",
-        heads.join(", ")
-    )]
-    MultipleHeads { heads: Vec<String> },
-}
-
 /// A validated revision graph.
 #[derive(Debug)]
 pub struct Graph {
     revs: Vec<Revision>,
     by_id: HashMap<RevisionId, Node>,
-    parents: Vec<Vec<Node>>,
-    /// parents + depends_on: everything that must be applied first.
-    requires: Vec<Vec<Node>>,
-    children: Vec<Vec<Node>>,
-    required_by: Vec<Vec<Node>>,
+    /// Each declared branch label and the revision that declares it.
     labels: HashMap<String, Node>,
+    /// `down_revision` (Alembic's `_versioned_down_revisions`), in declared order.
+    parents: Vec<Vec<Node>>,
+    /// `depends_on` resolved to revisions (labels allowed), in declared order.
+    deps: Vec<Vec<Node>>,
+    /// `depends_on` minus what a versioned ancestor already depends on
+    /// (`_normalized_resolved_dependencies`).
+    norm_deps: Vec<Vec<Node>>,
+    /// parents + depends_on: everything that must be applied first (`_all_down_revisions`).
+    requires: Vec<Vec<Node>>,
+    /// parents + normalized depends_on (`_normalized_down_revisions`).
+    norm_down: Vec<Vec<Node>>,
+    /// Revisions naming this one as down_revision (`nextrev`).
+    children: Vec<Vec<Node>>,
+    /// Revisions naming this one as down_revision or in depends_on (`_all_nextrev`).
+    required_by: Vec<Vec<Node>>,
+    /// Branch labels as Alembic propagates them: a label also covers its revision's
+    /// descendants and, up to a branch point, its ancestors.
+    branch_labels: Vec<BTreeSet<String>>,
+    heads: Vec<Node>,
+    real_heads: Vec<Node>,
+    bases: Vec<Node>,
+}
+
+fn dedupe(nodes: impl IntoIterator<Item = Node>) -> Vec<Node> {
+    let mut out: Vec<Node> = Vec::new();
+    for n in nodes {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 impl Graph {
@@ -85,44 +102,85 @@ impl Graph {
             }
             by_id.insert(r.id.clone(), i);
         }
-        let lookup = |r: &Revision,
-                      ids: &[RevisionId],
-                      field: &'static str|
-         -> Result<Vec<Node>, GraphError> {
-            ids.iter()
+        let labels = Self::declared_labels(&revs, &by_id)?;
+        let n = revs.len();
+        let (mut parents, mut deps) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for r in &revs {
+            let unknown = |missing: &RevisionId, field| GraphError::UnknownParent {
+                missing: missing.clone(),
+                path: r.path.clone(),
+                field,
+            };
+            let p = r
+                .parents
+                .iter()
                 .map(|p| {
                     by_id
                         .get(p)
                         .copied()
-                        .ok_or_else(|| GraphError::UnknownParent {
-                            missing: p.clone(),
-                            path: r.path.clone(),
-                            field,
-                        })
+                        .ok_or_else(|| unknown(p, "down_revision"))
                 })
-                .collect()
-        };
-        let n = revs.len();
-        let (mut parents, mut requires) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut children, mut required_by) = (vec![vec![]; n], vec![vec![]; n]);
-        for (i, r) in revs.iter().enumerate() {
-            let p = lookup(r, &r.parents, "down_revision")?;
-            let mut req = p.clone();
-            for d in lookup(r, &r.depends_on, "depends_on")? {
-                if !req.contains(&d) {
-                    req.push(d);
-                }
-            }
-            for &x in &p {
-                children[x].push(i);
-            }
-            for &x in &req {
-                required_by[x].push(i);
-            }
-            parents.push(p);
-            requires.push(req);
+                .collect::<Result<Vec<_>, _>>()?;
+            // Like Alembic, depends_on may name a revision or a branch label.
+            let d = r
+                .depends_on
+                .iter()
+                .map(|d| {
+                    by_id
+                        .get(d)
+                        .or_else(|| labels.get(d.as_str()))
+                        .copied()
+                        .ok_or_else(|| unknown(d, "depends_on"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            parents.push(dedupe(p));
+            deps.push(dedupe(d));
         }
-        let mut labels = HashMap::new();
+        let requires: Vec<Vec<Node>> = (0..n)
+            .map(|i| dedupe(parents[i].iter().chain(&deps[i]).copied()))
+            .collect();
+        let (mut children, mut required_by) = (vec![vec![]; n], vec![vec![]; n]);
+        for i in 0..n {
+            for &p in &parents[i] {
+                children[p].push(i);
+            }
+            for &r in &requires[i] {
+                required_by[r].push(i);
+            }
+        }
+        let mut g = Graph {
+            revs,
+            by_id,
+            labels,
+            parents,
+            deps,
+            norm_deps: vec![],
+            requires,
+            norm_down: vec![],
+            children,
+            required_by,
+            branch_labels: vec![],
+            heads: vec![],
+            real_heads: vec![],
+            bases: vec![],
+        };
+        g.check_acyclic()?;
+        g.norm_deps = (0..n).map(|i| g.normalized_deps(i)).collect();
+        g.norm_down = (0..n)
+            .map(|i| dedupe(g.parents[i].iter().chain(&g.norm_deps[i]).copied()))
+            .collect();
+        g.heads = (0..n).filter(|&i| g.children[i].is_empty()).collect();
+        g.real_heads = (0..n).filter(|&i| g.required_by[i].is_empty()).collect();
+        g.bases = (0..n).filter(|&i| g.parents[i].is_empty()).collect();
+        g.branch_labels = g.propagate_labels();
+        Ok(g)
+    }
+
+    fn declared_labels(
+        revs: &[Revision],
+        by_id: &HashMap<RevisionId, Node>,
+    ) -> Result<HashMap<String, Node>, GraphError> {
+        let mut labels: HashMap<String, Node> = HashMap::new();
         for (i, r) in revs.iter().enumerate() {
             for label in &r.branch_labels {
                 if by_id.contains_key(label.as_str()) {
@@ -132,27 +190,72 @@ impl Graph {
                     });
                 }
                 if let Some(&prev) = labels.get(label) {
-                    let prev: &Revision = &revs[prev];
                     return Err(GraphError::LabelClash {
                         label: label.clone(),
-                        first: prev.path.clone(),
+                        first: revs[prev].path.clone(),
                         second: r.path.clone(),
                     });
                 }
                 labels.insert(label.clone(), i);
             }
         }
-        let g = Graph {
-            revs,
-            by_id,
-            parents,
-            requires,
-            children,
-            required_by,
-            labels,
-        };
-        g.check_acyclic()?;
-        Ok(g)
+        Ok(labels)
+    }
+
+    /// `_normalize_depends_on`: a dependency that a versioned ancestor also declares is
+    /// reached through that ancestor, so it is no immediate down revision of this one.
+    fn normalized_deps(&self, n: Node) -> Vec<Node> {
+        if self.deps[n].is_empty() {
+            return vec![];
+        }
+        let inherited: BTreeSet<Node> = self
+            .versioned_ancestors([n])
+            .into_iter()
+            .filter(|&a| a != n)
+            .flat_map(|a| self.deps[a].iter().copied())
+            .collect();
+        self.deps[n]
+            .iter()
+            .copied()
+            .filter(|d| !inherited.contains(d))
+            .collect()
+    }
+
+    /// `_add_branches`: a label covers its revision's descendants (by down_revision); when
+    /// those form one line, it also covers the revision's ancestors down to the first branch
+    /// point (counting dependants) or merge point. Alembic walks down from the last descendant
+    /// it visited; with a fork among the descendants that walk stops at the fork, at or above
+    /// the labelled revision, and adds nothing new.
+    fn propagate_labels(&self) -> Vec<BTreeSet<String>> {
+        let mut out: Vec<BTreeSet<String>> = self
+            .revs
+            .iter()
+            .map(|r| r.branch_labels.iter().cloned().collect())
+            .collect();
+        for (l, rev) in self.revs.iter().enumerate() {
+            if rev.branch_labels.is_empty() {
+                continue;
+            }
+            for d in self.versioned_descendants([l]) {
+                out[d].extend(rev.branch_labels.iter().cloned());
+            }
+            let mut tip = l;
+            while let [only] = self.children[tip].as_slice() {
+                tip = *only;
+            }
+            if !self.children[tip].is_empty() {
+                continue;
+            }
+            let mut at = Some(tip);
+            while let Some(p) = at {
+                if self.required_by[p].len() > 1 || self.parents[p].len() > 1 {
+                    break;
+                }
+                out[p].extend(rev.branch_labels.iter().cloned());
+                at = self.parents[p].first().copied();
+            }
+        }
+        out
     }
 
     fn check_acyclic(&self) -> Result<(), GraphError> {
@@ -209,85 +312,96 @@ impl Graph {
         &self.revs[n]
     }
 
+    pub fn id(&self, n: Node) -> &str {
+        self.revs[n].id.as_str()
+    }
+
     pub fn revisions(&self) -> impl Iterator<Item = (Node, &Revision)> {
         self.revs.iter().enumerate()
     }
 
+    /// A revision by its full id only.
     pub fn node(&self, id: &str) -> Option<Node> {
         self.by_id.get(id).copied()
+    }
+
+    /// The revision that declares branch label `label`.
+    pub fn label(&self, label: &str) -> Option<Node> {
+        self.labels.get(label).copied()
+    }
+
+    /// Every declared branch label, with its revision.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, Node)> {
+        self.labels.iter().map(|(l, &n)| (l.as_str(), n))
     }
 
     pub fn parents(&self, n: Node) -> &[Node] {
         &self.parents[n]
     }
 
+    /// depends_on, resolved.
+    pub fn depends_on(&self, n: Node) -> &[Node] {
+        &self.deps[n]
+    }
+
+    /// Parents and depends_on.
     pub fn requires(&self, n: Node) -> &[Node] {
         &self.requires[n]
+    }
+
+    /// Parents and the depends_on no versioned ancestor already declares.
+    pub fn normalized_down(&self, n: Node) -> &[Node] {
+        &self.norm_down[n]
+    }
+
+    pub fn normalized_depends_on(&self, n: Node) -> &[Node] {
+        &self.norm_deps[n]
     }
 
     pub fn children(&self, n: Node) -> &[Node] {
         &self.children[n]
     }
 
-    /// Revisions that no other revision names as its down_revision.
+    /// Children and dependants.
+    pub fn required_by(&self, n: Node) -> &[Node] {
+        &self.required_by[n]
+    }
+
+    /// The labels that cover `n` (declared on it or propagated to it).
+    pub fn branch_labels(&self, n: Node) -> &BTreeSet<String> {
+        &self.branch_labels[n]
+    }
+
+    /// Revisions no other revision names as its down_revision: what `heads` lists (a revision
+    /// something only depends on is an "effective head").
     pub fn heads(&self) -> Vec<Node> {
-        (0..self.revs.len())
-            .filter(|&n| self.children[n].is_empty())
-            .collect()
+        self.heads.clone()
     }
 
+    /// Heads that nothing depends on either: what the target `heads` means.
+    pub fn real_heads(&self) -> Vec<Node> {
+        self.real_heads.clone()
+    }
+
+    /// Revisions without a down_revision (they may still depend on others).
     pub fn bases(&self) -> Vec<Node> {
-        (0..self.revs.len())
-            .filter(|&n| self.parents[n].is_empty())
-            .collect()
+        self.bases.clone()
     }
 
-    /// The single head, or the Alembic "multiple heads" error.
-    pub fn single_head(&self) -> Result<Option<Node>, ResolveError> {
-        match self.heads().as_slice() {
-            [] => Ok(None),
-            [h] => Ok(Some(*h)),
-            many => Err(ResolveError::MultipleHeads {
-                heads: many.iter().map(|&h| self.revs[h].id.to_string()).collect(),
-            }),
-        }
+    pub fn is_head(&self, n: Node) -> bool {
+        self.children[n].is_empty()
     }
 
-    /// A revision by full id, branch label or unique id prefix.
-    pub fn resolve(&self, s: &str) -> Result<Node, ResolveError> {
-        if let Some(n) = self.node(s) {
-            return Ok(n);
-        }
-        if let Some(&n) = self.labels.get(s) {
-            return Ok(n);
-        }
-        let matches: Vec<Node> = (0..self.revs.len())
-            .filter(|&n| self.revs[n].id.as_str().starts_with(s))
-            .collect();
-        match matches.as_slice() {
-            [one] if !s.is_empty() => Ok(*one),
-            [] | [_] => Err(ResolveError::NotFound(s.to_string())),
-            many => Err(ResolveError::Ambiguous {
-                prefix: s.to_string(),
-                candidates: many.iter().map(|&n| self.revs[n].id.to_string()).collect(),
-            }),
-        }
+    pub fn is_real_head(&self, n: Node) -> bool {
+        self.required_by[n].is_empty()
     }
 
-    /// The head of the branch that `s` (a label or revision) is on: `label@head`.
-    pub fn branch_head(&self, s: &str) -> Result<Node, ResolveError> {
-        let start = self.resolve(s)?;
-        let reachable = self.closure([start], |n| &self.children[n]);
-        let heads: Vec<Node> = reachable
-            .into_iter()
-            .filter(|&n| self.children[n].is_empty())
-            .collect();
-        match heads.as_slice() {
-            [h] => Ok(*h),
-            many => Err(ResolveError::MultipleHeads {
-                heads: many.iter().map(|&h| self.revs[h].id.to_string()).collect(),
-            }),
-        }
+    pub fn is_branch_point(&self, n: Node) -> bool {
+        self.children[n].len() > 1
+    }
+
+    pub fn is_merge_point(&self, n: Node) -> bool {
+        self.parents[n].len() > 1
     }
 
     fn closure<'a>(
@@ -310,19 +424,19 @@ impl Graph {
         self.closure(nodes, |n| &self.requires[n])
     }
 
-    /// `node` and everything that requires it, transitively.
-    pub fn descendants(&self, node: Node) -> BTreeSet<Node> {
-        self.closure([node], |n| &self.required_by[n])
+    /// `nodes` and their down_revisions, transitively (dependencies not followed).
+    pub fn versioned_ancestors(&self, nodes: impl IntoIterator<Item = Node>) -> BTreeSet<Node> {
+        self.closure(nodes, |n| &self.parents[n])
     }
 
-    /// The rows `alembic_version` holds for an applied set: applied revisions none of whose
-    /// down_revision children are applied.
-    pub fn version_rows(&self, applied: &BTreeSet<Node>) -> BTreeSet<Node> {
-        applied
-            .iter()
-            .copied()
-            .filter(|&n| !self.children[n].iter().any(|c| applied.contains(c)))
-            .collect()
+    /// `nodes` and everything that requires them, transitively.
+    pub fn descendants(&self, nodes: impl IntoIterator<Item = Node>) -> BTreeSet<Node> {
+        self.closure(nodes, |n| &self.required_by[n])
+    }
+
+    /// `nodes` and the revisions naming them as down_revision, transitively.
+    pub fn versioned_descendants(&self, nodes: impl IntoIterator<Item = Node>) -> BTreeSet<Node> {
+        self.closure(nodes, |n| &self.children[n])
     }
 
     /// `subset` in an order where everything comes after what it requires (Kahn's algorithm,

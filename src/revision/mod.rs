@@ -1,12 +1,16 @@
 //! Revision files and the graph they form: parsing, placeholders, statement splitting,
 //! rendering, graph checks and pure planning. No database access here.
 
+pub mod alembic_py;
+mod collect;
 pub mod file;
 pub mod graph;
+pub mod heads;
 pub mod import;
 pub mod placeholder;
 pub mod plan;
 pub mod render;
+pub mod resolve;
 pub mod scratch;
 pub mod sql;
 pub mod validate;

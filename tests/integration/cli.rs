@@ -157,7 +157,13 @@ async fn authoring_commands_manage_heads() {
             .status
             .success()
     );
-    let right = run(&["revision", "-m", "right", "--rev-id", "c1", "--head", "a1"]);
+    // a1 is no head any more: branching from it needs --splice, as in Alembic.
+    let refused = run(&["revision", "-m", "right", "--rev-id", "c1", "--head", "a1"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("--splice"), "{}", text(&refused));
+    let right = run(&[
+        "revision", "-m", "right", "--rev-id", "c1", "--head", "a1", "--splice",
+    ]);
     assert!(right.status.success(), "{}", text(&right));
     // Two heads now: a new revision or `upgrade head` refuses, naming merge.
     let refused = run(&["upgrade", "head"]);
@@ -176,7 +182,8 @@ async fn authoring_commands_manage_heads() {
     assert!(up.status.success(), "{}", text(&up));
     assert_eq!(
         String::from_utf8_lossy(&run(&["current"]).stdout).trim(),
-        "m1 (head)"
+        "m1 (head) (mergepoint)",
+        "as Alembic prints it"
     );
     let history = String::from_utf8_lossy(&run(&["history"]).stdout).to_string();
     assert!(
@@ -189,8 +196,15 @@ async fn authoring_commands_manage_heads() {
     );
     let check = run(&["check"]);
     assert!(check.status.success(), "{}", text(&check));
-    // Unique prefixes work; unknown ones say what Alembic says.
-    let down = run(&["downgrade", "a"]);
+    // Prefixes only match ids of four characters or more (Alembic's rule): "a" is no a1.
+    let short = run(&["downgrade", "a"]);
+    assert_eq!(short.status.code(), Some(2), "{}", text(&short));
+    assert!(
+        text(&short).contains("at least four characters"),
+        "{}",
+        text(&short)
+    );
+    let down = run(&["downgrade", "a1"]);
     assert!(down.status.success(), "{}", text(&down));
     let unknown = run(&["downgrade", "zz"]);
     assert_eq!(unknown.status.code(), Some(2));

@@ -601,7 +601,14 @@ async fn merges_and_branches_keep_alembic_rows() {
         .await
         .unwrap();
     assert_eq!(run.rows(&client).await, vec!["m"]);
-    run.go(&mut client, Direction::Downgrade, "-1")
+    // From the merge, -1 has two ways down: refused like Alembic's "Ambiguous walk"; naming
+    // one parent unapplies the merge and keeps both.
+    let err = run
+        .go(&mut client, Direction::Downgrade, "-1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Ambiguous walk"), "{err}");
+    run.go(&mut client, Direction::Downgrade, "c")
         .await
         .unwrap();
     assert_eq!(run.rows(&client).await, vec!["b", "c"]);

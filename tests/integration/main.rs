@@ -5,7 +5,11 @@ mod harness;
 mod tls_services;
 
 mod adopt;
+mod alembic_daemon;
 mod alembic_import;
+mod alembic_parity;
+mod alembic_project;
+mod alembic_property;
 mod changed;
 mod cli;
 mod consistency;

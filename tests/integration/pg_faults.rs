@@ -78,7 +78,7 @@ async fn run_fenced(
         live,
     };
     Engine::new(app, &values, &settings)
-        .migrate(client, Direction::Upgrade, &Target::Head, &opts)
+        .migrate(client, Direction::Upgrade, &"head".parse::<Target>().unwrap(), &opts)
         .await
 }
 
