@@ -218,7 +218,10 @@ impl TenantRun {
                 self.emit(&tenant, TenantEvent::Busy { holder });
                 return Outcome::Skipped;
             }
-            Err(e @ crate::lock::LockError::SessionLost) => {
+            // etcd's failure, not the tenant's: nothing ran; a later pass (or retry) takes it.
+            Err(
+                e @ (crate::lock::LockError::SessionLost | crate::lock::LockError::Unavailable(_)),
+            ) => {
                 self.emit(
                     &tenant,
                     TenantEvent::Interrupted {
