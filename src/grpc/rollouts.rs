@@ -326,12 +326,12 @@ impl proto::rollouts_server::Rollouts for RolloutsService {
         let stream = ReceiverStream::new(rx).map(|e| match e {
             Ok(WatchEvent::Snapshot(doc)) => Ok(proto::RolloutEvent {
                 kind: "snapshot".into(),
-                rollout: Some(rollout_to_proto(&doc, String::new(), true)),
+                rollout: Some(rollout_to_proto(&doc, doc.owner.clone(), true)),
                 changed: vec![],
             }),
             Ok(WatchEvent::Update { rollout, changed }) => Ok(proto::RolloutEvent {
                 kind: "update".into(),
-                rollout: Some(rollout_to_proto(&rollout, String::new(), false)),
+                rollout: Some(rollout_to_proto(&rollout, rollout.owner.clone(), false)),
                 changed: changed.iter().map(tenant_to_proto).collect(),
             }),
             Err(e) => Err(Status::from(e)),
