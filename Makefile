@@ -5,6 +5,7 @@
 #   make lint                  rustfmt check, clippy -D warnings, yamllint deploy/
 #   make test                  setup + lint + cargo test (the harness starts Postgres and etcd) + fuzz
 #   make fuzz                  the fuzz targets (cargo fuzz), FUZZ_SECONDS each (default 30)
+#   make chaos                 the fault suite's long versions (3-member etcd, 3 replicas; ~4 min)
 #   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
 #   make demo                  setup + build + scripts/demo.sh
 #   make migrate-rev m="add users" [app=NAME]
@@ -39,7 +40,7 @@ export PATH := $(TOOLS_DIR)/bin:$(PATH)
 
 APP_ARG = $(if $(app),--app '$(app)')
 
-.PHONY: setup build lint test fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
+.PHONY: setup build lint test chaos fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
 
 setup:
 	bash scripts/setup.sh
@@ -57,6 +58,12 @@ lint: setup
 test: setup lint
 	$(CARGO) test --locked --all-targets $(CARGO_TEST_ARGS)
 	$(MAKE) fuzz
+
+# The fault suite (tests/integration/chaos.rs) with FLEETMIG_CHAOS=1: 40 tenants, a 30 s etcd
+# quorum loss. `make test` runs the same scenarios small (24 tenants, a 6 s quorum loss).
+# One scenario at a time; measured takeover and resume times are printed.
+chaos: setup
+	FLEETMIG_CHAOS=1 $(CARGO) test --locked --test integration -- chaos:: --test-threads=1 --nocapture
 
 # cargo fuzz on the machine's stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass the sanitizer
 # flags (-Z) that otherwise need nightly. New inputs go to $(TOOLS_DIR)/fuzz-corpus; the kept

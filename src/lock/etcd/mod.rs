@@ -91,7 +91,11 @@ impl EtcdSession {
         stop: CancellationToken,
     ) -> Result<Arc<EtcdSession>, LockError> {
         let ttl = Duration::from_secs(ttl.as_secs().max(2));
-        let first = grant(&client, ttl).await.map_err(unavailable)?;
+        // A member down or an election at start is waited out, within the usual deadline.
+        let first =
+            crate::etcd::retry::within("granting the daemon's lease", || grant(&client, ttl))
+                .await
+                .map_err(unavailable)?;
         let session = Arc::new(EtcdSession {
             client,
             prefix: format!("{prefix}locks/"),
