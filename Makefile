@@ -5,7 +5,7 @@
 #   make lint                  rustfmt check, clippy -D warnings, yamllint deploy/
 #   make test                  setup + lint + cargo test (the harness starts Postgres and etcd) + fuzz
 #   make fuzz                  the fuzz targets (cargo fuzz), FUZZ_SECONDS each (default 30)
-#   make chaos                 the fault suite's long versions (3-member etcd, 3 replicas; ~4 min)
+#   make chaos                 the fault suite's long versions (3-member etcd, 3 replicas; ~2 min)
 #   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
 #   make demo                  setup + build + scripts/demo.sh
 #   make migrate-rev m="add users" [app=NAME]
