@@ -6,6 +6,7 @@
 #   make test                  setup + lint + cargo test (the harness starts Postgres and etcd) + fuzz
 #   make test-graph            the Alembic graph property test alone, GRAPH_CASES cases (default 2000)
 #   make fuzz                  the fuzz targets (cargo fuzz), FUZZ_SECONDS each (default 30)
+#   make chaos                 the fault suite's long versions (3-member etcd, 3 replicas; ~2 min)
 #   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
 #   make demo                  setup + build + scripts/demo.sh
 #   make migrate-rev m="add users" [app=NAME]
@@ -47,7 +48,7 @@ ifneq ($(GRAPH_CASES),)
 export FLEETMIG_GRAPH_CASES := $(GRAPH_CASES)
 endif
 
-.PHONY: setup build lint test test-graph fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
+.PHONY: setup build lint test test-graph chaos fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
 
 setup:
 	bash scripts/setup.sh
@@ -68,6 +69,12 @@ test: setup lint
 
 test-graph: setup
 	FLEETMIG_GRAPH_CASES=$(or $(GRAPH_CASES),2000) $(CARGO) test --locked --test integration alembic_property -- --nocapture
+
+# The fault suite (tests/integration/chaos.rs) with FLEETMIG_CHAOS=1: 40 tenants, a 30 s etcd
+# quorum loss. `make test` runs the same scenarios small (24 tenants, a 6 s quorum loss).
+# One scenario at a time; measured takeover and resume times are printed.
+chaos: setup
+	FLEETMIG_CHAOS=1 $(CARGO) test --locked --test integration -- chaos:: --test-threads=1 --nocapture
 
 # cargo fuzz on the machine's stable toolchain: RUSTC_BOOTSTRAP=1 lets it pass the sanitizer
 # flags (-Z) that otherwise need nightly. New inputs go to $(TOOLS_DIR)/fuzz-corpus; the kept

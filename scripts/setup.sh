@@ -67,6 +67,7 @@ declare -a APT_CHECKS=(
     "cmd:sha256sum coreutils"
     "file:/usr/lib/postgresql/15/bin/postgres postgresql-15"
     "file:/usr/sbin/pgbouncer pgbouncer"
+    "file:/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 libfaketime"
 )
 missing_pkgs=()
 for check in "${APT_CHECKS[@]}"; do

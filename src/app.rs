@@ -31,6 +31,10 @@ use crate::revision::App;
 use crate::rollout::driver::Rollouts;
 use crate::rollout::store::RolloutStore;
 
+/// A control call (pause, resume, cancel) waits up to the lease TTL plus this for the rollout's
+/// owner to act on it.
+const CONTROL_ANSWER_MARGIN: Duration = Duration::from_secs(15);
+
 /// After the jobs are done, how long open client connections get to close by themselves.
 const SERVER_DRAIN: Duration = Duration::from_secs(2);
 
@@ -106,7 +110,7 @@ fn rpc_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
-/// Serve until SIGTERM/SIGINT (or the etcd lease is lost).
+/// Serve until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     serve_until(config, signalled(), |_| {}).await
 }
@@ -140,18 +144,16 @@ pub async fn serve_until(
             "WARNING: auth.mode = \"none\": calls are not authenticated: local development only"
         );
     }
-    let etcd = etcd_client::Client::connect(
-        &config.etcd.endpoints,
-        Some(crate::transport::etcd_options(&config)?),
-    )
-    .await
-    .with_context(|| format!("connecting to etcd at {}", config.etcd.endpoints.join(",")))?;
-
     let tracker = TaskTracker::new();
     // Stops new work (jobs, tenants, revisions) at the first signal.
     let shutdown = CancellationToken::new();
     // Stops the lease keep-alive and housekeeping: only after in-flight work is done.
     let background = CancellationToken::new();
+    // Bad etcd settings are bad configuration (exit 2), not an unreachable etcd.
+    crate::etcd::options(&config)?;
+    let etcd = crate::etcd::connect(&config, &tracker, background.clone())
+        .await
+        .with_context(|| format!("connecting to etcd at {}", config.etcd.endpoints.join(",")))?;
     let owner = owner();
     let session = EtcdSession::start(
         etcd.clone(),
@@ -210,9 +212,16 @@ pub async fn serve_until(
     let rollouts = Rollouts::new(
         fleet.clone(),
         RolloutStore::new(etcd.clone(), &config.etcd.prefix),
-        // Unique per daemon, also for several daemons in one process (tests).
+        // Unique per daemon, also for several daemons in one process (tests): named after its
+        // first lease. Its keys live under the lease in force (it changes after a loss).
         format!("{} lease {:x}", self::owner(), session.lease_id()),
-        session.lease_id(),
+        {
+            let session = session.clone();
+            Arc::new(move || session.lease_id())
+        },
+        // A control call waits this long for the owner to act: a dead owner is replaced
+        // within a TTL, and the new one reconciles before it answers.
+        config.etcd.lease_ttl + CONTROL_ANSWER_MARGIN,
         tracker.clone(),
         shutdown.clone(),
     );
@@ -247,15 +256,38 @@ pub async fn serve_until(
     eprintln!("fleetmig listening on {addr}");
     on_listening(addr);
 
-    // First signal or lease loss: NOT_SERVING, stop accepting, stop taking new work.
-    let lease_lost = crate::lock::DistributedLock::session_lost(&*session);
+    // While the daemon holds no live lease (etcd unreachable, a quorum lost), it takes no
+    // tenant and says NOT_SERVING; it takes a new lease by itself once etcd answers.
     {
-        let (shutdown, health, lease_lost) = (shutdown.clone(), health.clone(), lease_lost.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop => {}
-                _ = lease_lost.cancelled() => tracing::error!("etcd lease lost: shutting down so a restart gets a fresh lease"),
+        let (session, health, stopping) = (session.clone(), health.clone(), background.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = session.lost_token().cancelled_owned() => {}
+                    _ = stopping.cancelled() => return,
+                }
+                if stopping.is_cancelled() {
+                    return;
+                }
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                tokio::select! {
+                    _ = session.live() => {}
+                    _ = stopping.cancelled() => return,
+                }
+                tracing::info!("etcd lease in force again: serving");
+                health
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
             }
+        });
+    }
+    // First signal: NOT_SERVING, stop accepting, stop taking new work.
+    {
+        let (shutdown, health) = (shutdown.clone(), health.clone());
+        tokio::spawn(async move {
+            stop.await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
@@ -339,7 +371,6 @@ pub async fn serve_until(
         }
         _ = shutdown.cancelled() => {}
     }
-    let lease_was_lost = lease_lost.is_cancelled();
     // Let running jobs finish their in-flight revisions (their streams end with them), within the grace period.
     let grace = config.server.shutdown_grace;
     // The server keeps being polled meanwhile, so health checks see NOT_SERVING.
@@ -377,9 +408,6 @@ pub async fn serve_until(
     session.revoke().await;
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-    if lease_was_lost {
-        bail!("stopped because the etcd lease was lost");
-    }
     tracing::info!("fleetmig stopped");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! fleetmig: Alembic-style schema revisions for fleets of PostgreSQL databases.
 //!
 //! Module map (dependencies point downwards):
+//! - [`etcd`]: the daemon's etcd client (member failover, transient-error retries).
 //! - [`cli`]: command-line front end (local commands on one `DATABASE_URL`, daemon client).
 //! - [`app`]: composition root of `fleetmig serve`; [`transport`]: its TLS edges;
 //!   [`listen`]: limits of every port it serves.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod etcd;
 pub mod fleet;
 pub mod grpc;
 pub mod listen;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub jobs_running: UpDownCounter<i64>,
     /// Failed etcd keep-alive rounds.
     pub keepalive_failures: Counter<u64>,
+    /// etcd requests sent again after a transient error.
+    pub etcd_retries: Counter<u64>,
+    /// Leases lost (the daemon stopped every tenant and took a new lease).
+    pub leases_lost: Counter<u64>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -52,6 +56,14 @@ pub fn metrics() -> &'static Metrics {
             keepalive_failures: m
                 .u64_counter("fleetmig.lease.keepalive_failures")
                 .with_description("Failed etcd keep-alive rounds")
+                .build(),
+            etcd_retries: m
+                .u64_counter("fleetmig.etcd.retries")
+                .with_description("etcd requests retried after a transient error")
+                .build(),
+            leases_lost: m
+                .u64_counter("fleetmig.lease.lost")
+                .with_description("etcd leases lost")
                 .build(),
         }
     })

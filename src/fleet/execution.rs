@@ -72,7 +72,7 @@ impl Execution<'_> {
                 }
                 _ => return result,
             };
-            let Some(pause) = pauses.next().filter(|_| self.guard.is_live()) else {
+            let Some(pause) = pauses.next().filter(|_| self.guard.valid()) else {
                 return result;
             };
             attempt += 1;
@@ -117,7 +117,7 @@ impl Execution<'_> {
         let lease_ended = match &result {
             None | Some(Err(EngineError::LeaseExpired)) => true,
             // Whatever went wrong, after the deadline the run is the next holder's.
-            Some(Err(_)) if !self.guard.is_live() => true,
+            Some(Err(_)) if !self.guard.valid() => true,
             Some(Err(e)) if e.connection_lost() => {
                 conn.poison();
                 false

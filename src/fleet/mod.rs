@@ -7,6 +7,7 @@ pub mod events;
 mod execution;
 mod onboard;
 mod queries;
+mod standing;
 mod tenant_run;
 mod verify;
 
@@ -23,6 +24,7 @@ use tracing::Instrument;
 pub use events::{JobEvent, Outcome, Summary, TenantEvent};
 pub use onboard::{OnboardEvent, OnboardSpec};
 pub use queries::{CurrentReport, HistoryEntry, TenantPlan, TenantVersion};
+pub use standing::Standing;
 pub use verify::{DriftReport, TenantDrift};
 
 use crate::engine::{EngineError, Settings};

@@ -284,7 +284,7 @@ impl Fleet {
                     applied_by: &self.owner,
                     events: &events,
                     stop: &|| false,
-                    live: &|| guard.is_live(),
+                    live: &|| guard.valid(),
                 };
                 let engine = Engine::new(app, &values, &settings);
                 let targets = [revision.to_string()];

@@ -233,7 +233,10 @@ impl TenantRun {
                 self.emit(&tenant, TenantEvent::Busy { holder });
                 return Outcome::Skipped;
             }
-            Err(e @ crate::lock::LockError::SessionLost) => {
+            // etcd's failure, not the tenant's: nothing ran; a later pass (or retry) takes it.
+            Err(
+                e @ (crate::lock::LockError::SessionLost | crate::lock::LockError::Unavailable(_)),
+            ) => {
                 self.emit(
                     &tenant,
                     TenantEvent::Interrupted {
@@ -356,7 +359,7 @@ impl TenantRun {
         };
         let (cancel, shutdown) = (self.cancel.clone(), self.fleet.shutdown.clone());
         let stop = move || cancel.is_cancelled() || shutdown.is_cancelled();
-        let live = || guard.is_live();
+        let live = || guard.valid();
         let opts = RunOptions {
             fence: Some(guard.token()),
             allow_changed: self.spec.allow_changed,

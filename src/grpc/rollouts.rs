@@ -56,9 +56,9 @@ fn rollout_id(id: &str) -> Result<String, Status> {
     convert::job_id("id", id, "the rollout id Start returned").map_err(invalid)
 }
 
-/// What a control call did, as the state it answers with: the replica driving the rollout
-/// acts on the request within a second, so a running rollout asked to stop is `cancelling`,
-/// not yet `cancelled` (and not `running`, which read as if nothing happened).
+/// What a control call did, as the state it answers with: the state reached once the driving
+/// replica has acted, or, if it has not yet, what was asked (`cancelling`, not `running`,
+/// which would read as if nothing happened).
 fn answered_state(now: RolloutState, desired: Desired) -> &'static str {
     match (desired, now) {
         (Desired::Cancelled, s) if !s.is_final() => "cancelling",
@@ -342,12 +342,12 @@ impl proto::rollouts_server::Rollouts for RolloutsService {
         let stream = ReceiverStream::new(rx).map(|e| match e {
             Ok(WatchEvent::Snapshot(doc)) => Ok(proto::RolloutEvent {
                 kind: "snapshot".into(),
-                rollout: Some(rollout_to_proto(&doc, String::new(), true)),
+                rollout: Some(rollout_to_proto(&doc, doc.owner.clone(), true)),
                 changed: vec![],
             }),
             Ok(WatchEvent::Update { rollout, changed }) => Ok(proto::RolloutEvent {
                 kind: "update".into(),
-                rollout: Some(rollout_to_proto(&rollout, String::new(), false)),
+                rollout: Some(rollout_to_proto(&rollout, rollout.owner.clone(), false)),
                 changed: changed.iter().map(tenant_to_proto).collect(),
             }),
             Err(e) => Err(Status::from(e)),

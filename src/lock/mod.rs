@@ -11,10 +11,8 @@ pub mod memory;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-// The keep-alive loop keeps its deadline on tokio's clock (its timers use it).
-use tokio::time::Instant;
-
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::model::FenceToken;
@@ -30,7 +28,9 @@ pub enum LockError {
     },
     #[error("the lock on {key} is held by {holder}")]
     Busy { key: DatabaseKey, holder: String },
-    #[error("this daemon's etcd lease is lost: it holds no locks and takes none until restarted")]
+    #[error(
+        "this daemon has no live etcd lease (etcd unreachable, or the lease lost): it takes no locks until etcd grants it a new one"
+    )]
     SessionLost,
     #[error("etcd is unavailable: {0}")]
     Unavailable(String),
@@ -43,8 +43,7 @@ pub struct LockGuard {
     key: DatabaseKey,
     token: FenceToken,
     lost: CancellationToken,
-    /// Until when the lock can be trusted (the lease's deadline on the monotonic clock),
-    /// moved forward by each acknowledged keep-alive.
+    /// The lease's local deadline (monotonic), for holders that check it before each write.
     safe_until: Option<Arc<Mutex<Instant>>>,
     releaser: Option<Releaser>,
 }
@@ -65,16 +64,16 @@ impl LockGuard {
         }
     }
 
-    /// The lock is trusted only until this deadline (shared with the keep-alive loop).
+    /// Tie the guard to its lease's local deadline (see [`LockGuard::valid`]).
     pub fn with_deadline(mut self, safe_until: Arc<Mutex<Instant>>) -> LockGuard {
         self.safe_until = Some(safe_until);
         self
     }
 
-    /// Whether the lock can still be trusted *now*: not lost, and its lease's deadline not
-    /// passed. Asked right before each statement sent under the lock, so a holder that was
-    /// paused past its deadline sends nothing, even before the keep-alive loop notices.
-    pub fn is_live(&self) -> bool {
+    /// Whether the lock can still be trusted right now: not lost, and its lease's local
+    /// deadline not passed. A deadline is that of the lease the lock was taken under: a new
+    /// lease of the same daemon never extends it. Check it before each statement sent.
+    pub fn valid(&self) -> bool {
         !self.lost.is_cancelled()
             && self
                 .safe_until
@@ -129,6 +128,6 @@ pub trait DistributedLock: Send + Sync + 'static {
     /// Take the lock on `key` if nobody holds it, else [`LockError::Busy`] at once.
     fn try_lock<'a>(&'a self, key: &'a DatabaseKey) -> BoxFuture<'a, Result<LockGuard, LockError>>;
 
-    /// Fires when every lock of this service is lost (the session's lease).
+    /// Fires when every lock this service holds now is lost (the session's lease in force).
     fn session_lost(&self) -> CancellationToken;
 }

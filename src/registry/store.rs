@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::tenant::{Tenant, TenantId};
+use crate::etcd::retry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -64,6 +65,21 @@ impl Registry {
         }
     }
 
+    /// A read, retried on transient etcd errors within a deadline (another member, after an
+    /// election). Writes are not: the caller sees the error and decides.
+    async fn read(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        let key = key.into();
+        retry::within("reading the registry", || {
+            let (mut c, key, options) = (self.client.clone(), key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        })
+        .await
+    }
+
     fn key(&self, id: &TenantId) -> String {
         format!("{}{}", self.prefix, id)
     }
@@ -90,7 +106,8 @@ impl Registry {
     }
 
     async fn get_with_revision(&self, id: &TenantId) -> Result<(Tenant, i64), RegistryError> {
-        let resp = self.client.clone().get(self.key(id), None).await?;
+        let key = self.key(id);
+        let resp = self.read(key.as_str(), None).await?;
         let kv = resp
             .kvs()
             .first()
@@ -112,7 +129,12 @@ impl Registry {
                 .iter()
                 .map(|id| TxnOp::get(self.key(id), None))
                 .collect();
-            let resp = self.client.clone().txn(Txn::new().and_then(gets)).await?;
+            let txn = Txn::new().and_then(gets);
+            let resp = retry::within("reading tenant records", || {
+                let (mut c, txn) = (self.client.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            })
+            .await?;
             for (id, op) in chunk.iter().zip(resp.op_responses()) {
                 let TxnOpResponse::Get(g) = op else {
                     return Err(RegistryError::NotFound(id.clone()));
@@ -206,11 +228,7 @@ impl Registry {
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let resp = self
-                .client
-                .clone()
-                .get(start.clone(), Some(options))
-                .await?;
+            let resp = self.read(start.clone(), Some(options)).await?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }

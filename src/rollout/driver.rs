@@ -24,8 +24,12 @@ use crate::auth::{Caller, Via};
 use crate::fleet::{Fleet, FleetError, JobSpec, Leave, Selector, TenantEvent};
 use crate::registry::tenant::TenantId;
 
-/// How often a replica looks for rollouts to drive or help with (also woken by Start).
+/// How often a replica looks for rollouts to drive or help with (also woken by Start): a
+/// dead owner is replaced within its lease TTL plus this.
 const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
+/// The lease in force of this replica (it changes after a lease is lost and taken anew).
+pub type LeaseOf = Arc<dyn Fn() -> i64 + Send + Sync>;
 /// How often the owner reads what operators asked for (pause, cancel), and helpers the gate.
 pub(super) const CONTROL_EVERY: Duration = Duration::from_millis(200);
 
@@ -49,9 +53,12 @@ pub struct Rollouts {
     /// This replica's name in owner keys and tenant records.
     pub(super) owner: String,
     /// This replica's etcd lease: ownership and helpers' claims live under it.
-    pub(super) lease: i64,
+    lease: LeaseOf,
+    /// How long a control call waits for the owner to act on it.
+    answer_within: Duration,
     driving: Mutex<HashSet<String>>,
-    helping: Mutex<HashSet<String>>,
+    /// Rollouts this replica helps with now; a pass stops when this replica becomes the owner.
+    helping: Mutex<HashMap<String, CancellationToken>>,
     listeners: Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Progress>>>>,
     wake: Notify,
     tracker: TaskTracker,
@@ -78,7 +85,8 @@ impl Rollouts {
         fleet: Arc<Fleet>,
         store: RolloutStore,
         owner: String,
-        lease: i64,
+        lease: LeaseOf,
+        answer_within: Duration,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Rollouts> {
@@ -87,6 +95,7 @@ impl Rollouts {
             store,
             owner,
             lease,
+            answer_within,
             driving: Mutex::default(),
             helping: Mutex::default(),
             listeners: Mutex::default(),
@@ -94,6 +103,11 @@ impl Rollouts {
             tracker,
             shutdown,
         })
+    }
+
+    /// The lease this replica's keys go under now.
+    pub(super) fn lease(&self) -> i64 {
+        (self.lease)()
     }
 
     /// Rollouts this replica drives now.
@@ -136,7 +150,7 @@ impl Rollouts {
         self.driving.lock().unwrap().insert(doc.id.clone());
         if let Err(e) = self
             .store
-            .create(&doc, Some((&self.owner, self.lease)))
+            .create(&doc, Some((&self.owner, self.lease())))
             .await
         {
             self.listeners.lock().unwrap().remove(&doc.id);
@@ -197,11 +211,16 @@ impl Rollouts {
             updated_at: now,
             created_by: caller.who(),
             request_id: caller.request_id.clone(),
+            owner: String::new(),
+            consecutive_failures: 0,
         };
         Ok(doc)
     }
 
-    /// Pause, resume or cancel: recorded for the owner, which follows within a moment.
+    /// Pause, resume or cancel: recorded for the owner, which follows within a moment (a dead
+    /// owner is replaced first). Answers the rollout once the owner acted (a cancelled one
+    /// reconciled with its databases), or as it stands after [`Rollouts::new`]'s
+    /// `answer_within` if no owner acted by then.
     pub async fn control(&self, id: &str, desired: Desired) -> Result<RolloutDoc, RolloutError> {
         let (doc, _) = self.store.get(id).await?;
         if doc.state.is_final() {
@@ -212,7 +231,30 @@ impl Rollouts {
             });
         }
         self.store.set_desired(id, desired).await?;
-        Ok(doc)
+        self.wake.notify_one();
+        let acted = |d: &RolloutDoc| {
+            d.state.is_final()
+                || match desired {
+                    Desired::Running => d.state == RolloutState::Running,
+                    Desired::Paused => d.state == RolloutState::Paused,
+                    Desired::Cancelled => false,
+                }
+        };
+        let until = tokio::time::Instant::now() + self.answer_within;
+        let mut last = doc;
+        while !acted(&last) && tokio::time::Instant::now() < until {
+            tokio::select! {
+                _ = tokio::time::sleep(CONTROL_EVERY) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            if let Ok((d, _)) = self.store.get(id).await {
+                last = d;
+            }
+        }
+        if !acted(&last) {
+            tracing::warn!(rollout = %id, ?desired, "no owner acted on the request in time; it stays recorded and the next owner follows it");
+        }
+        Ok(last)
     }
 
     /// Failed tenants back to pending and the rollout running again.
@@ -280,26 +322,36 @@ impl Rollouts {
         // Every owner in one read, not one per rollout.
         let owners = self.store.owners().await?;
         for id in active {
-            // Not while our own helper pass runs on it: its claims would look like ours.
-            if self.driving.lock().unwrap().contains(&id)
-                || self.helping.lock().unwrap().contains(&id)
-            {
+            if self.driving.lock().unwrap().contains(&id) {
                 continue;
             }
             let owner = owners.get(&id);
             // Ours while not driven here: our driver stopped on an etcd error.
             let ours_again = owner == Some(&self.owner);
+            // Also while our own helper pass runs on it: a dead owner is replaced within a
+            // lease TTL and a claim period, whatever this replica is doing. The pass stops
+            // taking tenants; those it runs report like any helper's and are folded in.
             if ours_again
-                || (owner.is_none() && self.store.claim(&id, &self.owner, self.lease).await?)
+                || (owner.is_none() && self.store.claim(&id, &self.owner, self.lease()).await?)
             {
+                if let Some(pass) = self.helping.lock().unwrap().get(&id) {
+                    pass.cancel();
+                }
                 tracing::info!(rollout = %id, again = ours_again, "driving rollout");
                 self.driving.lock().unwrap().insert(id.clone());
                 let span = tracing::info_span!("rollout", fleetmig.rollout.id = %id);
                 self.spawn_drive(id, span);
-            } else if self.helping.lock().unwrap().insert(id.clone()) {
+                continue;
+            }
+            let pass = CancellationToken::new();
+            let new = {
+                let mut helping = self.helping.lock().unwrap();
+                !helping.contains_key(&id) && helping.insert(id.clone(), pass.clone()).is_none()
+            };
+            if new {
                 let me = self.clone();
                 self.tracker.spawn(async move {
-                    if let Err(e) = me.help(&id).await {
+                    if let Err(e) = me.help(&id, pass).await {
                         tracing::warn!(rollout = %id, error = %e, "helping with a rollout");
                     }
                     me.helping.lock().unwrap().remove(&id);
@@ -314,16 +366,34 @@ impl Rollouts {
         let me = self.clone();
         let drive = async move {
             // An etcd error stops one drive; while we still own the rollout, drive it again
-            // (local streams stay attached).
-            while let Err(e) = me.drive(&id).await {
-                tracing::error!(rollout = %id, error = %e, "rollout driver stopped; retrying in a second");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = me.shutdown.cancelled() => break,
+            // (local streams stay attached). So after our lease was lost: the ownership went
+            // with it, and if nobody took the rollout meanwhile we take it again under the
+            // new lease.
+            loop {
+                let over = match me.drive(&id).await {
+                    Ok(over) => over,
+                    Err(e) => {
+                        tracing::error!(rollout = %id, error = %e, "rollout driver stopped; retrying in a second");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = me.shutdown.cancelled() => break,
+                        }
+                        false
+                    }
+                };
+                if over || me.shutdown.is_cancelled() {
+                    break;
                 }
                 match me.store.owner(&id).await {
                     Ok(Some(o)) if o == me.owner => {}
-                    Ok(_) => break,
+                    Ok(None) => match me.store.claim(&id, &me.owner, me.lease()).await {
+                        Ok(true) => {
+                            tracing::info!(rollout = %id, "driving the rollout again under this replica's new lease")
+                        }
+                        Ok(false) => break,
+                        Err(_) => {} // etcd still away
+                    },
+                    Ok(Some(_)) => break,
                     Err(_) => {} // etcd still away: our lease decides
                 }
             }
@@ -403,10 +473,33 @@ impl Rollouts {
 
     pub(super) async fn save(&self, doc: &mut RolloutDoc) -> Result<bool, StoreError> {
         doc.updated_at = Utc::now();
+        doc.owner = if doc.state.is_final() {
+            String::new()
+        } else {
+            self.owner.clone()
+        };
         self.store.save_owned(doc, &self.owner).await
     }
 
-    async fn drive(&self, id: &str) -> Result<(), StoreError> {
+    /// End the rollout in `state`: helpers' results folded in and every tenant it touched
+    /// reconciled with its database first ([`super::reconcile`]). `false`: ownership lost.
+    async fn finish(
+        &self,
+        doc: &mut RolloutDoc,
+        state: RolloutState,
+        reason: &str,
+        consecutive: u32,
+    ) -> Result<bool, StoreError> {
+        self.reconcile(doc).await?;
+        doc.state = state;
+        doc.reason = reason.to_string();
+        doc.consecutive_failures = consecutive;
+        self.save(doc).await
+    }
+
+    /// Drive the rollout until it is over (`Ok(true)`), or this replica stops driving it
+    /// (`Ok(false)`: shutdown, or the ownership was lost).
+    async fn drive(&self, id: &str) -> Result<bool, StoreError> {
         let (mut doc, _) = self.store.get(id).await?;
         // Taken over, or restarted: tenants a previous owner left mid-flight run again.
         for t in &mut doc.tenants {
@@ -414,25 +507,31 @@ impl Rollouts {
                 t.state = TenantState::Pending;
             }
         }
-        let mut consecutive = 0;
+        // The failure budget goes on counting across a takeover.
+        let mut consecutive = doc.consecutive_failures;
         loop {
             if self.shutdown.is_cancelled() {
                 self.save(&mut doc).await?;
-                return Ok(());
+                return Ok(false);
             }
             match self.store.desired(id).await? {
                 Desired::Cancelled => {
-                    doc.state = RolloutState::Cancelled;
-                    doc.reason = "cancelled by request".into();
-                    self.save(&mut doc).await?;
-                    tracing::info!(rollout = %id, "rollout cancelled");
-                    return Ok(());
+                    let saved = self
+                        .finish(
+                            &mut doc,
+                            RolloutState::Cancelled,
+                            "cancelled by request",
+                            consecutive,
+                        )
+                        .await?;
+                    tracing::info!(rollout = %id, counts = ?doc.counts(), "rollout cancelled");
+                    return Ok(saved);
                 }
                 Desired::Paused => {
                     if doc.state != RolloutState::Paused {
                         doc.state = RolloutState::Paused;
                         if !self.save(&mut doc).await? {
-                            return Ok(());
+                            return Ok(false);
                         }
                         tracing::info!(rollout = %id, "rollout paused");
                     }
@@ -445,34 +544,35 @@ impl Rollouts {
                 Desired::Running if doc.state == RolloutState::Paused => {
                     doc.state = RolloutState::Running;
                     if !self.save(&mut doc).await? {
-                        return Ok(());
+                        return Ok(false);
                     }
                     tracing::info!(rollout = %id, "rollout resumed");
                 }
                 Desired::Running => {}
             }
             let Some(w) = doc.waves.iter().position(|w| w.state != WaveState::Done) else {
-                doc.state = RolloutState::Done;
-                self.save(&mut doc).await?;
+                let saved = self
+                    .finish(&mut doc, RolloutState::Done, "", consecutive)
+                    .await?;
                 tracing::info!(rollout = %id, counts = ?doc.counts(), "rollout done");
-                return Ok(());
+                return Ok(saved);
             };
             if doc.waves[w].state != WaveState::Baking {
                 doc.waves[w].state = WaveState::Running;
+                doc.consecutive_failures = consecutive;
                 if !self.save(&mut doc).await? {
-                    return Ok(());
+                    return Ok(false);
                 }
                 match self.run_wave(&mut doc, w, &mut consecutive).await? {
                     WaveEnd::Completed => {}
                     WaveEnd::Interrupted => continue,
-                    WaveEnd::Stop => return Ok(()),
+                    WaveEnd::Stop => return Ok(false),
                     WaveEnd::Halted(reason) => {
                         tracing::warn!(rollout = %id, %reason, "rollout halted");
                         doc.waves[w].state = WaveState::Halted;
-                        doc.state = RolloutState::Halted;
-                        doc.reason = reason;
-                        self.save(&mut doc).await?;
-                        return Ok(());
+                        return self
+                            .finish(&mut doc, RolloutState::Halted, &reason, consecutive)
+                            .await;
                     }
                 }
             }
@@ -482,7 +582,7 @@ impl Rollouts {
                 if doc.waves[w].state != WaveState::Baking {
                     doc.waves[w].state = WaveState::Baking;
                     if !self.save(&mut doc).await? {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 if !self.bake(id, bake).await? {
@@ -490,8 +590,9 @@ impl Rollouts {
                 }
             }
             doc.waves[w].state = WaveState::Done;
+            doc.consecutive_failures = consecutive;
             if !self.save(&mut doc).await? {
-                return Ok(());
+                return Ok(false);
             }
         }
     }

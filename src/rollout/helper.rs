@@ -9,6 +9,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use super::driver::{CONTROL_EVERY, Rollouts};
 use super::store::StoreError;
 use super::wave::apply;
@@ -16,8 +18,12 @@ use super::{RolloutState, TenantState};
 use crate::fleet::{FleetError, JobEvent};
 
 impl Rollouts {
-    /// One helping pass over the open wave of rollout `id` (the supervisor starts the next).
-    pub(super) async fn help(&self, id: &str) -> Result<(), StoreError> {
+    /// One helping pass over the open wave of rollout `id` (the supervisor starts the next),
+    /// until `stop` (this replica became the owner) or the owner closes the gate.
+    pub(super) async fn help(&self, id: &str, stop: CancellationToken) -> Result<(), StoreError> {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         let Some(w) = self.store.open_wave(id).await? else {
             return Ok(());
         };
@@ -74,7 +80,7 @@ impl Rollouts {
                             continue;
                         }
                         let lease = match t.state {
-                            TenantState::Running => Some(self.lease),
+                            TenantState::Running => Some(self.lease()),
                             TenantState::Done | TenantState::Failed | TenantState::Interrupted => None,
                             _ => continue,
                         };
@@ -83,6 +89,10 @@ impl Rollouts {
                     Some(JobEvent::Summary(_)) | None => break,
                     Some(_) => {}
                 },
+                _ = stop.cancelled(), if !stopped => {
+                    stopped = true;
+                    let _ = self.fleet.cancel(&job_id);
+                }
                 _ = control_tick.tick(), if !stopped => {
                     // The owner closed the gate (halt, pause, cancel, wave over) or is gone.
                     if !matches!(self.store.open_wave(id).await, Ok(Some(open)) if open == w) {
@@ -91,7 +101,8 @@ impl Rollouts {
                     }
                     ticks += 1;
                     if ticks.is_multiple_of(5) && !stopped {
-                        self.refresh_done(id, w, &done).await;
+                        // Bounded: events (a lease lost) must not wait behind an etcd outage.
+                        let _ = tokio::time::timeout(CONTROL_EVERY * 5, self.refresh_done(id, w, &done)).await;
                     }
                 }
             }

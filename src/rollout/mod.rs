@@ -5,6 +5,7 @@
 
 pub mod driver;
 mod helper;
+mod reconcile;
 pub mod store;
 pub mod watch;
 mod wave;
@@ -195,6 +196,13 @@ pub struct RolloutDoc {
     /// The request that started it: audit records of its revisions carry it.
     #[serde(default)]
     pub request_id: String,
+    /// The replica that wrote this version (its owner then); empty once it is over.
+    #[serde(default)]
+    pub owner: String,
+    /// Failures in a row so far (the budget's `max_consecutive_failures`), kept here so a
+    /// new owner goes on counting where the last one stopped.
+    #[serde(default)]
+    pub consecutive_failures: u32,
 }
 
 impl RolloutDoc {

@@ -14,6 +14,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use serde::{Deserialize, Serialize};
 
 use super::{RolloutDoc, TenantDoc};
+use crate::etcd::retry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,6 +85,57 @@ impl RolloutStore {
         self.client.clone()
     }
 
+    // Every request is retried on transient errors within a deadline (another member, after
+    // an election). Each is safe to run twice: reads, puts of the same value, and
+    // transactions guarded by compares (a second run finds its compare failed, which the
+    // callers read as "someone else did").
+    //
+    // Not the owner's and helpers' periodic requests (poll, save, gate, results): their next
+    // tick is the retry, and a request held up for seconds would hold up the loop that
+    // reports tenants (a lease lost meanwhile must show at once).
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.client.kv_client().txn(txn).await
+    }
+
+    async fn txn_retried(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        retry::within("a rollout transaction", || {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn read(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        let key = key.into();
+        retry::within("reading a rollout", || {
+            let (mut kv, key, options) = (self.client.kv_client(), key.clone(), options.clone());
+            async move { kv.get(key, options).await }
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        options: Option<PutOptions>,
+    ) -> Result<etcd_client::PutResponse, etcd_client::Error> {
+        retry::within("writing a rollout key", || {
+            let (mut kv, key, value, options) = (
+                self.client.kv_client(),
+                key.clone(),
+                value.clone(),
+                options.clone(),
+            );
+            async move { kv.put(key, value, options).await }
+        })
+        .await
+    }
+
     /// gzip-compressed JSON: a tenant's entry repeats the same keys and replica names, so a
     /// document shrinks about tenfold.
     /// The JSON is built first and compressed in one write: the encoder zeroes its output
@@ -139,18 +191,13 @@ impl RolloutStore {
         }
         let key = &doc.spec.idempotency_key;
         if key.is_empty() {
-            self.client
-                .kv_client()
-                .txn(Txn::new().and_then(puts))
-                .await?;
+            self.txn_retried(Txn::new().and_then(puts)).await?;
             return Ok((doc.clone(), true));
         }
         let idem = self.idempotency_key(key);
         puts.push(TxnOp::put(idem.as_str(), doc.id.as_bytes(), None));
         let r = self
-            .client
-            .kv_client()
-            .txn(
+            .txn_retried(
                 Txn::new()
                     .when([Compare::create_revision(idem.as_str(), CompareOp::Equal, 0)])
                     .and_then(puts)
@@ -176,7 +223,7 @@ impl RolloutStore {
 
     /// The document and its mod revision.
     pub async fn get(&self, id: &str) -> Result<(RolloutDoc, i64), StoreError> {
-        let r = self.client.kv_client().get(self.doc_key(id), None).await?;
+        let r = self.read(self.doc_key(id), None).await?;
         let kv = r
             .kvs()
             .first()
@@ -186,9 +233,7 @@ impl RolloutStore {
 
     pub async fn list(&self) -> Result<Vec<RolloutDoc>, StoreError> {
         let r = self
-            .client
-            .kv_client()
-            .get(
+            .read(
                 format!("{}rollouts/", self.prefix),
                 Some(GetOptions::new().with_prefix()),
             )
@@ -200,11 +245,7 @@ impl RolloutStore {
     }
 
     pub async fn owner(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let r = self
-            .client
-            .kv_client()
-            .get(self.owner_key(id), None)
-            .await?;
+        let r = self.read(self.owner_key(id), None).await?;
         Ok(r.kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).to_string()))
@@ -214,9 +255,7 @@ impl RolloutStore {
     pub async fn owners(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
         let dir = format!("{}rollout-owner/", self.prefix);
         let r = self
-            .client
-            .kv_client()
-            .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .read(dir.as_str(), Some(GetOptions::new().with_prefix()))
             .await?;
         Ok(r.kvs()
             .iter()
@@ -230,23 +269,17 @@ impl RolloutStore {
     }
 
     pub async fn desired(&self, id: &str) -> Result<Desired, StoreError> {
-        let r = self
-            .client
-            .kv_client()
-            .get(self.control_key(id), None)
-            .await?;
+        let r = self.read(self.control_key(id), None).await?;
         Ok(Desired::of(r.kvs().first().map(|kv| kv.value())))
     }
 
     pub async fn set_desired(&self, id: &str, desired: Desired) -> Result<(), StoreError> {
-        self.client
-            .kv_client()
-            .put(
-                self.control_key(id),
-                serde_json::to_vec(&desired).expect("serializable"),
-                None,
-            )
-            .await?;
+        self.put(
+            self.control_key(id),
+            serde_json::to_vec(&desired).expect("serializable"),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -259,9 +292,7 @@ impl RolloutStore {
     /// The key names under `dir` (without it), in one keys-only read.
     async fn names_under<C: FromIterator<String>>(&self, dir: &str) -> Result<C, StoreError> {
         let r = self
-            .client
-            .kv_client()
-            .get(dir, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .read(dir, Some(GetOptions::new().with_prefix().with_keys_only()))
             .await?;
         Ok(r.kvs()
             .iter()
@@ -269,15 +300,16 @@ impl RolloutStore {
             .collect())
     }
 
-    /// Become the rollout's owner, under `lease`, unless another replica is.
+    /// Become the rollout's owner, under `lease`, unless another replica is or it is over.
     pub async fn claim(&self, id: &str, owner: &str, lease: i64) -> Result<bool, StoreError> {
         let key = self.owner_key(id);
         let r = self
-            .client
-            .kv_client()
-            .txn(
+            .txn_retried(
                 Txn::new()
-                    .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                    .when([
+                        Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                        Compare::create_revision(self.active_key(id), CompareOp::Greater, 0),
+                    ])
                     .and_then([TxnOp::put(
                         key.as_str(),
                         owner,
@@ -304,8 +336,6 @@ impl RolloutStore {
             ));
         }
         let r = self
-            .client
-            .kv_client()
             .txn(
                 Txn::new()
                     .when([Compare::value(key.as_str(), CompareOp::Equal, owner)])
@@ -318,14 +348,12 @@ impl RolloutStore {
     /// Give the rollout up (shutdown): another replica may claim it at once.
     pub async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
         let key = self.owner_key(id);
-        self.client
-            .kv_client()
-            .txn(
-                Txn::new()
-                    .when([Compare::value(key.as_str(), CompareOp::Equal, owner)])
-                    .and_then([TxnOp::delete(key.as_str(), None)]),
-            )
-            .await?;
+        self.txn_retried(
+            Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, owner)])
+                .and_then([TxnOp::delete(key.as_str(), None)]),
+        )
+        .await?;
         Ok(())
     }
 
@@ -334,9 +362,7 @@ impl RolloutStore {
     pub async fn restart(&self, doc: &RolloutDoc, revision: i64) -> Result<bool, StoreError> {
         let control = serde_json::to_vec(&Desired::Running).expect("serializable");
         let r = self
-            .client
-            .kv_client()
-            .txn(
+            .txn_retried(
                 Txn::new()
                     .when([
                         Compare::mod_revision(self.doc_key(&doc.id), CompareOp::Equal, revision),
@@ -372,8 +398,6 @@ impl RolloutStore {
             None => TxnOp::delete(self.gate_key(id), None),
         };
         let r = self
-            .client
-            .kv_client()
             .txn(
                 Txn::new()
                     .when([Compare::value(self.owner_key(id), CompareOp::Equal, owner)])
@@ -386,8 +410,6 @@ impl RolloutStore {
     /// The open wave, if operators want the rollout running and its owner lets others help.
     pub async fn open_wave(&self, id: &str) -> Result<Option<u32>, StoreError> {
         let r = self
-            .client
-            .kv_client()
             .txn(Txn::new().and_then([
                 TxnOp::get(self.gate_key(id), None),
                 TxnOp::get(self.control_key(id), None),
@@ -414,22 +436,20 @@ impl RolloutStore {
         lease: Option<i64>,
     ) -> Result<(), StoreError> {
         let options = lease.map(|l| PutOptions::new().with_lease(l));
-        self.client
-            .kv_client()
-            .txn(
-                Txn::new()
-                    .when([Compare::create_revision(
-                        self.active_key(id),
-                        CompareOp::Greater,
-                        0,
-                    )])
-                    .and_then([TxnOp::put(
-                        format!("{}{}", self.results_dir(id), tenant.id),
-                        serde_json::to_vec(tenant).expect("serializable"),
-                        options,
-                    )]),
-            )
-            .await?;
+        self.txn(
+            Txn::new()
+                .when([Compare::create_revision(
+                    self.active_key(id),
+                    CompareOp::Greater,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    format!("{}{}", self.results_dir(id), tenant.id),
+                    serde_json::to_vec(tenant).expect("serializable"),
+                    options,
+                )]),
+        )
+        .await?;
         Ok(())
     }
 
@@ -444,8 +464,6 @@ impl RolloutStore {
             .with_prefix()
             .with_min_mod_revision(since + 1);
         let r = self
-            .client
-            .kv_client()
             .txn(Txn::new().and_then([
                 TxnOp::get(self.control_key(id), None),
                 TxnOp::get(self.results_dir(id), Some(results)),
@@ -474,11 +492,23 @@ impl RolloutStore {
         Ok((desired, docs, at))
     }
 
-    /// Every tenant with a result (running or final).
+    /// Every tenant with a result (running or final). One attempt: asked periodically.
     pub async fn result_ids(
         &self,
         id: &str,
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.names_under(&self.results_dir(id)).await
+        let dir = self.results_dir(id);
+        let r = self
+            .client
+            .kv_client()
+            .get(
+                dir.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
+            .collect())
     }
 }

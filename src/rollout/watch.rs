@@ -46,15 +46,30 @@ pub async fn watch(
         if final_already {
             return;
         }
-        let mut client = store.client();
-        let mut stream = match client
-            .watch(
-                key.as_str(),
-                Some(etcd_client::WatchOptions::new().with_start_revision(revision + 1)),
-            )
-            .await
-        {
-            Ok(w) => w,
+        // From the revision after `from`: again after the stream broke (its etcd member died,
+        // or lost the leader), so a watcher sees every version, whichever member serves it.
+        let open = |from: i64| {
+            let (client, key) = (store.client(), key.clone());
+            async move {
+                crate::etcd::retry::within("watching a rollout", || {
+                    let (mut client, key) = (client.clone(), key.clone());
+                    async move {
+                        client
+                            .watch(
+                                key.as_str(),
+                                Some(
+                                    etcd_client::WatchOptions::new().with_start_revision(from + 1),
+                                ),
+                            )
+                            .await
+                    }
+                })
+                .await
+            }
+        };
+        let mut seen = revision;
+        let mut stream = match open(seen).await {
+            Ok(s) => s,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
                 return;
@@ -67,15 +82,21 @@ pub async fn watch(
                 _ = tx.closed() => return,
             };
             let response = match response {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
+                Ok(Some(r)) if !r.canceled() => r,
+                _ => match open(seen).await {
+                    Ok(s) => {
+                        stream = s;
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                },
             };
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
+                seen = seen.max(kv.mod_revision());
                 if kv.value().is_empty() {
                     continue;
                 }

@@ -84,10 +84,12 @@ impl Rollouts {
         {
             return Ok(WaveEnd::Stop);
         }
-        // What helpers reported already (after a takeover, before any tenant is started).
+        // What helpers reported already (after a takeover, before any tenant is started),
+        // and the budget on what the previous owners saw: a takeover does not reset it.
         if self.merge(doc, &mut run, consecutive).await? != Desired::Running {
             run.interrupted = true;
         }
+        self.check_budget(doc, &mut run, *consecutive);
         let mut closed_at: Option<Instant> = None;
         let mut passes = 0u32;
         let mut busy_since: HashMap<String, Instant> = HashMap::new();
@@ -232,6 +234,7 @@ impl Rollouts {
                     }
                     _ = save_tick.tick(), if run.dirty && !run.lost => {
                         run.dirty = false;
+                        doc.consecutive_failures = *consecutive;
                         let saved = self.save(doc).await;
                         self.check_store(&mut run, saved);
                     }
@@ -241,9 +244,14 @@ impl Rollouts {
             if has_job {
                 passes += 1;
                 // A tenant of ours still running after our job ended (its task panicked) is
-                // to be run again.
+                // to be run again; not one our own helper pass runs (from before we became
+                // the owner): its result comes like any helper's.
+                let taken = run.taken.lock().unwrap().clone();
                 for t in doc.tenants.iter_mut() {
-                    if t.wave == run.w && t.state == TenantState::Running && t.replica == self.owner
+                    if t.wave == run.w
+                        && t.state == TenantState::Running
+                        && t.replica == self.owner
+                        && !taken.contains(&t.id)
                     {
                         t.state = TenantState::Interrupted;
                     }
@@ -261,6 +269,7 @@ impl Rollouts {
             tracing::warn!(rollout = %doc.id, "another replica owns this rollout now: stopped driving it");
             return Ok(WaveEnd::Stop);
         }
+        doc.consecutive_failures = *consecutive;
         if !self.save(doc).await? || !self.store.set_gate(&doc.id, &self.owner, None).await? {
             return Ok(WaveEnd::Stop);
         }

@@ -364,19 +364,27 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
     proxy.cut();
     // Its deadline is at most one lease TTL (2 s) after the last acknowledged keep-alive.
     let deadline = cut_at + chrono::Duration::milliseconds(2000);
-    let rest = dh::collect(stream).await;
-    let interrupted = tenant_events(&rest)
-        .iter()
-        .filter(|(_, k)| matches!(k, Kind::Interrupted(_)))
-        .count();
+    // It keeps serving (it takes a new lease once etcd answers again, which it never does
+    // here): read its stream until the tenants in flight are reported interrupted.
+    let mut rest = vec![];
+    let seen_interrupted = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(e)) = stream.message().await {
+            let interrupted = matches!(&e.event, Some(Event::Tenant(t)) if matches!(t.kind, Some(Kind::Interrupted(_))));
+            rest.push(e);
+            if interrupted {
+                return;
+            }
+        }
+    })
+    .await;
     assert!(
-        interrupted > 0,
+        seen_interrupted.is_ok(),
         "tenants in flight are reported interrupted: {rest:?}"
     );
-    assert!(
-        doomed.shutdown().await.is_err(),
-        "a daemon whose lease is lost exits with an error"
-    );
+    doomed
+        .shutdown()
+        .await
+        .expect("a daemon cut off etcd still shuts down cleanly");
     // No write of the doomed daemon after its deadline.
     for url in &urls {
         let c = fleetmig::pg::connect_str(url).await.unwrap();

@@ -133,13 +133,23 @@ pub struct Process {
 
 impl Process {
     pub fn start(etcd: &str, prefix: &str, migrations: &Path, env: &[(&str, &str)]) -> Process {
+        Process::start_under(&[], &[etcd], prefix, migrations, env)
+    }
+
+    /// A daemon given every endpoint of an etcd cluster, in this order.
+    pub fn start_on(
+        etcd: &[&str],
+        prefix: &str,
+        migrations: &Path,
+        env: &[(&str, &str)],
+    ) -> Process {
         Process::start_under(&[], etcd, prefix, migrations, env)
     }
 
-    /// [`Process::start`] under a wrapper command (e.g. `prlimit --nofile=128:512`).
+    /// [`Process::start_on`] under a wrapper command (e.g. `prlimit --nofile=128:512`).
     pub fn start_under(
         wrapper: &[&str],
-        etcd: &str,
+        etcd: &[&str],
         prefix: &str,
         migrations: &Path,
         env: &[(&str, &str)],
@@ -155,27 +165,24 @@ impl Process {
                 c
             }
         };
-        cmd.args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--etcd",
-            etcd,
-            "--etcd-prefix",
-            prefix,
-            "--migrations-dir",
-        ])
-        .arg(migrations)
-        .env("FLEETMIG_LOG", "info,fleetmig=debug")
-        .env("FLEETMIG_ETCD__LEASE_TTL", "2s")
-        .env("FLEETMIG_SERVER__PLAINTEXT", "true")
-        .env("FLEETMIG_AUTH__MODE", "none")
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(
-            std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
-        ))
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        for e in etcd {
+            cmd.args(["--etcd", e]);
+        }
+        cmd.args(["--etcd-prefix", prefix, "--migrations-dir"])
+            .arg(migrations)
+            // The test suite's own knob: the daemon's config would refuse an unknown FLEETMIG_ key.
+            .env_remove("FLEETMIG_CHAOS")
+            .env("FLEETMIG_LOG", "info,fleetmig=debug")
+            .env("FLEETMIG_ETCD__LEASE_TTL", "2s")
+            .env("FLEETMIG_SERVER__PLAINTEXT", "true")
+            .env("FLEETMIG_AUTH__MODE", "none")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.path().join("stdout.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         for (k, v) in env {
             cmd.env(k, v);
         }

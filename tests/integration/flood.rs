@@ -117,7 +117,7 @@ async fn idle_connections_neither_lock_out_valid_calls_nor_make_the_daemon_spin(
     let health_addr = format!("127.0.0.1:{health_port}");
     let mut daemon = Process::start_under(
         &["prlimit", "--nofile=128:512"],
-        &etcd.endpoint,
+        &[etcd.endpoint.as_str()],
         &etcd.prefix("flood"),
         &harness::repo_migrations(),
         &[

@@ -240,7 +240,7 @@ pub struct Etcd {
     counter: AtomicUsize,
 }
 
-fn etcd_bin() -> Option<PathBuf> {
+pub fn etcd_bin() -> Option<PathBuf> {
     let bin = std::env::var("FLEETMIG_ETCD_BIN")
         .ok()
         .map(PathBuf::from)

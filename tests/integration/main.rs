@@ -1,6 +1,8 @@
 //! Integration tests against real PostgreSQL (with pgvector) and etcd, started by the harness.
 
+mod chaos_fixture;
 mod daemon_harness;
+mod etcd_cluster;
 mod harness;
 mod tls_services;
 
@@ -11,6 +13,7 @@ mod alembic_parity;
 mod alembic_project;
 mod alembic_property;
 mod changed;
+mod chaos;
 mod cli;
 mod consistency;
 mod daemon;

@@ -249,13 +249,13 @@ async fn pause_mid_wave_resume_and_cancel() {
         count(r, "done") >= 1
     })
     .await;
-    // Each control call answers what it did: asked, not yet done by the driving replica.
+    // Each control call answers what it did, once the driving replica has done it.
     let answer = c
         .pause(proto::RolloutControlRequest { id: r.id.clone() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.state, "pausing");
+    assert_eq!(answer.state, "paused");
     let paused = until(&mut c, &r.id, Duration::from_secs(10), |r| {
         r.state == "paused"
     })
@@ -275,7 +275,7 @@ async fn pause_mid_wave_resume_and_cancel() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.state, "resuming");
+    assert_eq!(answer.state, "running");
     until(&mut c, &r.id, Duration::from_secs(10), |r| {
         count(r, "done") > done_at_pause
     })
@@ -285,7 +285,7 @@ async fn pause_mid_wave_resume_and_cancel() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.state, "cancelling");
+    assert_eq!(answer.state, "cancelled");
     let cancelled = until(&mut c, &r.id, Duration::from_secs(10), |r| {
         r.state == "cancelled"
     })
