@@ -25,6 +25,10 @@ pub struct MigrateArgs {
     /// Proceed even if applied revision files changed since they were applied.
     #[arg(long)]
     pub allow_changed: bool,
+    /// Proceed even if a revision the target can bring has an error-level lint finding that
+    /// its header does not ignore (the findings are printed).
+    #[arg(long)]
+    pub allow_lint: bool,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +132,8 @@ pub async fn migrate(
         return Ok(());
     }
     let target: Target = raw.parse().expect("infallible");
+    // The gate, before anything connects: the revision files decide.
+    super::lint::gate(&app, &values, direction, &target, args.allow_lint)?;
     let (mut client, db) = connect(ctx).await?;
     let what = db.what();
     let settings = db.settings(settings);

@@ -187,6 +187,16 @@ fn show_status(r: &proto::Rollout) {
     for t in r.tenants.iter().filter(|t| t.state == "failed") {
         println!("  FAILED {}: {}", t.tenant_id, t.error);
     }
+    if !r.lint.is_empty() {
+        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        for v in &r.lint {
+            *by.entry(v.verdict.as_str()).or_default() += 1;
+        }
+        println!("  lint (at start): {by:?}");
+        for v in r.lint.iter().filter(|v| !v.ignored.is_empty()) {
+            println!("    {} ignores {}", v.revision, v.ignored.join("; "));
+        }
+    }
 }
 
 /// Bars per wave, fed by watch events.

@@ -81,6 +81,9 @@ pub enum FleetError {
     Connect { tenant: TenantId, source: PoolError },
     #[error("tenant {tenant}: {source}")]
     Lock { tenant: TenantId, source: LockError },
+    /// The lint gate refused the run.
+    #[error(transparent)]
+    Lint(#[from] crate::lint::LintError),
 }
 
 /// Which tenants of an app a request acts on.
@@ -131,6 +134,8 @@ const FINISHED_JOB_MEMORY: Duration = Duration::from_secs(600);
 
 pub struct Fleet {
     apps: BTreeMap<String, Arc<App>>,
+    /// Each app's lint verdicts, computed when it was loaded.
+    lints: BTreeMap<String, Arc<crate::lint::AppLint>>,
     registry: Registry,
     locks: Arc<dyn DistributedLock>,
     pools: Arc<Pools>,
@@ -157,6 +162,7 @@ impl Fleet {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         apps: BTreeMap<String, Arc<App>>,
+        lints: BTreeMap<String, Arc<crate::lint::AppLint>>,
         registry: Registry,
         locks: Arc<dyn DistributedLock>,
         pools: Arc<Pools>,
@@ -170,6 +176,7 @@ impl Fleet {
         let global = Arc::new(Semaphore::new(limits.global_concurrency));
         Fleet {
             apps,
+            lints,
             registry,
             locks,
             pools,
@@ -222,6 +229,21 @@ impl Fleet {
 
     pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
         self.apps.values()
+    }
+
+    /// The lint gate: each revision a run of `app` to `target` may apply, with its verdict,
+    /// or the refusal naming every error-level finding no revision's header ignores.
+    pub fn lint_gate(
+        &self,
+        app: &App,
+        direction: Direction,
+        target: &Target,
+    ) -> Result<Vec<crate::lint::RevisionVerdict>, FleetError> {
+        let Some(lint) = self.lints.get(&app.name) else {
+            return Ok(vec![]);
+        };
+        let verdicts = crate::lint::gate::check(lint, &app.graph, direction, target)?;
+        Ok(verdicts)
     }
 
     /// Reject a target the graph cannot resolve before any tenant is touched.

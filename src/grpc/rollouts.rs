@@ -217,6 +217,17 @@ pub fn rollout_to_proto(d: &RolloutDoc, owner: String, with_tenants: bool) -> pr
         updated_at: Some(timestamp(d.updated_at)),
         spec: Some(spec_to_proto(&d.spec)),
         created_by: d.created_by.clone(),
+        lint: d
+            .lint
+            .iter()
+            .map(|v| proto::LintVerdict {
+                revision: v.revision.clone(),
+                verdict: v.verdict.as_str().into(),
+                errors: v.errors,
+                warnings: v.warnings,
+                ignored: v.ignored.clone(),
+            })
+            .collect(),
     }
 }
 

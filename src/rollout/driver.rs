@@ -156,6 +156,8 @@ impl Rollouts {
         let app = self.fleet.app(&spec.app)?.clone();
         let target: crate::revision::plan::Target = spec.target.parse().expect("infallible");
         Fleet::check_target(&app, spec.direction, &target)?;
+        // Before any tenant is selected: a refusal touches nothing.
+        let lint = self.fleet.lint_gate(&app, spec.direction, &target)?;
         let selector = match &spec.selector {
             // Validated by the caller (the gRPC layer).
             SelectorDoc::Ids(ids) => Selector::Ids(
@@ -197,6 +199,7 @@ impl Rollouts {
             updated_at: now,
             created_by: caller.who(),
             request_id: caller.request_id.clone(),
+            lint,
         };
         Ok(doc)
     }

@@ -195,6 +195,9 @@ pub struct RolloutDoc {
     /// The request that started it: audit records of its revisions carry it.
     #[serde(default)]
     pub request_id: String,
+    /// The lint verdict of each revision it may apply, as the gate saw them at its start.
+    #[serde(default)]
+    pub lint: Vec<crate::lint::RevisionVerdict>,
 }
 
 impl RolloutDoc {

@@ -162,6 +162,7 @@ fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
         updated_at: now,
         created_by: "ops (token)".into(),
         request_id: "r".into(),
+        lint: vec![],
     };
     let bytes = store::RolloutStore::encode(&doc);
     let plain = serde_json::to_vec(&doc).unwrap().len();

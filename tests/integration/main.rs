@@ -14,6 +14,7 @@ mod daemon_e2e;
 mod engine;
 mod flood;
 mod hostile;
+mod lint;
 mod locks;
 mod offline_psql;
 mod onboard;
