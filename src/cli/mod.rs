@@ -12,6 +12,7 @@ mod connect;
 mod database;
 mod lint;
 mod local;
+mod policy;
 mod rollout;
 
 use std::collections::BTreeMap;

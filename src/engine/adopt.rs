@@ -121,6 +121,7 @@ async fn scratch_upgrade(
         applied_by: "fleetmig fingerprint (scratch)",
         events: &events,
         stop: &|| false,
+        blockers: None,
     };
     engine
         .migrate(client, Direction::Upgrade, target, &opts)

@@ -18,6 +18,8 @@ pub struct StepFailure {
     pub detail: Option<String>,
     pub hint: Option<String>,
     pub attempts: u32,
+    /// Who held the lock when the lock_timeout retries ran out: `waited 3 x 2 s behind ...`.
+    pub blocked: Option<String>,
 }
 
 impl fmt::Display for StepFailure {
@@ -32,6 +34,9 @@ impl fmt::Display for StepFailure {
         write!(f, ": {}", self.message)?;
         if self.attempts > 1 {
             write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        if let Some(b) = &self.blocked {
+            write!(f, "\n  blocked: {b}")?;
         }
         if let Some(d) = &self.detail {
             write!(f, "\n  detail: {d}")?;
@@ -217,6 +222,7 @@ mod tests {
                 location: Some("m/r247.sql:4:9".into()),
                 sqlstate: Some("42P01".into()),
                 message: "relation \"nowhere\" does not exist".into(),
+                blocked: None,
                 detail: None,
                 hint: None,
                 attempts: 1,

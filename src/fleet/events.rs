@@ -46,6 +46,8 @@ pub enum TenantEvent {
         revision: String,
         attempt: u32,
         delay: Duration,
+        message: String,
+        blockers: Vec<crate::engine::blockers::Blocker>,
     },
     UpToDate {
         revisions: Vec<String>,

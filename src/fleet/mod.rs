@@ -111,6 +111,8 @@ pub struct JobSpec {
     pub leave: Option<Leave>,
     /// Who asked: audit records of applied revisions name them.
     pub caller: crate::auth::Caller,
+    /// What to do to sessions blocking a revision; `None`: the app's `[blockers]`.
+    pub blockers: Option<crate::model::BlockerPolicy>,
 }
 
 /// A predicate over tenant ids; see [`JobSpec::leave`].

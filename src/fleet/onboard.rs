@@ -277,6 +277,8 @@ impl Fleet {
                     skip_locked: false,
                     leave: None,
                     caller: spec.caller.clone(),
+                    // A database created by this call: nobody else holds its locks.
+                    blockers: None,
                 })
                 .await
                 .map_err(|e| StepFailed {
@@ -487,6 +489,7 @@ impl Fleet {
                 applied_by: "fleetmig onboarding template",
                 events: &events,
                 stop: &|| false,
+                blockers: None,
             };
             Engine::new(app, values, &self.settings)
                 .migrate(&mut client, Direction::Upgrade, &Target::Heads, &opts)

@@ -281,6 +281,7 @@ impl Fleet {
                     applied_by: &self.owner,
                     events: &events,
                     stop: &|| false,
+                    blockers: None,
                 };
                 let engine = Engine::new(app, &values, &settings);
                 let stamped = tokio::select! {

@@ -134,6 +134,7 @@ fn spec(r: proto::StartRolloutRequest) -> Result<RolloutSpec, Status> {
         concurrency: r.concurrency,
         idempotency_key: r.idempotency_key,
         allow_changed: r.allow_changed,
+        blockers: convert::blocker_policy("blockers", r.blockers).map_err(invalid)?,
     })
 }
 
@@ -166,6 +167,7 @@ fn spec_to_proto(s: &RolloutSpec) -> proto::StartRolloutRequest {
         concurrency: s.concurrency,
         idempotency_key: s.idempotency_key.clone(),
         allow_changed: s.allow_changed,
+        blockers: s.blockers.as_ref().map(convert::blocker_policy_to_proto),
     }
 }
 
@@ -180,6 +182,8 @@ fn tenant_to_proto(t: &TenantDoc) -> proto::RolloutTenant {
         finished_at: t.finished_at.map(timestamp),
         attempts: t.attempts,
         replica: t.replica.clone(),
+        lock_retries: t.lock_retries,
+        blocked_by: t.blocked_by.clone(),
     }
 }
 

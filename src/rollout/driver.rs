@@ -184,6 +184,8 @@ impl Rollouts {
                     attempts: 0,
                     replica: String::new(),
                     applied: 0,
+                    lock_retries: 0,
+                    blocked_by: vec![],
                 });
             }
         }
@@ -386,6 +388,7 @@ impl Rollouts {
                 leave.lock().unwrap().contains(id)
             }))),
             caller: Self::caller_for(doc),
+            blockers: doc.spec.blockers.clone(),
         }
     }
 

@@ -72,6 +72,9 @@ pub struct RolloutSpec {
     /// Proceed on tenants whose applied revision files changed since.
     #[serde(default)]
     pub allow_changed: bool,
+    /// What to do to sessions blocking a revision; `None`: the app's `[blockers]`.
+    #[serde(default)]
+    pub blockers: Option<crate::model::BlockerPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +180,12 @@ pub struct TenantDoc {
     /// Revisions its last run applied (0: it was already at the target).
     #[serde(default)]
     pub applied: u32,
+    /// Lock timeouts retried on it.
+    #[serde(default)]
+    pub lock_retries: u32,
+    /// Who held the lock at its last lock timeout, one line each (what the policy did too).
+    #[serde(default)]
+    pub blocked_by: Vec<String>,
 }
 
 /// The rollout as persisted under `<prefix>rollouts/<id>`.

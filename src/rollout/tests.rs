@@ -139,6 +139,8 @@ fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
                 i % 3
             ),
             applied: 3,
+            lock_retries: 0,
+            blocked_by: vec![],
         })
         .collect();
     let doc = RolloutDoc {
@@ -153,6 +155,7 @@ fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
             concurrency: 8,
             idempotency_key: String::new(),
             allow_changed: false,
+            blockers: None,
         },
         state: RolloutState::Done,
         reason: String::new(),

@@ -53,6 +53,7 @@ impl<'a> Run<'a> {
             applied_by: "test",
             events: &sink,
             stop: &|| false,
+            blockers: None,
         };
         Engine::new(self.app, &self.values, &self.settings)
             .migrate(client, direction, &target.parse::<Target>().unwrap(), &opts)
@@ -72,6 +73,7 @@ impl<'a> Run<'a> {
             applied_by: "test",
             events: &sink,
             stop: &|| false,
+            blockers: None,
         };
         Engine::new(self.app, &self.values, &self.settings)
             .migrate(
@@ -649,6 +651,7 @@ async fn a_stale_fence_token_writes_nothing() {
         applied_by: "test",
         events: &sink,
         stop: &|| false,
+        blockers: None,
     };
     let engine = Engine::new(&app, &run.values, &run.settings);
     // A newer holder (token 10) applied 0001...

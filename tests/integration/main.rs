@@ -6,6 +6,7 @@ mod tls_services;
 
 mod adopt;
 mod alembic_import;
+mod blockers;
 mod changed;
 mod cli;
 mod consistency;
