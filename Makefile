@@ -8,6 +8,7 @@
 #   make fuzz                  the fuzz targets (cargo fuzz), FUZZ_SECONDS each (default 30)
 #   make chaos                 the fault suite's long versions (3-member etcd, 3 replicas; ~2 min)
 #   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
+#   make bench-blocking        pgbench's latency while a migration waits behind a long transaction
 #   make demo                  setup + build + scripts/demo.sh
 #   make migrate-rev m="add users" [app=NAME]
 #   make migrate-up [app=NAME] / make migrate-down [app=NAME]   (DATABASE_URL from env or .env)
@@ -48,7 +49,7 @@ ifneq ($(GRAPH_CASES),)
 export FLEETMIG_GRAPH_CASES := $(GRAPH_CASES)
 endif
 
-.PHONY: setup build lint test test-graph chaos fuzz bench demo migrate-rev migrate-up migrate-down clean-tools
+.PHONY: setup build lint test test-graph chaos fuzz bench bench-blocking demo migrate-rev migrate-up migrate-down clean-tools
 
 setup:
 	bash scripts/setup.sh
@@ -95,6 +96,11 @@ fuzz: setup
 # BENCH_CONCURRENCY=1,2,8 BENCH_RUNS=3 BENCH_APPS=aletheia,truthgraph BENCH_REGISTRY=10000.
 bench: setup
 	$(CARGO) bench --locked --bench fleet
+
+# The application's view of a migration blocked by a long transaction (pgbench against a
+# tenant): BENCH_CLIENTS=4 BENCH_SECONDS=14 BENCH_HOLD_SECONDS=6 BENCH_LOCK_TIMEOUT_MS=500.
+bench-blocking: setup
+	$(CARGO) bench --locked --bench blocking
 
 demo: setup build
 	bash scripts/demo.sh

@@ -52,7 +52,14 @@ pub fn owner() -> String {
     )
 }
 
-fn load_apps(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<App>>> {
+/// The apps the daemon serves, each checked whole, and their lint verdicts (computed here,
+/// once per app, never per tenant).
+type Loaded = (
+    BTreeMap<String, Arc<App>>,
+    BTreeMap<String, Arc<crate::lint::AppLint>>,
+);
+
+fn load_apps(config: &Config) -> anyhow::Result<Loaded> {
     let names = App::list(&config.migrations_dir);
     if names.is_empty() {
         bail!(
@@ -63,17 +70,34 @@ fn load_apps(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<App>>> {
     // Every app checked whole before anything else starts: a broken revision stops the
     // daemon here, never a tenant halfway through a job. All problems of all apps at once.
     let mut apps = BTreeMap::new();
+    let mut lints = BTreeMap::new();
     let mut problems = Vec::new();
     for name in &names {
-        match App::load_checked(&config.migrations_dir, name) {
-            Ok(app) => {
+        let app = match App::load_checked(&config.migrations_dir, name) {
+            Ok(app) => app,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        match crate::lint::lint_at_load(&app) {
+            Ok(lint) => {
+                let c = lint.counts();
+                tracing::info!(app = %name, errors = c.errors, warnings = c.warnings, ignored = c.ignored, "lint verdicts computed (rollouts that would apply an error are refused)");
+                lints.insert(name.clone(), Arc::new(lint));
                 apps.insert(name.clone(), Arc::new(app));
             }
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(crate::revision::LoadError::Manifest {
+                path: app.dir.join(crate::revision::MANIFEST),
+                message: match e {
+                    crate::lint::LintError::Config { message, .. } => format!("[lint] {message}"),
+                    other => other.to_string(),
+                },
+            }),
         }
     }
     match problems.len() {
-        0 => Ok(apps),
+        0 => Ok((apps, lints)),
         1 => Err(problems.remove(0).into()),
         _ => Err(crate::revision::LoadError::Several(problems).into()),
     }
@@ -121,7 +145,7 @@ pub async fn serve_until(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
-    let apps = load_apps(&config)?;
+    let (apps, lints) = load_apps(&config)?;
     crate::transport::check_profile(&config)?;
     config
         .secrets
@@ -193,6 +217,7 @@ pub async fn serve_until(
     );
     let fleet = Arc::new(Fleet::new(
         apps,
+        lints,
         Registry::new(etcd.clone(), &config.etcd.prefix),
         session.clone(),
         pools,

@@ -12,6 +12,7 @@
 //! - [`fleet`]: jobs over many tenants; [`registry`]: tenants and pools; [`lock`]: etcd locks.
 //! - [`pg`]: the one way to connect to PostgreSQL (libpq conventions, TLS, poolers).
 //! - [`engine`]: one database: version and history tables, apply, stamp, offline SQL.
+//! - [`lint`]: squawk's rules on each revision, the gate before a run, reports.
 //! - [`revision`]: revision files, placeholders, SQL splitting, the graph, pure planning.
 //! - [`config`]: typed, layered configuration.
 //! - [`model`]: newtypes and enums shared by all layers.
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod etcd;
 pub mod fleet;
 pub mod grpc;
+pub mod lint;
 pub mod listen;
 pub mod lock;
 pub mod metrics;

@@ -1,6 +1,7 @@
 -- revision: 0001
 -- down_revision:
 -- message: memory_shards table with pgvector embedding
+-- lint-ignore: prefer-bigint-over-int -- access_count counts the reads of one memory shard: 2^31 is out of reach
 
 -- +upgrade
 -- gen_random_uuid() is built into PostgreSQL 13+, so pgcrypto is not needed.

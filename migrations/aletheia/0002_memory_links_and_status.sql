@@ -1,6 +1,8 @@
 -- revision: 0002
 -- down_revision: 0001
 -- message: memory_links table and memory_shards.status
+-- lint-ignore: require-concurrent-index-creation -- memory_shards is new with this release (0001): the in-transaction build holds its write lock for milliseconds, and lock_timeout bounds the wait for it
+-- lint-ignore: require-concurrent-index-deletion -- downgrade only: the index is small (see above) and lock_timeout bounds the wait for the table
 
 -- +upgrade
 -- Directed, typed edges between memory shards (the agent's memory graph).

@@ -1,6 +1,7 @@
 -- revision: 20251025_0000
 -- down_revision: 20251020_0000
 -- message: phase2 ml tables
+-- lint-ignore: prefer-bigint-over-int -- per-verdict evidence counts, bounded by the passages one verification run reads
 
 -- +upgrade
 CREATE EXTENSION IF NOT EXISTS vector;

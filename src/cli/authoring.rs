@@ -249,8 +249,8 @@ pub fn merge(ctx: &Context, args: MergeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Check every app (or the one named): graph, rendering of every section, and, when
-/// DATABASE_URL is set, unchanged files for applied revisions.
+/// Check every app (or the one named): graph, rendering of every section, lint findings, and,
+/// when DATABASE_URL is set, unchanged files for applied revisions.
 pub async fn check(ctx: &Context) -> Result<(), Failure> {
     let names = match &ctx.config.app {
         Some(a) => vec![a.clone()],
@@ -264,6 +264,8 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
     }
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    // Error-level lint findings: refused for safety (exit 3) unless bad input comes first.
+    let mut lint_errors = Vec::new();
     for name in &names {
         let app = match App::load(&ctx.config.migrations_dir, name) {
             Ok(a) => a,
@@ -283,6 +285,13 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
             }
         };
         problems.extend(crate::revision::validate::problems(&app, &values));
+        match super::lint::check_lines(&app, &values) {
+            Ok((errors, lint_warnings)) => {
+                lint_errors.extend(errors);
+                warnings.extend(lint_warnings);
+            }
+            Err(e) => problems.push(e),
+        }
         let heads = app.graph.heads();
         if heads.len() > 1 {
             warnings.push(format!(
@@ -321,16 +330,29 @@ pub async fn check(ctx: &Context) -> Result<(), Failure> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    if problems.is_empty() {
-        println!("OK");
-        Ok(())
-    } else {
-        for p in &problems {
-            eprintln!("error: {p}");
-        }
-        Err(Failure::input(format!(
-            "{} problem(s) found",
-            problems.len()
-        )))
+    for p in problems.iter().chain(&lint_errors) {
+        eprintln!("error: {p}");
     }
+    if !problems.is_empty() {
+        return Err(Failure::input(format!(
+            "{} problem(s) found{}",
+            problems.len() + lint_errors.len(),
+            if lint_errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {} of them lint findings", lint_errors.len())
+            }
+        )));
+    }
+    if !lint_errors.is_empty() {
+        return Err(Failure {
+            code: 3,
+            message: format!(
+                "{} error-level lint finding(s) (`fleetmig lint` shows them with the statements): fix them, or ignore a rule that does not apply in the revision's header with `-- lint-ignore: RULE -- why`",
+                lint_errors.len()
+            ),
+        });
+    }
+    println!("OK");
+    Ok(())
 }

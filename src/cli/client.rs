@@ -171,6 +171,8 @@ pub struct FleetMigrate {
     pub dry_run: bool,
     #[arg(long)]
     pub allow_changed: bool,
+    #[command(flatten)]
+    pub blockers: super::policy::BlockerArgs,
 }
 
 pub(super) fn pairs(flag: &str, items: &[String]) -> Result<HashMap<String, String>, Failure> {
@@ -596,6 +598,7 @@ async fn migrate(
         concurrency: m.concurrency,
         dry_run: m.dry_run,
         allow_changed: m.allow_changed,
+        blockers: m.blockers.to_proto()?,
     };
     let mut stream = if down {
         client.downgrade(request).await
@@ -644,6 +647,23 @@ async fn migrate(
                             f.message.lines().next().unwrap_or_default()
                         ));
                         Some("failed")
+                    }
+                    Some(Kind::LockRetry(r)) => {
+                        bar.println(format!(
+                            "LOCK TIMEOUT {} {} (attempt {}), retrying in {} ms",
+                            t.tenant_id, r.revision, r.attempt, r.delay_ms
+                        ));
+                        for b in &r.blockers {
+                            let mut line = format!("  blocked by {}", b.summary);
+                            if !b.query.is_empty() {
+                                line.push_str(&format!(": {}", b.query));
+                            }
+                            if !b.action.is_empty() {
+                                line.push_str(&format!(" [{}]", b.action));
+                            }
+                            bar.println(line);
+                        }
+                        None
                     }
                     Some(Kind::Skipped(_)) => Some("skipped"),
                     Some(Kind::Reconnected(r)) => {

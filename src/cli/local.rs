@@ -26,6 +26,30 @@ pub struct MigrateArgs {
     /// Proceed even if applied revision files changed since they were applied.
     #[arg(long)]
     pub allow_changed: bool,
+    /// Proceed even if a revision the target can bring has an error-level lint finding that
+    /// its header does not ignore (the findings are printed).
+    #[arg(long)]
+    pub allow_lint: bool,
+    #[command(flatten)]
+    pub blockers: super::policy::BlockerArgs,
+}
+
+/// The CLI's second connection, for asking who blocks a revision: a fresh one, as the
+/// migration's own is the one waiting.
+struct Probe<'a>(&'a crate::pg::Target);
+
+impl crate::engine::blockers::Probe for Probe<'_> {
+    fn connect(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Box<dyn crate::engine::blockers::ProbeClient>, String>>
+    {
+        Box::pin(async move {
+            super::database::connect(self.0)
+                .await
+                .map(|c| Box::new(c) as Box<dyn crate::engine::blockers::ProbeClient>)
+                .map_err(|f| f.message)
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -81,10 +105,14 @@ fn print_event(app: &App, event: Event) {
             attempt,
             delay,
             message,
+            blockers,
         } => {
             eprintln!(
                 "  {revision}: lock timeout ({message}); attempt {attempt} failed, retrying in {delay:.1?}"
             );
+            for b in blockers {
+                eprintln!("    blocked by {}", b.describe());
+            }
         }
         Event::InvalidIndexDropped { revision, index } => {
             eprintln!(
@@ -131,11 +159,18 @@ pub async fn migrate(
         return Ok(());
     }
     let target: Target = raw.parse().expect("infallible");
+    let policy = args
+        .blockers
+        .policy()?
+        .unwrap_or_else(|| app.blockers.clone());
+    // The gate, before anything connects: the revision files decide.
+    super::lint::gate(&app, &values, direction, &target, args.allow_lint)?;
     let (mut client, db) = connect(ctx).await?;
     let what = db.what();
     let settings = db.settings(settings);
     let who = applied_by();
     let events = |e: Event| print_event(&app, e);
+    let probe = Probe(&db.target);
     let opts = RunOptions {
         fence: None,
         allow_changed: args.allow_changed,
@@ -143,6 +178,10 @@ pub async fn migrate(
         events: &events,
         stop: &|| false,
         live: &|| true,
+        blockers: Some(crate::engine::blockers::Diagnose {
+            probe: &probe,
+            policy,
+        }),
     };
     eprintln!("Database {what}, app {}", app.name);
     let started = Instant::now();
@@ -195,6 +234,7 @@ pub async fn stamp(ctx: &Context, args: StampArgs) -> Result<(), Failure> {
         events: &events,
         stop: &|| false,
         live: &|| true,
+        blockers: None,
     };
     let rows = Engine::new(&app, &values, &settings)
         .stamp(&mut client, &args.revisions, args.purge, &opts)
@@ -374,6 +414,7 @@ pub async fn adopt(ctx: &Context, args: AdoptArgs) -> Result<(), Failure> {
                 events: &events,
                 stop: &|| false,
                 live: &|| true,
+                blockers: None,
             };
             let targets: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
             engine.stamp(&mut client, &targets, false, &opts).await?;

@@ -3,14 +3,17 @@
 //!
 //! Exit codes: 0 success; 1 a revision or the database failed; 2 bad input (arguments,
 //! configuration, revision files, placeholders); 3 refused for safety (changed files,
-//! several heads, another migration running, unknown revision in the database).
+//! several heads, another migration running, unknown revision in the database, an
+//! error-level lint finding).
 
 mod authoring;
 mod client;
 mod connect;
 mod database;
 mod import;
+mod lint;
 mod local;
+mod policy;
 mod rollout;
 mod show;
 
@@ -80,9 +83,13 @@ pub enum Command {
     History(show::HistoryArgs),
     /// Show the current head revision(s) of the graph.
     Heads(show::HeadsArgs),
-    /// Check the graph, every revision's SQL with the resolved placeholders, and (with a
-    /// database) that applied revisions' files are unchanged.
+    /// Check the graph, every revision's SQL with the resolved placeholders, squawk's lint
+    /// rules, and (with a database) that applied revisions' files are unchanged.
     Check,
+    /// Lint revisions with squawk's rules, as fleetmig runs them (in a transaction or not),
+    /// with the app's [lint] config and each revision's `-- lint-ignore:` headers. Exit 3 on
+    /// an error-level finding.
+    Lint(lint::LintArgs),
     /// Print the database's schema fingerprint (from pg_catalog).
     Fingerprint,
     /// Find the revision a database without version rows is at (by schema fingerprint), and
@@ -367,6 +374,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::History(args) => show::history(&ctx, args).await,
         Command::Heads(args) => show::heads(&ctx, args),
         Command::Check => authoring::check(&ctx).await,
+        Command::Lint(args) => lint::run(&ctx, args),
         Command::Upgrade(args) => {
             local::migrate(&ctx, crate::model::Direction::Upgrade, args).await
         }

@@ -12,6 +12,8 @@ use super::connect::{Connect, Output, channel};
 use crate::grpc::proto::{self, rollouts_client::RolloutsClient};
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum RolloutCommand {
     /// Start a rollout (all tenants of the app unless --tenant or --label).
     Start(StartArgs),
@@ -60,6 +62,8 @@ pub struct StartArgs {
     /// Proceed on tenants whose applied revision files changed since.
     #[arg(long)]
     pub allow_changed: bool,
+    #[command(flatten)]
+    pub blockers: super::policy::BlockerArgs,
     /// The first wave: this many tenants.
     #[arg(long)]
     pub canary: Option<u32>,
@@ -134,6 +138,7 @@ fn start_request(a: StartArgs) -> Result<proto::StartRolloutRequest, Failure> {
         concurrency: a.concurrency,
         idempotency_key: a.idempotency_key.unwrap_or_default(),
         allow_changed: a.allow_changed,
+        blockers: a.blockers.to_proto()?,
     })
 }
 
@@ -187,6 +192,16 @@ fn show_status(r: &proto::Rollout) {
     for t in r.tenants.iter().filter(|t| t.state == "failed") {
         println!("  FAILED {}: {}", t.tenant_id, t.error);
     }
+    if !r.lint.is_empty() {
+        let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+        for v in &r.lint {
+            *by.entry(v.verdict.as_str()).or_default() += 1;
+        }
+        println!("  lint (at start): {by:?}");
+        for v in r.lint.iter().filter(|v| !v.ignored.is_empty()) {
+            println!("    {} ignores {}", v.revision, v.ignored.join("; "));
+        }
+    }
 }
 
 /// Bars per wave, fed by watch events.
@@ -194,6 +209,8 @@ struct Progress {
     multi: MultiProgress,
     bars: Vec<ProgressBar>,
     tenants: HashMap<String, (u32, String)>,
+    /// What each tenant was last shown blocked by.
+    blocked: HashMap<String, Vec<String>>,
 }
 
 impl Progress {
@@ -217,6 +234,7 @@ impl Progress {
             multi,
             bars,
             tenants: HashMap::new(),
+            blocked: HashMap::new(),
         }
     }
 
@@ -229,6 +247,16 @@ impl Progress {
                 let _ = self
                     .multi
                     .println(format!("FAILED {}: {}", t.tenant_id, t.error));
+            }
+            if !t.blocked_by.is_empty() && self.blocked.get(&t.tenant_id) != Some(&t.blocked_by) {
+                for line in &t.blocked_by {
+                    let _ = self.multi.println(format!(
+                        "BLOCKED {} (lock timeouts so far: {}): {line}",
+                        t.tenant_id, t.lock_retries
+                    ));
+                }
+                self.blocked
+                    .insert(t.tenant_id.clone(), t.blocked_by.clone());
             }
         }
         for (i, bar) in self.bars.iter().enumerate() {

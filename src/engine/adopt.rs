@@ -122,6 +122,7 @@ async fn scratch_upgrade(
         events: &events,
         stop: &|| false,
         live: &|| true,
+        blockers: None,
     };
     engine
         .migrate(client, Direction::Upgrade, target, &opts)

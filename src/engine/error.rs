@@ -21,6 +21,8 @@ pub struct StepFailure {
     /// The connection broke during the statement: its outcome (a COMMIT's too) is unknown
     /// until the database is read again.
     pub connection_lost: bool,
+    /// Who held the lock when the lock_timeout retries ran out: `waited 3 x 2 s behind ...`.
+    pub blocked: Option<String>,
 }
 
 impl fmt::Display for StepFailure {
@@ -35,6 +37,9 @@ impl fmt::Display for StepFailure {
         write!(f, ": {}", self.message)?;
         if self.attempts > 1 {
             write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        if let Some(b) = &self.blocked {
+            write!(f, "\n  blocked: {b}")?;
         }
         if let Some(d) = &self.detail {
             write!(f, "\n  detail: {d}")?;
@@ -245,6 +250,7 @@ mod tests {
                 location: Some("m/r247.sql:4:9".into()),
                 sqlstate: Some("42P01".into()),
                 message: "relation \"nowhere\" does not exist".into(),
+                blocked: None,
                 detail: None,
                 hint: None,
                 attempts: 1,

@@ -4,6 +4,7 @@
 //! callers that hold a distributed lock pass its fencing token.
 
 pub mod adopt;
+pub mod blockers;
 pub mod error;
 pub mod fingerprint;
 pub mod offline;
@@ -158,6 +159,9 @@ pub enum Event {
         attempt: u32,
         delay: Duration,
         message: String,
+        /// Who held the lock during the attempt (empty when nobody was seen, or without a
+        /// [`RunOptions::blockers`]), with what the policy did to each.
+        blockers: Vec<blockers::Blocker>,
     },
     InvalidIndexDropped {
         revision: RevisionId,
@@ -191,6 +195,9 @@ pub struct RunOptions<'a> {
     /// longer be trusted (its lease's deadline passed), and the run stops at once, sending
     /// nothing more. Always true without a distributed lock.
     pub live: &'a (dyn Fn() -> bool + Send + Sync),
+    /// Who blocks a revision waiting for a lock, asked from a second connection, and what
+    /// to do about them; `None`: lock timeouts are retried without asking.
+    pub blockers: Option<blockers::Diagnose<'a>>,
 }
 
 impl RunOptions<'_> {

@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio_postgres::{Client, GenericClient};
 use tracing::Instrument;
 
+use super::blockers::Watch;
 use super::error::{EngineError, StepFailure};
 use super::record::{self, HistoryRow};
 use super::tables::Tables;
@@ -74,7 +75,19 @@ fn failure(
         hint: db.and_then(|d| d.hint().map(str::to_string)),
         attempts,
         connection_lost,
+        blocked: None,
     })
+}
+
+/// A lock timeout whose retries ran out, with who held the lock.
+fn exhausted(
+    engine: &Engine<'_>,
+    mut f: Box<StepFailure>,
+    watch: &Watch<'_>,
+    attempts: u32,
+) -> Box<StepFailure> {
+    f.blocked = watch.waited(attempts, engine.settings.lock_timeout);
+    f
 }
 
 /// Write our fencing token; fails as stale if a newer holder has written.
@@ -290,18 +303,23 @@ async fn transactional(
     let rev = engine.app.graph.revision(step.node);
     let mut delays = engine.settings.backoff();
     let mut attempt = 0u32;
+    let mut watch = Watch::new(
+        opts.blockers.as_ref(),
+        engine.lock_key(),
+        engine.settings.lock_timeout,
+    );
     loop {
         attempt += 1;
-        match transactional_once(engine, client, step, rendered, opts).await {
+        let once = transactional_once(engine, client, step, rendered, opts);
+        match watch.during(once).await {
             Ok(()) => return Ok(attempt),
             Err(Attempt::Sql(e, location)) if is_lock_timeout(&e) => match delays.next() {
                 Some(delay) => {
-                    wait_before_retry(rev, attempt, delay, &e, opts).await;
+                    wait_before_retry(rev, attempt, delay, &e, &mut watch, opts).await;
                 }
                 None => {
-                    return Err(StepError::Failed(failure(
-                        rev, direction, location, &e, attempt,
-                    )));
+                    let f = failure(rev, direction, location, &e, attempt);
+                    return Err(StepError::Failed(exhausted(engine, f, &watch, attempt)));
                 }
             },
             Err(Attempt::Sql(e, location)) => {
@@ -548,31 +566,45 @@ async fn autocommit(
     Ok(max_attempts)
 }
 
-/// Report a lock-timeout retry (log, span event, progress event) and wait for it.
+/// Report a lock-timeout retry (log, span event, progress event) with who held the lock,
+/// end the blockers the policy names, and wait.
 async fn wait_before_retry(
     rev: &Revision,
     attempt: u32,
     delay: std::time::Duration,
     e: &tokio_postgres::Error,
+    watch: &mut Watch<'_>,
     opts: &RunOptions<'_>,
 ) {
     let message = e
         .as_db_error()
         .map_or_else(|| e.to_string(), |d| d.message().to_string());
-    tracing::info!(revision = %rev.id, attempt, ?delay, %message, "lock timeout; retrying");
+    // Ending a blocker is a statement sent under the lock: never after its lease's deadline.
+    if (opts.live)() {
+        watch.act().await;
+    }
+    let blockers = watch.seen.clone();
+    let blocked_by = blockers
+        .iter()
+        .map(super::blockers::Blocker::describe)
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::info!(revision = %rev.id, attempt, ?delay, %message, %blocked_by, "lock timeout; retrying");
     (opts.events)(Event::LockRetry {
         revision: rev.id.clone(),
         attempt,
         delay,
         message,
+        blockers,
     });
     tokio::time::sleep(delay).await;
 }
 
-/// A failed autocommit statement: a fence/engine error, or SQL with its attempt count.
+/// A failed autocommit statement: a fence/engine error, or SQL with its attempt count (and,
+/// for a lock timeout whose retries ran out, who held the lock).
 enum StatementError {
     Step(StepError),
-    Sql(tokio_postgres::Error, u32),
+    Sql(tokio_postgres::Error, u32, Option<String>),
 }
 
 impl StatementError {
@@ -584,9 +616,11 @@ impl StatementError {
     ) -> StepError {
         match self {
             StatementError::Step(e) => e,
-            StatementError::Sql(e, attempts) => {
+            StatementError::Sql(e, attempts, blocked) => {
                 let location = locate(&e);
-                StepError::Failed(failure(rev, direction, location, &e, attempts))
+                let mut f = failure(rev, direction, location, &e, attempts);
+                f.blocked = blocked;
+                StepError::Failed(f)
             }
         }
     }
@@ -605,6 +639,11 @@ async fn run_with_retries(
 ) -> Result<u32, StatementError> {
     let mut delays = engine.settings.backoff();
     let mut attempt = 0u32;
+    let mut watch = Watch::new(
+        opts.blockers.as_ref(),
+        engine.lock_key(),
+        engine.settings.lock_timeout,
+    );
     loop {
         attempt += 1;
         opts.ensure_live()
@@ -619,17 +658,20 @@ async fn run_with_retries(
         if let Some(build) = index_build {
             drop_invalid_leftover(client, rev, build, opts)
                 .await
-                .map_err(|e| StatementError::Sql(e, attempt))?;
+                .map_err(|e| StatementError::Sql(e, attempt, None))?;
         }
-        match execute(client, sql).await {
+        match watch.during(execute(client, sql)).await {
             Ok(()) => return Ok(attempt),
             Err(e) if is_lock_timeout(&e) => match delays.next() {
                 Some(delay) => {
-                    wait_before_retry(rev, attempt, delay, &e, opts).await;
+                    wait_before_retry(rev, attempt, delay, &e, &mut watch, opts).await;
                 }
-                None => return Err(StatementError::Sql(e, attempt)),
+                None => {
+                    let blocked = watch.waited(attempt, engine.settings.lock_timeout);
+                    return Err(StatementError::Sql(e, attempt, blocked));
+                }
             },
-            Err(e) => return Err(StatementError::Sql(e, attempt)),
+            Err(e) => return Err(StatementError::Sql(e, attempt, None)),
         }
     }
 }

@@ -46,6 +46,8 @@ pub enum TenantEvent {
         revision: String,
         attempt: u32,
         delay: Duration,
+        message: String,
+        blockers: Vec<crate::engine::blockers::Blocker>,
     },
     /// The connection was lost (or a COMMIT's outcome was unknown): a new one is made and the
     /// run resumes from what the database recorded, under the same lock.

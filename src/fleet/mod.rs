@@ -84,6 +84,9 @@ pub enum FleetError {
     Connect { tenant: TenantId, source: PoolError },
     #[error("tenant {tenant}: {source}")]
     Lock { tenant: TenantId, source: LockError },
+    /// The lint gate refused the run.
+    #[error(transparent)]
+    Lint(#[from] crate::lint::LintError),
 }
 
 /// Which tenants of an app a request acts on.
@@ -111,6 +114,8 @@ pub struct JobSpec {
     pub leave: Option<Leave>,
     /// Who asked: audit records of applied revisions name them.
     pub caller: crate::auth::Caller,
+    /// What to do to sessions blocking a revision; `None`: the app's `[blockers]`.
+    pub blockers: Option<crate::model::BlockerPolicy>,
 }
 
 /// A predicate over tenant ids; see [`JobSpec::leave`].
@@ -134,6 +139,8 @@ const FINISHED_JOB_MEMORY: Duration = Duration::from_secs(600);
 
 pub struct Fleet {
     apps: BTreeMap<String, Arc<App>>,
+    /// Each app's lint verdicts, computed when it was loaded.
+    lints: BTreeMap<String, Arc<crate::lint::AppLint>>,
     registry: Registry,
     locks: Arc<dyn DistributedLock>,
     pools: Arc<Pools>,
@@ -160,6 +167,7 @@ impl Fleet {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         apps: BTreeMap<String, Arc<App>>,
+        lints: BTreeMap<String, Arc<crate::lint::AppLint>>,
         registry: Registry,
         locks: Arc<dyn DistributedLock>,
         pools: Arc<Pools>,
@@ -173,6 +181,7 @@ impl Fleet {
         let global = Arc::new(Semaphore::new(limits.global_concurrency));
         Fleet {
             apps,
+            lints,
             registry,
             locks,
             pools,
@@ -225,6 +234,21 @@ impl Fleet {
 
     pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
         self.apps.values()
+    }
+
+    /// The lint gate: each revision a run of `app` to `target` may apply, with its verdict,
+    /// or the refusal naming every error-level finding no revision's header ignores.
+    pub fn lint_gate(
+        &self,
+        app: &App,
+        direction: Direction,
+        target: &Target,
+    ) -> Result<Vec<crate::lint::RevisionVerdict>, FleetError> {
+        let Some(lint) = self.lints.get(&app.name) else {
+            return Ok(vec![]);
+        };
+        let verdicts = crate::lint::gate::check(lint, &app.graph, direction, target)?;
+        Ok(verdicts)
     }
 
     /// Reject a target the graph cannot resolve before any tenant is touched.

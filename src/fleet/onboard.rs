@@ -277,6 +277,8 @@ impl Fleet {
                     skip_locked: false,
                     leave: None,
                     caller: spec.caller.clone(),
+                    // A database created by this call: nobody else holds its locks.
+                    blockers: None,
                 })
                 .await
                 .map_err(|e| StepFailed {
@@ -488,6 +490,7 @@ impl Fleet {
                 events: &events,
                 stop: &|| false,
                 live: &|| true,
+                blockers: None,
             };
             Engine::new(app, values, &self.settings)
                 .migrate(&mut client, Direction::Upgrade, &Target::heads(), &opts)

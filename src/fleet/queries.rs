@@ -285,6 +285,7 @@ impl Fleet {
                     events: &events,
                     stop: &|| false,
                     live: &|| guard.valid(),
+                    blockers: None,
                 };
                 let engine = Engine::new(app, &values, &settings);
                 let targets = [revision.to_string()];

@@ -17,6 +17,34 @@ use crate::registry::Tenant;
 use crate::revision::plan::Target;
 use crate::revision::{App, Resolved};
 
+/// The daemon's second connection for asking who blocks a revision: one from the tenant's
+/// pool (the migration holds another; the pool allows `pools.per_database_connections`).
+struct PoolProbe {
+    pools: Arc<crate::registry::Pools>,
+    spec: crate::registry::ConnectionSpec,
+}
+
+impl engine::blockers::ProbeClient for crate::registry::pools::PooledClient {
+    fn client(&self) -> &tokio_postgres::Client {
+        self
+    }
+}
+
+impl engine::blockers::Probe for PoolProbe {
+    fn connect(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Box<dyn engine::blockers::ProbeClient>, String>>
+    {
+        Box::pin(async move {
+            self.pools
+                .get(&self.spec)
+                .await
+                .map(|c| Box::new(c) as Box<dyn engine::blockers::ProbeClient>)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 pub(super) struct TenantRun {
     pub fleet: Arc<Fleet>,
     pub app: Arc<App>,
@@ -294,6 +322,28 @@ impl TenantRun {
         // The revision started and not yet done: what a failure outside a step interrupted.
         let in_flight = std::sync::Arc::new(std::sync::Mutex::new(None));
         let in_flight_log = in_flight.clone();
+        // Who blocked a revision goes on the tenant's span; a blocker the policy ended, to
+        // the audit trail.
+        let tenant_span = tracing::Span::current();
+        let blocker_audit = {
+            let (log, caller, tenant, fence) = (
+                self.fleet.audit().clone(),
+                self.spec.caller.clone(),
+                tenant.id.to_string(),
+                guard.token().0,
+            );
+            move |revision: &crate::model::RevisionId, b: &engine::blockers::Blocker| {
+                let mut record = crate::audit::AuditRecord::new(
+                    &caller,
+                    "end blocking session",
+                    format!("{}: {}", b.action, b.describe()),
+                )
+                .tenant(tenant.clone());
+                record.revision = Some(revision.to_string());
+                record.fence_token = Some(fence);
+                log.record(record);
+            }
+        };
         let events = move |e: Event| {
             let event = match e {
                 Event::Planned { before, .. } => {
@@ -341,12 +391,22 @@ impl TenantRun {
                     revision,
                     attempt,
                     delay,
-                    ..
-                } => TenantEvent::LockRetry {
-                    revision: revision.to_string(),
-                    attempt,
-                    delay,
-                },
+                    message,
+                    blockers,
+                } => {
+                    let blocked_by: Vec<String> = blockers.iter().map(|b| b.describe()).collect();
+                    tracing::info!(parent: &tenant_span, fleetmig.revision.id = %revision, fleetmig.lock.attempt = attempt, fleetmig.lock.blockers = %blocked_by.join("; "), "lock timeout: blocked by other sessions; retrying");
+                    for b in blockers.iter().filter(|b| !b.action.is_empty()) {
+                        blocker_audit(&revision, b);
+                    }
+                    TenantEvent::LockRetry {
+                        revision: revision.to_string(),
+                        attempt,
+                        delay,
+                        message,
+                        blockers,
+                    }
+                }
                 Event::InvalidIndexDropped { revision, index } => {
                     tracing::warn!(tenant = %tenant_id, %revision, %index, "dropped an INVALID index left by an earlier failed build");
                     return;
@@ -360,6 +420,10 @@ impl TenantRun {
         let (cancel, shutdown) = (self.cancel.clone(), self.fleet.shutdown.clone());
         let stop = move || cancel.is_cancelled() || shutdown.is_cancelled();
         let live = || guard.valid();
+        let probe = PoolProbe {
+            pools: self.fleet.pools.clone(),
+            spec: tenant.connection.clone(),
+        };
         let opts = RunOptions {
             fence: Some(guard.token()),
             allow_changed: self.spec.allow_changed,
@@ -367,6 +431,14 @@ impl TenantRun {
             events: &events,
             stop: &stop,
             live: &live,
+            blockers: Some(engine::blockers::Diagnose {
+                probe: &probe,
+                policy: self
+                    .spec
+                    .blockers
+                    .clone()
+                    .unwrap_or_else(|| self.app.blockers.clone()),
+            }),
         };
         let on_reconnect = |attempt: u32, why: &str| {
             tracing::warn!(tenant = %tenant.id, attempt, reason = %why, "reconnected after a lost connection; resuming from what the database recorded");

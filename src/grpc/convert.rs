@@ -323,6 +323,60 @@ pub fn target(field: &str, t: &str, direction: Direction) -> Result<String, Fiel
     Ok(t.to_string())
 }
 
+/// A request's blocker policy (`field` is its name in the request); unset: `None`.
+pub fn blocker_policy(
+    field: &str,
+    p: Option<proto::BlockerPolicy>,
+) -> Result<Option<crate::model::BlockerPolicy>, FieldError> {
+    let Some(p) = p else { return Ok(None) };
+    let action = match p.action.as_str() {
+        "" => crate::model::BlockerAction::Report,
+        a => crate::model::BlockerAction::parse(a).ok_or_else(|| {
+            field_error(
+                format!("{field}.action"),
+                format!("{} is not one of report, cancel, terminate", shown(a)),
+            )
+        })?,
+    };
+    let secs = |s: u32| (s > 0).then(|| Duration::from_secs(u64::from(s)));
+    let policy = crate::model::BlockerPolicy {
+        action,
+        idle_in_transaction_after: secs(p.idle_in_transaction_seconds),
+        older_than: secs(p.older_than_seconds),
+    };
+    policy.validate().map_err(|m| field_error(field, m))?;
+    Ok(Some(policy))
+}
+
+pub fn blocker_policy_to_proto(p: &crate::model::BlockerPolicy) -> proto::BlockerPolicy {
+    proto::BlockerPolicy {
+        action: p.action.as_str().into(),
+        idle_in_transaction_seconds: p
+            .idle_in_transaction_after
+            .map_or(0, |d| d.as_secs() as u32),
+        older_than_seconds: p.older_than.map_or(0, |d| d.as_secs() as u32),
+    }
+}
+
+/// A blocker as the API shows it.
+pub fn blocker_to_proto(b: &crate::engine::blockers::Blocker) -> proto::Blocker {
+    proto::Blocker {
+        pid: b.pid,
+        application_name: b.application_name.clone(),
+        user: b.user.clone(),
+        client_addr: b.client_addr.clone(),
+        state: b.state.clone(),
+        transaction_age_ms: b.transaction_age.map_or(0, ms),
+        state_age_ms: b.state_age.map_or(0, ms),
+        wait_event: b.wait_event.clone(),
+        query: b.query.clone(),
+        holds: b.holds.clone(),
+        wants: b.wants.clone(),
+        action: b.action.clone(),
+        summary: b.summary(),
+    }
+}
+
 pub fn direction(field: &str, d: &str) -> Result<Direction, FieldError> {
     match d {
         "" | "upgrade" => Ok(Direction::Upgrade),
@@ -369,10 +423,14 @@ fn tenant_event(e: TenantEvent) -> proto::tenant_event::Kind {
             revision,
             attempt,
             delay,
+            message,
+            blockers,
         } => Kind::LockRetry(proto::LockRetry {
             revision,
             attempt,
             delay_ms: ms(delay),
+            message,
+            blockers: blockers.iter().map(blocker_to_proto).collect(),
         }),
         TenantEvent::Reconnected { attempt, reason } => {
             Kind::Reconnected(proto::Reconnected { attempt, reason })
@@ -445,5 +503,36 @@ fn summary(s: fleet::Summary) -> proto::JobSummary {
         planned: s.planned,
         wall_time_ms: ms(s.wall_time),
         cancelled: s.cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocker_policy_is_checked_and_named_by_field() {
+        assert_eq!(blocker_policy("blockers", None), Ok(None));
+        let p = |action: &str, idle: u32, older: u32| proto::BlockerPolicy {
+            action: action.into(),
+            idle_in_transaction_seconds: idle,
+            older_than_seconds: older,
+        };
+        let ok = blocker_policy("blockers", Some(p("terminate", 30, 0)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.idle_in_transaction_after, Some(Duration::from_secs(30)));
+        assert_eq!(blocker_policy_to_proto(&ok), p("terminate", 30, 0));
+        let e = blocker_policy("blockers", Some(p("kill", 1, 0))).unwrap_err();
+        assert_eq!(e.field, "blockers.action");
+        let e = blocker_policy("blockers", Some(p("cancel", 30, 0))).unwrap_err();
+        assert_eq!(e.field, "blockers");
+        assert!(e.message.contains("use action = \"terminate\""), "{e:?}");
+        let e = blocker_policy("blockers", Some(p("terminate", 0, 0))).unwrap_err();
+        assert!(
+            e.message
+                .contains("needs idle_in_transaction_after or older_than"),
+            "{e:?}"
+        );
     }
 }

@@ -76,6 +76,7 @@ impl MigrationsService {
         let app = convert::app_name("app", &r.app).map_err(invalid)?;
         let target = convert::target("target", &r.target, direction).map_err(invalid)?;
         let selector = convert::selector(r.selector).map_err(invalid)?;
+        let blockers = convert::blocker_policy("blockers", r.blockers).map_err(invalid)?;
         if !r.dry_run {
             // A rollout of one wave without a failure budget, driven by this replica: it
             // outlives the stream, shows in Rollouts/List, and other replicas help with it.
@@ -89,6 +90,7 @@ impl MigrationsService {
                 concurrency: r.concurrency,
                 idempotency_key: String::new(),
                 allow_changed: r.allow_changed,
+                blockers,
             };
             let (doc, progress) = self.rollouts.start_here(spec, &caller).await?;
             let id = doc.id.clone();
@@ -105,6 +107,7 @@ impl MigrationsService {
             skip_locked: false,
             leave: None,
             caller,
+            blockers,
         };
         let job = self.fleet.start(spec).await?;
         let job_id = match &job.accepted {

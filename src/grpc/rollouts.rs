@@ -134,6 +134,7 @@ fn spec(r: proto::StartRolloutRequest) -> Result<RolloutSpec, Status> {
         concurrency: r.concurrency,
         idempotency_key: r.idempotency_key,
         allow_changed: r.allow_changed,
+        blockers: convert::blocker_policy("blockers", r.blockers).map_err(invalid)?,
     })
 }
 
@@ -166,6 +167,7 @@ fn spec_to_proto(s: &RolloutSpec) -> proto::StartRolloutRequest {
         concurrency: s.concurrency,
         idempotency_key: s.idempotency_key.clone(),
         allow_changed: s.allow_changed,
+        blockers: s.blockers.as_ref().map(convert::blocker_policy_to_proto),
     }
 }
 
@@ -180,6 +182,8 @@ fn tenant_to_proto(t: &TenantDoc) -> proto::RolloutTenant {
         finished_at: t.finished_at.map(timestamp),
         attempts: t.attempts,
         replica: t.replica.clone(),
+        lock_retries: t.lock_retries,
+        blocked_by: t.blocked_by.clone(),
     }
 }
 
@@ -217,6 +221,17 @@ pub fn rollout_to_proto(d: &RolloutDoc, owner: String, with_tenants: bool) -> pr
         updated_at: Some(timestamp(d.updated_at)),
         spec: Some(spec_to_proto(&d.spec)),
         created_by: d.created_by.clone(),
+        lint: d
+            .lint
+            .iter()
+            .map(|v| proto::LintVerdict {
+                revision: v.revision.clone(),
+                verdict: v.verdict.as_str().into(),
+                errors: v.errors,
+                warnings: v.warnings,
+                ignored: v.ignored.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::engine::EngineError;
 use crate::fleet::FleetError;
+use crate::lint::LintError;
 use crate::lock::LockError;
 use crate::registry::{FieldError, RegistryError};
 use crate::revision::graph::ResolveError;
@@ -59,6 +60,15 @@ fn engine_code(e: &EngineError) -> Code {
     }
 }
 
+fn lint_code(e: &LintError) -> Code {
+    match e {
+        // The revision files decide: fix or justify them, then try again.
+        LintError::Refused(_) => Code::FailedPrecondition,
+        // Checked when the app is loaded; reaching a request means the app needs fixing.
+        LintError::Config { .. } | LintError::Values { .. } => Code::FailedPrecondition,
+    }
+}
+
 fn lock_code(e: &LockError) -> Code {
     match e {
         LockError::Timeout { .. } | LockError::Busy { .. } => Code::Aborted,
@@ -96,6 +106,7 @@ impl From<FleetError> for Status {
             FleetError::Engine { source, .. } => engine_code(source),
             FleetError::Connect { .. } => Code::Unavailable,
             FleetError::Lock { source, .. } => lock_code(source),
+            FleetError::Lint(l) => lint_code(l),
         };
         if code == Code::Unavailable || code == Code::DataLoss {
             tracing::warn!(error = %e, "request failed");

@@ -30,9 +30,52 @@ pub struct Revision {
     pub irreversible: bool,
     pub upgrade: Section,
     pub downgrade: Option<Section>,
+    /// `-- lint-ignore: rule, rule -- reason` header lines, as written (checked by the linter).
+    pub lint_ignores: Vec<LintIgnore>,
     pub path: PathBuf,
-    /// sha256 of the file, line endings normalised.
+    /// sha256 of the file, line endings normalised, `lint-ignore` header lines left out.
     pub checksum: String,
+}
+
+/// One `-- lint-ignore: rule-a, rule-b -- reason` header line: lint rules this revision
+/// ignores, and why. Rule names and the reason are checked by the linter (`crate::lint`),
+/// which knows the rules; here they are only read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LintIgnore {
+    /// 1-based line in the file.
+    pub line: usize,
+    pub rules: Vec<String>,
+    /// The text after ` -- `; `None` when there is none (an error the linter reports).
+    pub reason: Option<String>,
+}
+
+/// The header key of lint ignores (with a hyphen, as squawk spells its rules).
+pub const LINT_IGNORE_KEY: &str = "lint-ignore";
+
+/// The value of a `-- lint-ignore: ...` line (trimmed), if `line` is one.
+pub fn lint_ignore_value(line: &str) -> Option<&str> {
+    let (key, value) = line.trim().strip_prefix("--")?.split_once(':')?;
+    (key.trim() == LINT_IGNORE_KEY).then(|| value.trim())
+}
+
+impl LintIgnore {
+    fn parse(line: usize, value: &str) -> LintIgnore {
+        // ESLint's convention for a reason on a directive: ` -- why`.
+        let (rules, reason) = match value.split_once("--") {
+            Some((rules, reason)) => (rules, Some(reason.trim()).filter(|r| !r.is_empty())),
+            None => (value, None),
+        };
+        LintIgnore {
+            line,
+            rules: rules
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect(),
+            reason: reason.map(str::to_string),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +105,24 @@ const DOWNGRADE_MARKER: &str = "-- +downgrade";
 const BOM: char = '\u{feff}';
 
 /// sha256 of the file, ignoring what editors change without changing the SQL: CRLF line
-/// endings and a leading byte-order mark.
+/// endings and a leading byte-order mark. `-- lint-ignore:` header lines are left out too:
+/// they change no SQL, so a justification added to an applied revision does not make it a
+/// "changed file" (a file without them hashes as it always did).
 pub fn checksum(content: &str) -> String {
     let content = content.strip_prefix(BOM).unwrap_or(content);
-    hex::encode(Sha256::digest(content.replace("\r\n", "\n").as_bytes()))
+    let normalised = content.replace("\r\n", "\n");
+    let mut in_header = true;
+    let kept: Vec<&str> = normalised
+        .split('\n')
+        .filter(|line| {
+            let t = line.trim();
+            if t == UPGRADE_MARKER || t == DOWNGRADE_MARKER {
+                in_header = false;
+            }
+            !(in_header && lint_ignore_value(line).is_some())
+        })
+        .collect();
+    hex::encode(Sha256::digest(kept.join("\n").as_bytes()))
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -99,6 +156,7 @@ impl Revision {
         let lines: Vec<&str> = content_n.split('\n').collect();
 
         let mut fields: Vec<(usize, &str, &str)> = Vec::new();
+        let mut lint_ignores = Vec::new();
         let mut upgrade_at = None;
         let mut downgrade_at = None;
         for (i, raw) in lines.iter().enumerate() {
@@ -125,6 +183,10 @@ impl Revision {
                     ));
                 };
                 let comment = comment.trim();
+                if let Some(value) = lint_ignore_value(t) {
+                    lint_ignores.push(LintIgnore::parse(line_no, value));
+                    continue;
+                }
                 if let Some((key, value)) = comment.split_once(':') {
                     let key = key.trim();
                     if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && !key.is_empty() {
@@ -269,6 +331,7 @@ impl Revision {
             irreversible,
             upgrade,
             downgrade,
+            lint_ignores,
             path: path.to_path_buf(),
             checksum: checksum(content),
         })
@@ -349,6 +412,36 @@ mod tests {
     fn irreversible_needs_no_downgrade() {
         let r = parse("-- revision: a\n-- down_revision:\n-- irreversible: true\n-- +upgrade\nDROP TABLE t;\n").unwrap();
         assert!(r.irreversible && r.downgrade.is_none());
+    }
+
+    #[test]
+    fn lint_ignores_are_read_with_their_reason_and_left_out_of_the_checksum() {
+        let plain = "-- revision: a\n-- down_revision:\n-- +upgrade\nCREATE INDEX i ON t (x);\n-- +downgrade\nDROP INDEX i;\n";
+        let ignored = "-- revision: a\n-- down_revision:\n-- lint-ignore: require-concurrent-index-creation, ban-drop-table -- t is empty here\n--lint-ignore:prefer-robust-stmts\n-- +upgrade\nCREATE INDEX i ON t (x);\n-- +downgrade\nDROP INDEX i;\n";
+        let r = parse(ignored).unwrap();
+        assert_eq!(
+            r.lint_ignores,
+            vec![
+                LintIgnore {
+                    line: 3,
+                    rules: vec![
+                        "require-concurrent-index-creation".into(),
+                        "ban-drop-table".into()
+                    ],
+                    reason: Some("t is empty here".into()),
+                },
+                LintIgnore {
+                    line: 4,
+                    rules: vec!["prefer-robust-stmts".into()],
+                    reason: None,
+                },
+            ]
+        );
+        assert_eq!(r.checksum, parse(plain).unwrap().checksum);
+        // In a section it is SQL's business (a comment), and it counts.
+        let in_section = plain.replace("-- +downgrade", "-- lint-ignore: x -- y\n-- +downgrade");
+        assert_ne!(checksum(&in_section), checksum(plain));
+        assert!(parse(&in_section).unwrap().lint_ignores.is_empty());
     }
 
     #[test]

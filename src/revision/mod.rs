@@ -65,6 +65,11 @@ struct Manifest {
     placeholders: BTreeMap<String, placeholder::Declaration>,
     #[serde(default)]
     scratch: scratch::ScratchManifest,
+    /// Read and checked by `crate::lint` (which knows the rules).
+    #[serde(default)]
+    lint: toml::Table,
+    #[serde(default)]
+    blockers: crate::model::BlockerPolicy,
 }
 
 /// One migration graph: `migrations/<name>/`.
@@ -76,6 +81,10 @@ pub struct App {
     pub declarations: Declarations,
     /// What its scratch databases need first (`[scratch]` in the manifest).
     pub scratch: scratch::ScratchSetup,
+    /// The manifest's `[lint]` section as written; `crate::lint` reads and checks it.
+    pub lint: toml::Table,
+    /// What to do about sessions blocking a revision (`[blockers]`; report only by default).
+    pub blockers: crate::model::BlockerPolicy,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
@@ -161,6 +170,13 @@ impl App {
                 message,
             }
         })?;
+        manifest
+            .blockers
+            .validate()
+            .map_err(|message| LoadError::Manifest {
+                path: manifest_path.clone(),
+                message: format!("[blockers] {message}"),
+            })?;
         let prelude = scratch.prelude.as_ref().map(|p| p.path.clone());
         let mut revisions = Vec::new();
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -185,6 +201,8 @@ impl App {
             graph,
             declarations: Declarations(manifest.placeholders),
             scratch,
+            lint: manifest.lint,
+            blockers: manifest.blockers,
         })
     }
 }

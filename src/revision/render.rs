@@ -68,13 +68,19 @@ impl RenderedStatement {
         let Some(position) = position.filter(|&p| p >= 1) else {
             return rev.location(self.line);
         };
-        let before: String = self.sql.chars().take(position - 1).collect();
+        let (line, column) = self.line_column(position);
+        format!("{}:{column}", rev.location(line))
+    }
+
+    /// The 1-based file line and column of the statement's 1-based character `position`.
+    pub fn line_column(&self, position: usize) -> (usize, usize) {
+        let before: String = self.sql.chars().take(position.max(1) - 1).collect();
         let lines = before.matches('\n').count();
         let column = match before.rfind('\n') {
             Some(i) => before[i + 1..].chars().count() + 1,
             None => self.column + before.chars().count() + 1,
         };
-        format!("{}:{column}", rev.location(self.line + lines))
+        (self.line + lines, column)
     }
 }
 
@@ -98,6 +104,30 @@ pub fn render(
     direction: Direction,
     values: &Resolved,
     recorded_skip: Option<bool>,
+) -> Result<RenderedRevision, RenderError> {
+    render_with(rev, direction, values, recorded_skip, true)
+}
+
+/// The statements of `rev` for `direction` as the linter sees them: its condition disregarded
+/// (a revision skipped today may run tomorrow), and a statement that cannot run in a
+/// transaction left in a transactional revision (the linter reports it, with the rule's
+/// help, instead of failing the rendering).
+pub fn render_for_lint(
+    rev: &Revision,
+    direction: Direction,
+    values: &Resolved,
+) -> Result<RenderedRevision, RenderError> {
+    let mut unconditional = rev.clone();
+    unconditional.condition = None;
+    render_with(&unconditional, direction, values, None, false)
+}
+
+fn render_with(
+    rev: &Revision,
+    direction: Direction,
+    values: &Resolved,
+    recorded_skip: Option<bool>,
+    refuse_autocommit_in_transaction: bool,
 ) -> Result<RenderedRevision, RenderError> {
     let loc = |line: usize| rev.location(line);
     if let Some(cond) = &rev.condition {
@@ -171,7 +201,8 @@ pub fn render(
                 stmt,
             });
         }
-        if rev.transaction == TransactionMode::Revision
+        if refuse_autocommit_in_transaction
+            && rev.transaction == TransactionMode::Revision
             && let Some(what) = sql::needs_autocommit(&text)
         {
             return Err(RenderError::NeedsAutocommit {

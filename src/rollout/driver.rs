@@ -170,6 +170,8 @@ impl Rollouts {
         let app = self.fleet.app(&spec.app)?.clone();
         let target: crate::revision::plan::Target = spec.target.parse().expect("infallible");
         Fleet::check_target(&app, spec.direction, &target)?;
+        // Before any tenant is selected: a refusal touches nothing.
+        let lint = self.fleet.lint_gate(&app, spec.direction, &target)?;
         let selector = match &spec.selector {
             // Validated by the caller (the gRPC layer).
             SelectorDoc::Ids(ids) => Selector::Ids(
@@ -196,6 +198,8 @@ impl Rollouts {
                     attempts: 0,
                     replica: String::new(),
                     applied: 0,
+                    lock_retries: 0,
+                    blocked_by: vec![],
                 });
             }
         }
@@ -213,6 +217,7 @@ impl Rollouts {
             request_id: caller.request_id.clone(),
             owner: String::new(),
             consecutive_failures: 0,
+            lint,
         };
         Ok(doc)
     }
@@ -453,6 +458,7 @@ impl Rollouts {
                 leave.lock().unwrap().contains(id)
             }))),
             caller: Self::caller_for(doc),
+            blockers: doc.spec.blockers.clone(),
         }
     }
 

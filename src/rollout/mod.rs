@@ -73,6 +73,9 @@ pub struct RolloutSpec {
     /// Proceed on tenants whose applied revision files changed since.
     #[serde(default)]
     pub allow_changed: bool,
+    /// What to do to sessions blocking a revision; `None`: the app's `[blockers]`.
+    #[serde(default)]
+    pub blockers: Option<crate::model::BlockerPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +181,12 @@ pub struct TenantDoc {
     /// Revisions its last run applied (0: it was already at the target).
     #[serde(default)]
     pub applied: u32,
+    /// Lock timeouts retried on it.
+    #[serde(default)]
+    pub lock_retries: u32,
+    /// Who held the lock at its last lock timeout, one line each (what the policy did too).
+    #[serde(default)]
+    pub blocked_by: Vec<String>,
 }
 
 /// The rollout as persisted under `<prefix>rollouts/<id>`.
@@ -203,6 +212,9 @@ pub struct RolloutDoc {
     /// new owner goes on counting where the last one stopped.
     #[serde(default)]
     pub consecutive_failures: u32,
+    /// The lint verdict of each revision it may apply, as the gate saw them at its start.
+    #[serde(default)]
+    pub lint: Vec<crate::lint::RevisionVerdict>,
 }
 
 impl RolloutDoc {

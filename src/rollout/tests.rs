@@ -139,6 +139,8 @@ fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
                 i % 3
             ),
             applied: 3,
+            lock_retries: 0,
+            blocked_by: vec![],
         })
         .collect();
     let doc = RolloutDoc {
@@ -153,6 +155,7 @@ fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
             concurrency: 8,
             idempotency_key: String::new(),
             allow_changed: false,
+            blockers: None,
         },
         state: RolloutState::Done,
         reason: String::new(),
@@ -164,6 +167,7 @@ fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
         request_id: "r".into(),
         owner: String::new(),
         consecutive_failures: 0,
+        lint: vec![],
     };
     let bytes = store::RolloutStore::encode(&doc);
     let plain = serde_json::to_vec(&doc).unwrap().len();

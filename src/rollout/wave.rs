@@ -459,6 +459,12 @@ pub(super) fn apply(
             t.attempts += 1;
             t.replica = replica.to_string();
         }
+        TenantEvent::LockRetry { blockers, .. } => {
+            t.lock_retries += 1;
+            if !blockers.is_empty() {
+                t.blocked_by = blockers.iter().map(|b| b.describe()).collect();
+            }
+        }
         TenantEvent::UpToDate { revisions } => {
             t.state = TenantState::Done;
             t.revisions = revisions;

@@ -274,6 +274,7 @@ async fn fleetmig_run(
         events: &events,
         stop: &|| false,
         live: &|| true,
+        blockers: None,
     };
     let r = match cmd {
         Cmd::Upgrade(t) => engine

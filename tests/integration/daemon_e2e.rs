@@ -112,7 +112,7 @@ async fn grpcurl_lists_describes_registers_and_streams_an_upgrade() {
 /// An app that needs no superuser: plain tables.
 fn plain_app() -> (tempfile::TempDir, std::path::PathBuf) {
     let r1 = "-- revision: p1\n-- down_revision:\n-- +upgrade\nCREATE TABLE items (id bigint PRIMARY KEY, name text);\n-- +downgrade\nDROP TABLE items;\n";
-    let r2 = "-- revision: p2\n-- down_revision: p1\n-- +upgrade\nALTER TABLE items ADD COLUMN broken int REFERENCES nowhere (id);\n-- +downgrade\nALTER TABLE items DROP COLUMN broken;\n";
+    let r2 = "-- revision: p2\n-- down_revision: p1\n-- lint-ignore: adding-foreign-key-constraint -- it is meant to fail: nowhere does not exist\n-- +upgrade\nALTER TABLE items ADD COLUMN broken int REFERENCES nowhere (id);\n-- +downgrade\nALTER TABLE items DROP COLUMN broken;\n";
     harness::scratch_app("plain", "", &[("p1.sql", r1), ("p2.sql", r2)])
 }
 

@@ -54,6 +54,7 @@ impl<'a> Run<'a> {
             events: &sink,
             stop: &|| false,
             live: &|| true,
+            blockers: None,
         };
         Engine::new(self.app, &self.values, &self.settings)
             .migrate(client, direction, &target.parse::<Target>().unwrap(), &opts)
@@ -74,6 +75,7 @@ impl<'a> Run<'a> {
             events: &sink,
             stop: &|| false,
             live: &|| true,
+            blockers: None,
         };
         Engine::new(self.app, &self.values, &self.settings)
             .migrate(
@@ -659,6 +661,7 @@ async fn a_stale_fence_token_writes_nothing() {
         events: &sink,
         stop: &|| false,
         live: &|| true,
+        blockers: None,
     };
     let engine = Engine::new(&app, &run.values, &run.settings);
     // A newer holder (token 10) applied 0001...

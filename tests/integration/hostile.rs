@@ -147,11 +147,16 @@ async fn calls(admin_db: &tokio_postgres::Client) -> Vec<(String, i64)> {
 }
 
 fn cli(dir: &Path, url: &str, args: &[&str]) -> Output {
+    cli_with(dir, url, args, &[])
+}
+
+fn cli_with(dir: &Path, url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fleetmig"))
         .current_dir(dir)
         .args(args)
         .env("DATABASE_URL", url)
         .env("HOME", dir)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -274,6 +279,49 @@ async fn nothing_a_tenant_planted_runs_inside_fleetmig() {
         outputs.push(text(&out));
     }
     assert_eq!(calls(&admin_db).await, [], "CLI: {outputs:?}");
+
+    // Blocked: a session of the tenant's role holds `items` while a downgrade waits for it.
+    // Who blocks it is asked, and the policy cancels it, with the plants all around.
+    let holder = fleetmig::pg::connect_str(&format!("{url}?application_name=holder"))
+        .await
+        .unwrap();
+    let hold = tokio::spawn(async move {
+        holder
+            .batch_execute(
+                "BEGIN; LOCK TABLE items IN ACCESS SHARE MODE; SELECT pg_catalog.pg_sleep(20)",
+            )
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let out = cli_with(
+        dir,
+        &url,
+        &[
+            "--migrations-dir",
+            m.as_str(),
+            "--app",
+            "plain",
+            "downgrade",
+            "-1",
+            "--blockers",
+            "cancel",
+            "--blockers-older-than",
+            "1s",
+        ],
+        &[
+            ("FLEETMIG_ENGINE__LOCK_TIMEOUT", "300ms"),
+            ("FLEETMIG_ENGINE__RETRY_MIN_DELAY", "50ms"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("(app holder, user hostile_app")
+            && text(&out).contains("[cancelled by fleetmig: transaction open "),
+        "{}",
+        text(&out)
+    );
+    assert!(hold.await.unwrap().is_err());
+    assert_eq!(calls(&admin_db).await, [], "blocked CLI: {}", text(&out));
 
     // The daemon: every call that touches the tenant.
     let prefix = etcd.prefix("hostile");

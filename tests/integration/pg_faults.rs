@@ -76,6 +76,7 @@ async fn run_fenced(
         events: &events,
         stop: &|| false,
         live,
+        blockers: None,
     };
     Engine::new(app, &values, &settings)
         .migrate(

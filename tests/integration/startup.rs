@@ -138,3 +138,38 @@ async fn a_bad_configuration_at_serve_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("server.tls"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_bad_lint_or_blockers_section_stops_serve_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (app, manifest) in [
+        (
+            "shop",
+            "[lint]\nexclude = [\"require-concurent-index-creation\"]\n",
+        ),
+        (
+            "other",
+            "[blockers]\naction = \"cancel\"\nidle_in_transaction_after = \"30s\"\n",
+        ),
+    ] {
+        let dir = tmp.path().join(app);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s1.sql"), GOOD).unwrap();
+        std::fs::write(dir.join("fleetmig.toml"), manifest).unwrap();
+    }
+    // Apps are checked before etcd is dialled: none is needed.
+    let (code, stderr) = serve(tmp.path(), "http://127.0.0.1:1", "/x/");
+    assert_eq!(code, Some(2), "{stderr}");
+    for expected in [
+        format!(
+            "{}: [lint] exclude: unknown rule \"require-concurent-index-creation\"",
+            tmp.path().join("shop/fleetmig.toml").display()
+        ),
+        format!(
+            "{}: [blockers] action = \"cancel\" cannot end a session idle in transaction",
+            tmp.path().join("other/fleetmig.toml").display()
+        ),
+    ] {
+        assert!(stderr.contains(&expected), "{expected} in {stderr}");
+    }
+}
