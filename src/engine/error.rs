@@ -23,6 +23,8 @@ pub struct StepFailure {
     pub connection_lost: bool,
     /// Who held the lock when the lock_timeout retries ran out: `waited 3 x 2 s behind ...`.
     pub blocked: Option<String>,
+    /// Revisions of the same transaction before this one, rolled back with it.
+    pub rolled_back: Vec<RevisionId>,
 }
 
 impl fmt::Display for StepFailure {
@@ -46,6 +48,17 @@ impl fmt::Display for StepFailure {
         }
         if let Some(h) = &self.hint {
             write!(f, "\n  hint: {h}")?;
+        }
+        if !self.rolled_back.is_empty() {
+            write!(
+                f,
+                "\n  rolled back with it (the same transaction): {}",
+                self.rolled_back
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
         }
         Ok(())
     }
@@ -255,6 +268,7 @@ mod tests {
                 hint: None,
                 attempts: 1,
                 connection_lost: false,
+                rolled_back: vec![],
             }),
             applied: applied.clone(),
         };

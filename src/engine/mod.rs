@@ -7,11 +7,13 @@ pub mod adopt;
 pub mod blockers;
 pub mod error;
 pub mod fingerprint;
+mod group;
 pub mod offline;
 mod record;
 mod stale;
 mod step;
 pub mod tables;
+mod units;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -23,7 +25,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 pub use error::{ChangedRevision, EngineError, StepFailure};
 pub use tables::{TableName, Tables};
 
-use crate::model::{Direction, FenceToken, RevisionId, TransactionMode};
+use crate::model::{Direction, FenceToken, RevisionId};
 use crate::pg::Pooler;
 use crate::revision::placeholder::{quote_ident, quote_literal};
 use crate::revision::plan::{self, Target};
@@ -234,6 +236,13 @@ struct Snapshot {
     recorded: HashMap<String, Recorded>,
 }
 
+/// A session opened by [`Engine::open`]: which tables exist, and what the version and
+/// history tables hold when it could be read in the same round trip.
+struct Opened {
+    tables: TablesExist,
+    snapshot: Option<Vec<Vec<Option<String>>>>,
+}
+
 /// Whether the version, history and fence tables exist (a row of `exists_sql`).
 #[derive(Debug, Clone)]
 struct TablesExist(Vec<bool>);
@@ -279,12 +288,13 @@ pub(crate) struct Recorded {
     pub skipped: bool,
 }
 
-/// `sql` (read-only statements of fleetmig's own) in a transaction of its own with
-/// `search_path = pg_catalog, pg_temp`: every unqualified function, operator and type then
-/// resolves to `pg_catalog`, never to something a tenant planted (PostgreSQL's advice for
-/// SECURITY DEFINER functions). Safe behind a transaction-mode pooler (one query string).
+/// `sql` (read-only statements of fleetmig's own) with `search_path = pg_catalog, pg_temp`
+/// for its own implicit transaction (one query string of several statements is one): every
+/// unqualified function, operator and type then resolves to `pg_catalog`, never to something
+/// a tenant planted (PostgreSQL's advice for SECURITY DEFINER functions). Nothing of it
+/// outlives the query, even when it fails; safe behind a transaction-mode pooler.
 pub fn pinned(sql: &str) -> String {
-    format!("BEGIN; SET LOCAL search_path = pg_catalog, pg_temp; {sql}; COMMIT")
+    format!("SET LOCAL search_path = pg_catalog, pg_temp; {sql}")
 }
 
 /// Opens fleetmig's own part of a transaction: the role and search_path in force are saved
@@ -292,10 +302,18 @@ pub fn pinned(sql: &str) -> String {
 /// with `search_path = pg_catalog, pg_temp`, whatever a revision set before. A zero-column row.
 pub(crate) const OWN_CONTEXT: &str = "SELECT FROM pg_catalog.set_config('fleetmig.role', pg_catalog.current_setting('role'), true) r, pg_catalog.set_config('fleetmig.search_path', pg_catalog.current_setting('search_path'), true) p;\nSET LOCAL ROLE NONE;\nSET LOCAL search_path = pg_catalog, pg_temp;\n";
 
-/// Switches to fleetmig's context for its bookkeeping after a revision's statements (which
-/// may have set a role or a search_path; those stay for the session, as in Alembic).
-pub(crate) const BOOKKEEPING_CONTEXT: &str =
-    "SET LOCAL ROLE NONE;\nSET LOCAL search_path = pg_catalog, pg_temp;\n";
+/// Appended to a run's last transaction: a session setting that outlives it only if it
+/// commits (see [`Engine::release_if_committed_sql`]).
+pub(crate) const RELEASE_IF_COMMITTED_MARK: &str =
+    "SELECT FROM pg_catalog.set_config('fleetmig.committed', 'yes', false);\n";
+
+/// Whether [`Engine::release_if_committed_sql`] released the lock.
+pub(crate) async fn released(client: &Client, sql: &str) -> bool {
+    match client.simple_query(sql).await {
+        Ok(m) => rows_of(&m).first().and_then(|r| r[0].as_deref()) == Some("t"),
+        Err(_) => false,
+    }
+}
 
 pub(crate) fn rows_of(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages
@@ -397,18 +415,28 @@ impl<'a> Engine<'a> {
     /// fleetmig on the same database fails fast instead of queueing (a blocking advisory lock
     /// can deadlock with CREATE INDEX CONCURRENTLY). Behind a transaction-mode pooler nothing
     /// is set here: each transaction sets and locks for itself.
-    async fn open(
-        &self,
-        client: &Client,
-        opts: &RunOptions<'_>,
-    ) -> Result<TablesExist, EngineError> {
+    ///
+    /// The snapshot of the version and history tables goes in the same round trip, on the
+    /// bet that they exist (a database fleetmig migrated before); when they do not, its error
+    /// is ignored and there is nothing to read.
+    async fn open(&self, client: &Client, opts: &RunOptions<'_>) -> Result<Opened, EngineError> {
         opts.ensure_live()?;
+        let snapshot_sql = pinned(&format!(
+            "{};\n{}",
+            self.settings.tables.tagged_versions_sql(),
+            self.settings.tables.applied_checksums_sql()
+        ));
         if self.settings.transaction_pooled() {
-            let messages = client
-                .simple_query(&pinned(&self.settings.tables.exists_sql()))
-                .await
-                .map_err(EngineError::db("looking for fleetmig's tables"))?;
-            return Ok(TablesExist::from_row(rows_of(&messages).first()));
+            let exists_sql = pinned(&self.settings.tables.exists_sql());
+            let (exists, snapshot) = futures::join!(
+                client.simple_query(&exists_sql),
+                client.simple_query(&snapshot_sql)
+            );
+            let exists = exists.map_err(EngineError::db("looking for fleetmig's tables"))?;
+            return Ok(Opened {
+                tables: TablesExist::from_row(rows_of(&exists).first()),
+                snapshot: snapshot.ok().map(|m| rows_of(&m)),
+            });
         }
         // Pipelined: DISCARD ALL cannot share a query string (it refuses transaction blocks).
         let sql = format!(
@@ -417,18 +445,32 @@ impl<'a> Engine<'a> {
             self.lock_key(),
             self.settings.tables.exists_sql(),
         );
-        let (discard, setup) = (
+        let (discarded, messages, snapshot) = futures::join!(
             client.simple_query("DISCARD ALL"),
             client.simple_query(&sql),
+            client.simple_query(&snapshot_sql)
         );
-        let (discarded, messages) = futures::join!(discard, setup);
         discarded.map_err(EngineError::db("resetting the session (DISCARD ALL)"))?;
         client.clear_type_cache();
         let rows = rows_of(&messages.map_err(EngineError::db("preparing the session"))?);
         match rows.first().and_then(|r| r[0].as_deref()) {
-            Some("t") => Ok(TablesExist::from_row(rows.get(1))),
+            Some("t") => Ok(Opened {
+                tables: TablesExist::from_row(rows.get(1)),
+                snapshot: snapshot.ok().map(|m| rows_of(&m)),
+            }),
             _ => Err(EngineError::LockHeld),
         }
+    }
+
+    /// The statement that releases the migration lock after a COMMIT, if that COMMIT went
+    /// through: [`RELEASE_IF_COMMITTED_MARK`] in the committed transaction says so (a failed
+    /// attempt rolls the mark back, and keeps the lock for its retry). One row: `t` when
+    /// released.
+    pub(crate) fn release_if_committed_sql(&self) -> String {
+        format!(
+            "SELECT CASE WHEN pg_catalog.current_setting('fleetmig.committed', true) OPERATOR(pg_catalog.=) 'yes' THEN pg_catalog.pg_advisory_unlock({}) END, pg_catalog.set_config('fleetmig.committed', '', false)",
+            self.lock_key()
+        )
     }
 
     /// Leave the session as it was found: `DISCARD ALL` drops the migration lock and whatever
@@ -448,13 +490,17 @@ impl<'a> Engine<'a> {
     }
 
     /// Which bookkeeping tables exist, the version rows and what history recorded: two round
-    /// trips, or one when [`Engine::open`] already looked for the tables.
+    /// trips, or none when [`Engine::open`] already read them.
     async fn snapshot(
         &self,
         client: &Client,
-        known: Option<TablesExist>,
+        known: Option<Opened>,
     ) -> Result<Snapshot, EngineError> {
         let tables = &self.settings.tables;
+        let (known, read) = match known {
+            Some(Opened { tables, snapshot }) => (Some(tables), snapshot),
+            None => (None, None),
+        };
         let TablesExist(flags) = match known {
             Some(k) => k,
             None => TablesExist::from_row(
@@ -478,6 +524,8 @@ impl<'a> Engine<'a> {
         }
         let rows = if sql.is_empty() {
             vec![]
+        } else if let Some(rows) = read.filter(|_| version && history) {
+            rows
         } else {
             rows_of(
                 &client
@@ -598,11 +646,14 @@ impl<'a> Engine<'a> {
         let mut ended_stale_holder = false;
         loop {
             let result = async {
-                let tables = self.open(client, opts).await?;
+                let opened = self.open(client, opts).await?;
+                let mut released = false;
                 let result = self
-                    .migrate_locked(client, direction, target, opts, tables)
+                    .migrate_locked(client, direction, target, opts, opened, &mut released)
                     .await;
-                self.unlock(client, opts).await;
+                if !released {
+                    self.unlock(client, opts).await;
+                }
                 result
             }
             .await;
@@ -619,16 +670,19 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// The run, with the session open; `released`: set when the migration lock was released
+    /// with the run's last COMMIT (the next run's `DISCARD ALL` cleans the rest).
     async fn migrate_locked(
         &self,
         client: &mut Client,
         direction: Direction,
         target: &Target,
         opts: &RunOptions<'_>,
-        tables: TablesExist,
+        opened: Opened,
+        released: &mut bool,
     ) -> Result<Migrated, EngineError> {
         let g = &self.app.graph;
-        let snapshot = self.snapshot(client, Some(tables)).await?;
+        let snapshot = self.snapshot(client, Some(opened)).await?;
         let rows = plan::rows_from_db(g, &snapshot.rows)?;
         let planned = plan::plan(g, &rows, direction, target)?;
         let before = snapshot.rows.clone();
@@ -653,36 +707,57 @@ impl<'a> Engine<'a> {
                 .map(|s| g.revision(s.node).id.clone())
                 .collect(),
         });
+        let prepared = units::prepare(self.app, self.values, &planned.steps, &|id| {
+            recorded.get(id).map(|r| r.skipped)
+        })?;
+        let work = units::units(self.app, &prepared);
         if self.settings.transaction_pooled()
-            && let Some(step) = planned
-                .steps
+            && let Some(units::Unit::Autocommit(p)) = work
                 .iter()
-                .find(|s| self.runs_outside_transactions(s.node, s.direction, &recorded))
+                .find(|u| matches!(u, units::Unit::Autocommit(_)))
         {
             return Err(EngineError::NeedsSession {
-                revision: g.revision(step.node).id.clone(),
+                revision: g.revision(p.step.node).id.clone(),
             });
         }
-        if !snapshot.all_tables {
-            opts.ensure_live()?;
-            self.ensure_tables(client, opts.fence).await?;
-        }
+        let mut tables_missing = !snapshot.all_tables;
         let fresh_database = snapshot.rows.is_empty();
         let mut done: Vec<Applied> = Vec::with_capacity(planned.steps.len());
-        for planned_step in &planned.steps {
+        let last = work.len() - 1;
+        for (i, unit) in work.iter().enumerate() {
             opts.ensure_live()?;
             if (opts.stop)() {
                 return Err(EngineError::Stopped {
                     applied: done.into_iter().map(|a| a.revision).collect(),
                 });
             }
-            let recorded_skip = recorded
-                .get(g.revision(planned_step.node).id.as_str())
-                .map(|r| r.skipped);
-            match step::apply(self, client, planned_step, recorded_skip, opts).await {
-                Ok(step) => {
-                    (opts.events)(Event::RevisionDone(step.clone()));
-                    done.push(step);
+            let result = match unit {
+                units::Unit::Transaction(members) => {
+                    let extras = group::Extras {
+                        // A new database's tables are made in its first transaction.
+                        create_tables: std::mem::take(&mut tables_missing),
+                        release_after: i == last,
+                    };
+                    group::apply(self, client, members, extras, opts)
+                        .await
+                        .map(|d| (d.applied, d.released))
+                }
+                units::Unit::Autocommit(p) => {
+                    if std::mem::take(&mut tables_missing) {
+                        self.ensure_tables(client, opts.fence).await?;
+                    }
+                    step::apply_autocommit(self, client, p, i == last, opts)
+                        .await
+                        .map(|(a, released)| (vec![a], released))
+                }
+            };
+            match result {
+                Ok((applied, lock_released)) => {
+                    *released |= lock_released;
+                    for a in applied {
+                        (opts.events)(Event::RevisionDone(a.clone()));
+                        done.push(a);
+                    }
                 }
                 Err(step::StepError::Failed(mut failure)) => {
                     if fresh_database
@@ -712,25 +787,6 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// Whether `node` would run statements outside a transaction (a non-transactional
-    /// revision whose condition holds).
-    fn runs_outside_transactions(
-        &self,
-        node: Node,
-        direction: Direction,
-        recorded: &HashMap<String, Recorded>,
-    ) -> bool {
-        let rev = self.app.graph.revision(node);
-        rev.transaction == TransactionMode::None
-            && crate::revision::render::render(
-                rev,
-                direction,
-                self.values,
-                recorded.get(rev.id.as_str()).map(|r| r.skipped),
-            )
-            .is_ok_and(|r| !r.statements.is_empty())
-    }
-
     /// Set the version table to `targets` (Alembic's `stamp REV...`) without running any SQL.
     /// `purge` first empties the table even if it names revisions unknown to this app.
     pub async fn stamp(
@@ -743,9 +799,9 @@ impl<'a> Engine<'a> {
         let mut ended_stale_holder = false;
         loop {
             let result = async {
-                let tables = self.open(client, opts).await?;
+                let opened = self.open(client, opts).await?;
                 let result = self
-                    .stamp_locked(client, targets, purge, opts, tables)
+                    .stamp_locked(client, targets, purge, opts, opened)
                     .await;
                 self.unlock(client, opts).await;
                 result
@@ -767,14 +823,14 @@ impl<'a> Engine<'a> {
         targets: &[String],
         purge: bool,
         opts: &RunOptions<'_>,
-        tables: TablesExist,
+        opened: Opened,
     ) -> Result<Vec<RevisionId>, EngineError> {
         let g = &self.app.graph;
         // Resolve the targets before touching anything (the rows are read again below).
         for t in targets {
             g.get_revisions(t).map_err(plan::PlanError::from)?;
         }
-        if !self.snapshot(client, Some(tables)).await?.all_tables {
+        if !self.snapshot(client, Some(opened)).await?.all_tables {
             opts.ensure_live()?;
             self.ensure_tables(client, opts.fence).await?;
         }

@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::model::{Direction, TransactionMode};
+use crate::model::Direction;
 use crate::revision::plan::{self, Target};
-use crate::revision::render;
 use crate::revision::{App, Node, Resolved};
 
 use super::record::{self, HistoryRow};
+use super::units;
 use super::{Engine, EngineError, Settings, millis};
 use crate::model::RevisionId;
 
@@ -142,10 +142,13 @@ pub fn render_from(
     let ids = |s: &BTreeSet<Node>| -> BTreeSet<String> {
         s.iter().map(|&n| g.id(n).to_string()).collect()
     };
-    for step in &planned.steps {
-        let node = step.node;
+    // A downgrade follows what the upgrade recorded (run or skipped by its condition).
+    let prepared = units::prepare(app, values, &planned.steps, &|id| {
+        recorded_skips.get(id).copied()
+    })?;
+    let header = |p: &units::Prepared| -> String {
+        let node = p.step.node;
         let rev = g.revision(node);
-        let (before_rows, after_rows) = (ids(&step.rows_before), ids(&step.rows_after));
         let parents = g
             .parents(node)
             .iter()
@@ -156,53 +159,69 @@ pub fn render_from(
             Direction::Upgrade => (parents.as_str(), rev.id.as_str()),
             Direction::Downgrade => (rev.id.as_str(), parents.as_str()),
         };
-        out.push_str(&format!(
+        let mut h = format!(
             "-- Running {direction} {a} -> {b} ({})\n",
             rev.path.display()
-        ));
-        // A downgrade follows what the upgrade recorded (run or skipped by its condition).
-        let rendered = render::render(
-            rev,
-            direction,
-            values,
-            recorded_skips.get(rev.id.as_str()).copied(),
-        )?;
-        let autocommit =
-            rev.transaction == TransactionMode::None && !rendered.statements.is_empty();
-        if let Some(cond) = &rendered.skipped_by {
-            out.push_str(&format!("-- skipped: condition {cond} is false\n"));
+        );
+        if let Some(cond) = &p.rendered.skipped_by {
+            h.push_str(&format!("-- skipped: condition {cond} is false\n"));
         }
-        if !autocommit {
-            out.push_str("BEGIN;\n");
-            out.push_str(&timeouts);
+        h
+    };
+    let body = |p: &units::Prepared| -> String {
+        p.rendered
+            .statements
+            .iter()
+            .map(|stmt| terminated(&stmt.sql))
+            .chain(p.rendered.analyze.iter().map(|a| terminated(a)))
+            .collect()
+    };
+    // The same units as online: one transaction per group of transactional revisions.
+    for unit in units::units(app, &prepared) {
+        match unit {
+            units::Unit::Transaction(members) => {
+                out.push_str("BEGIN;\n");
+                out.push_str(&timeouts);
+                out.push_str(&terminated(&record::mark_sql(0)));
+                for (k, p) in members.iter().enumerate() {
+                    out.push_str(&header(p));
+                    out.push_str(&body(p));
+                    out.push_str(&terminated(&record::mark_sql(k + 1)));
+                }
+                out.push_str(&units::group_bookkeeping(
+                    app,
+                    tables,
+                    members,
+                    &json,
+                    OFFLINE_APPLIED_BY,
+                    None,
+                ));
+            }
+            units::Unit::Autocommit(p) => {
+                let rev = g.revision(p.step.node);
+                out.push_str(&header(p));
+                out.push_str(&body(p));
+                out.push_str("BEGIN;\n");
+                out.push_str(&record::version_change_sql(
+                    tables,
+                    &ids(&p.step.rows_before),
+                    &ids(&p.step.rows_after),
+                ));
+                out.push_str(&record::history_sql(
+                    tables,
+                    &HistoryRow {
+                        revision: rev.id.as_str(),
+                        direction: direction.as_str(),
+                        checksum: Some(&rev.checksum),
+                        placeholders: &json,
+                        skipped: p.rendered.skipped_by.is_some(),
+                        duration: record::Duration::Millis(0),
+                        applied_by: OFFLINE_APPLIED_BY,
+                        fence: None,
+                    },
+                ));
+            }
         }
-        for stmt in rendered.statements.iter() {
-            out.push_str(&terminated(&stmt.sql));
-        }
-        for analyze in &rendered.analyze {
-            out.push_str(&terminated(analyze));
-        }
-        if autocommit {
-            out.push_str("BEGIN;\n");
-        }
-        out.push_str(&record::version_change_sql(
-            tables,
-            &before_rows,
-            &after_rows,
-        ));
-        out.push_str(&record::history_sql(
-            tables,
-            &HistoryRow {
-                revision: rev.id.as_str(),
-                direction: direction.as_str(),
-                checksum: Some(&rev.checksum),
-                placeholders: &json,
-                skipped: rendered.skipped_by.is_some(),
-                duration: record::Duration::Millis(0),
-                applied_by: OFFLINE_APPLIED_BY,
-                fence: None,
-            },
-        ));
         out.push_str("COMMIT;\n\n");
     }
     Ok(out)

@@ -12,17 +12,41 @@ use super::tables::Tables;
 /// How long a step took, as the history row records it.
 pub enum Duration {
     Millis(i64),
-    /// Measured by the database: from the transaction's start to the history insert.
-    SinceTransactionStart,
+    /// Measured by the database, between two [`mark_sql`] marks of the same transaction.
+    BetweenMarks(usize, usize),
+}
+
+/// The statement setting mark `k` of a transaction: the server's clock now, kept for the
+/// transaction only. A group's history rows take their time and duration from the marks
+/// around each revision's statements, so one insert records them all.
+pub fn mark_sql(k: usize) -> String {
+    format!(
+        "SELECT FROM pg_catalog.set_config('fleetmig.mark{k}', pg_catalog.clock_timestamp()::pg_catalog.text, true)"
+    )
+}
+
+/// Mark `k` as a timestamp.
+fn mark(k: usize) -> String {
+    format!("pg_catalog.current_setting('fleetmig.mark{k}')::pg_catalog.timestamptz")
 }
 
 impl Duration {
     fn sql(&self) -> String {
         match self {
             Duration::Millis(ms) => ms.to_string(),
-            Duration::SinceTransactionStart => {
-                "(EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.now()) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8".into()
-            }
+            Duration::BetweenMarks(a, b) => format!(
+                "(EXTRACT(epoch FROM {} OPERATOR(pg_catalog.-) {}) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8",
+                mark(*b),
+                mark(*a)
+            ),
+        }
+    }
+
+    /// When the step ended: the later mark, or the transaction's start.
+    fn ended_sql(&self) -> String {
+        match self {
+            Duration::BetweenMarks(_, b) => mark(*b),
+            Duration::Millis(_) => "pg_catalog.now()".into(),
         }
     }
 }
@@ -64,16 +88,31 @@ pub fn version_change_sql(
 }
 
 pub fn history_sql(tables: &Tables, row: &HistoryRow<'_>) -> String {
+    history_rows_sql(tables, std::slice::from_ref(row))
+}
+
+/// One INSERT for all `rows` (a group's revisions).
+pub fn history_rows_sql(tables: &Tables, rows: &[HistoryRow<'_>]) -> String {
+    let values: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            format!(
+                "({}, {}, {}, {}::pg_catalog.jsonb, {}, {}, {}, {}, {})",
+                quote_literal(row.revision),
+                quote_literal(row.direction),
+                row.checksum.map_or("NULL".to_string(), quote_literal),
+                quote_literal(&row.placeholders.to_string()),
+                row.skipped,
+                row.duration.ended_sql(),
+                row.duration.sql(),
+                quote_literal(row.applied_by),
+                row.fence.map_or("NULL".to_string(), |t| t.0.to_string()),
+            )
+        })
+        .collect();
     format!(
-        "INSERT INTO {} (revision, direction, checksum, placeholders, skipped, duration_ms, applied_by, fence_token) VALUES ({}, {}, {}, {}::pg_catalog.jsonb, {}, {}, {}, {});\n",
+        "INSERT INTO {} (revision, direction, checksum, placeholders, skipped, applied_at, duration_ms, applied_by, fence_token) VALUES {};\n",
         tables.history.sql(),
-        quote_literal(row.revision),
-        quote_literal(row.direction),
-        row.checksum.map_or("NULL".to_string(), quote_literal),
-        quote_literal(&row.placeholders.to_string()),
-        row.skipped,
-        row.duration.sql(),
-        quote_literal(row.applied_by),
-        row.fence.map_or("NULL".to_string(), |t| t.0.to_string()),
+        values.join(",\n  ")
     )
 }

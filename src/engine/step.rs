@@ -1,7 +1,8 @@
-//! Applying one revision in one direction: the transactional path (DDL, version rows and
-//! history in one transaction, retried on lock timeouts) and the non-transactional path
-//! (each statement alone, fence checked before each, INVALID index leftovers rebuilt,
-//! completion recorded in a final fenced transaction).
+//! What applying revisions needs in common (failures located in their files, the fence, the
+//! version rows read under it, lock-timeout retries, statements in spans), and the
+//! non-transactional path: each statement alone, fence checked before each, INVALID index
+//! leftovers rebuilt, completion recorded in a final fenced transaction. The transactional
+//! path, a group of revisions in one transaction, is [`super::group`].
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -13,11 +14,12 @@ use super::blockers::Watch;
 use super::error::{EngineError, StepFailure};
 use super::record::{self, HistoryRow};
 use super::tables::Tables;
+use super::units::Prepared;
 use super::{Applied, Engine, Event, RunOptions, millis, rows_of, tagged};
-use crate::model::{Direction, FenceToken, TransactionMode};
+use crate::model::{Direction, FenceToken};
 use crate::revision::placeholder::quote_literal;
 use crate::revision::plan;
-use crate::revision::render::{self, RenderedRevision, RenderedStatement};
+use crate::revision::render::{RenderedRevision, RenderedStatement};
 use crate::revision::{Node, Revision};
 
 pub(crate) enum StepError {
@@ -36,7 +38,11 @@ impl From<EngineError> for StepError {
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Where `stmt` failed: `file:line:column` of the server's error position when it gives one.
-fn locate(rev: &Revision, stmt: &RenderedStatement, e: &tokio_postgres::Error) -> String {
+pub(crate) fn locate(
+    rev: &Revision,
+    stmt: &RenderedStatement,
+    e: &tokio_postgres::Error,
+) -> String {
     let position = e
         .as_db_error()
         .and_then(|d| d.position())
@@ -48,11 +54,11 @@ fn locate(rev: &Revision, stmt: &RenderedStatement, e: &tokio_postgres::Error) -
     stmt.location(rev, position)
 }
 
-fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == LOCK_NOT_AVAILABLE)
 }
 
-fn failure(
+pub(crate) fn failure(
     rev: &Revision,
     direction: Direction,
     location: Option<String>,
@@ -76,11 +82,12 @@ fn failure(
         attempts,
         connection_lost,
         blocked: None,
+        rolled_back: vec![],
     })
 }
 
 /// A lock timeout whose retries ran out, with who held the lock.
-fn exhausted(
+pub(crate) fn exhausted(
     engine: &Engine<'_>,
     mut f: Box<StepFailure>,
     watch: &Watch<'_>,
@@ -171,7 +178,7 @@ fn record_sql(
     engine: &Engine<'_>,
     step: &plan::Step,
     rendered: &RenderedRevision,
-    started: Option<Instant>,
+    started: Instant,
     opts: &RunOptions<'_>,
 ) -> String {
     let g = &engine.app.graph;
@@ -192,10 +199,7 @@ fn record_sql(
             checksum: Some(&rev.checksum),
             placeholders: &engine.values.to_json(),
             skipped: rendered.skipped_by.is_some(),
-            duration: match started {
-                Some(at) => record::Duration::Millis(at.elapsed().as_millis() as i64),
-                None => record::Duration::SinceTransactionStart,
-            },
+            duration: record::Duration::Millis(started.elapsed().as_millis() as i64),
             applied_by: opts.applied_by,
             fence: opts.fence,
         },
@@ -203,87 +207,7 @@ fn record_sql(
     sql
 }
 
-pub(crate) async fn apply(
-    engine: &Engine<'_>,
-    client: &mut Client,
-    step: &plan::Step,
-    recorded_skip: Option<bool>,
-    opts: &RunOptions<'_>,
-) -> Result<Applied, StepError> {
-    let direction = step.direction;
-    let rev = engine.app.graph.revision(step.node);
-    let span = tracing::info_span!(
-        "revision",
-        otel.name = %format!("{direction} {}", rev.id),
-        fleetmig.revision.id = %rev.id,
-        fleetmig.revision.direction = %direction,
-        fleetmig.revision.transactional = rev.transaction == TransactionMode::Revision,
-        fleetmig.revision.attempts = tracing::field::Empty,
-        fleetmig.revision.skipped_by = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
-        db.response.status_code = tracing::field::Empty,
-    );
-    let result = apply_in_span(engine, client, step, recorded_skip, opts)
-        .instrument(span.clone())
-        .await;
-    match &result {
-        Ok(a) => {
-            span.record("fleetmig.revision.attempts", a.attempts);
-            if let Some(cond) = &a.skipped_by {
-                span.record("fleetmig.revision.skipped_by", cond.as_str());
-            }
-        }
-        Err(e) => {
-            span.record("otel.status_code", "error");
-            match e {
-                StepError::Failed(f) => {
-                    span.record("otel.status_message", f.message.as_str());
-                    span.record("fleetmig.revision.attempts", f.attempts);
-                    if let Some(code) = &f.sqlstate {
-                        span.record("db.response.status_code", code.as_str());
-                    }
-                }
-                StepError::Engine(e) => {
-                    span.record("otel.status_message", e.to_string().as_str());
-                }
-            }
-        }
-    }
-    result
-}
-
-async fn apply_in_span(
-    engine: &Engine<'_>,
-    client: &mut Client,
-    step: &plan::Step,
-    recorded_skip: Option<bool>,
-    opts: &RunOptions<'_>,
-) -> Result<Applied, StepError> {
-    let direction = step.direction;
-    let rev = engine.app.graph.revision(step.node);
-    let rendered =
-        render::render(rev, direction, engine.values, recorded_skip).map_err(EngineError::from)?;
-    (opts.events)(Event::RevisionStarted {
-        revision: rev.id.clone(),
-        direction,
-    });
-    let started = Instant::now();
-    let attempts = if rev.transaction == TransactionMode::None && !rendered.statements.is_empty() {
-        autocommit(engine, client, step, &rendered, started, opts).await?
-    } else {
-        transactional(engine, client, step, &rendered, opts).await?
-    };
-    Ok(Applied {
-        revision: rev.id.clone(),
-        direction,
-        duration: started.elapsed(),
-        skipped_by: rendered.skipped_by.clone(),
-        attempts,
-    })
-}
-
-fn local_timeouts(engine: &Engine<'_>) -> String {
+pub(crate) fn local_timeouts(engine: &Engine<'_>) -> String {
     format!(
         "SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
         millis(engine.settings.lock_timeout),
@@ -291,142 +215,8 @@ fn local_timeouts(engine: &Engine<'_>) -> String {
     )
 }
 
-/// Returns the number of attempts it took.
-async fn transactional(
-    engine: &Engine<'_>,
-    client: &mut Client,
-    step: &plan::Step,
-    rendered: &RenderedRevision,
-    opts: &RunOptions<'_>,
-) -> Result<u32, StepError> {
-    let direction = step.direction;
-    let rev = engine.app.graph.revision(step.node);
-    let mut delays = engine.settings.backoff();
-    let mut attempt = 0u32;
-    let mut watch = Watch::new(
-        opts.blockers.as_ref(),
-        engine.lock_key(),
-        engine.settings.lock_timeout,
-    );
-    loop {
-        attempt += 1;
-        let once = transactional_once(engine, client, step, rendered, opts);
-        match watch.during(once).await {
-            Ok(()) => return Ok(attempt),
-            Err(Attempt::Sql(e, location)) if is_lock_timeout(&e) => match delays.next() {
-                Some(delay) => {
-                    wait_before_retry(rev, attempt, delay, &e, &mut watch, opts).await;
-                }
-                None => {
-                    let f = failure(rev, direction, location, &e, attempt);
-                    return Err(StepError::Failed(exhausted(engine, f, &watch, attempt)));
-                }
-            },
-            Err(Attempt::Sql(e, location)) => {
-                return Err(StepError::Failed(failure(
-                    rev, direction, location, &e, attempt,
-                )));
-            }
-            Err(Attempt::Other(e)) => return Err(e),
-        }
-    }
-}
-
-enum Attempt {
-    Sql(tokio_postgres::Error, Option<String>),
-    Other(StepError),
-}
-
-impl From<StepError> for Attempt {
-    fn from(e: StepError) -> Self {
-        Attempt::Other(e)
-    }
-}
-
-impl From<EngineError> for Attempt {
-    fn from(e: EngineError) -> Self {
-        Attempt::Other(StepError::Engine(e))
-    }
-}
-
-async fn transactional_once(
-    engine: &Engine<'_>,
-    client: &mut Client,
-    step: &plan::Step,
-    rendered: &RenderedRevision,
-    opts: &RunOptions<'_>,
-) -> Result<(), Attempt> {
-    let direction = step.direction;
-    let rev = engine.app.graph.revision(step.node);
-    let tables = &engine.settings.tables;
-    opts.ensure_live()?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| Attempt::Sql(e, None))?;
-    // One round trip: timeouts, fence, and the version rows as this transaction sees them
-    // (behind a transaction-mode pooler, the session settings and lock first).
-    let preamble = format!(
-        "{}{}{};\n{};\n{}",
-        super::OWN_CONTEXT,
-        engine.transaction_preamble(opts.fence),
-        local_timeouts(engine),
-        fence_and_versions_sql(tables, opts.fence),
-        engine.revision_context(),
-    );
-    let rows = rows_of(
-        &tx.simple_query(&preamble)
-            .await
-            .map_err(|e| Attempt::Sql(e, None))?,
-    );
-    super::check_xact_lock(&rows)?;
-    let versions = fenced_versions(&tx, tables, opts.fence, &rows).await?;
-    if !still_needed(engine, &versions, step)? {
-        tracing::info!(revision = %rev.id, %direction, "already done by another process; nothing to do");
-        return Ok(());
-    }
-    // The statements, ANALYZE, the bookkeeping and COMMIT, pipelined on the connection: sent
-    // in order without waiting for each answer. After the first failure the server rejects
-    // the rest (25P02) and the COMMIT rolls back, so the first error in order is the one to
-    // report.
-    let mut bookkeeping = super::BOOKKEEPING_CONTEXT.to_string();
-    bookkeeping.push_str(&record_sql(engine, step, rendered, None, opts));
-    bookkeeping.push_str(engine.transaction_epilogue());
-    // What each piece is, for the location of a failure: a statement of the file, the
-    // header's ANALYZE, or fleetmig's own bookkeeping.
-    let located = rendered
-        .statements
-        .iter()
-        .map(|stmt| (stmt.sql.as_str(), Some(stmt), true))
-        .chain(rendered.analyze.iter().map(|a| (a.as_str(), None, true)))
-        .chain([(bookkeeping.as_str(), None, false), ("COMMIT", None, false)]);
-    let (sqls, places): (Vec<&str>, Vec<(Option<&RenderedStatement>, bool)>) =
-        located.map(|(sql, stmt, ours)| (sql, (stmt, ours))).unzip();
-    opts.ensure_live()?;
-    let results = futures::future::join_all(sqls.iter().map(|sql| execute(&tx, sql))).await;
-    if let Some((e, (stmt, in_file))) = results
-        .into_iter()
-        .zip(places)
-        .find_map(|(r, p)| r.err().map(|e| (e, p)))
-    {
-        let location = match stmt {
-            Some(stmt) => Some(locate(rev, stmt, &e)),
-            None => in_file.then(|| rev.location(1)),
-        };
-        return Err(Attempt::Sql(e, location));
-    }
-    committed(tx);
-    Ok(())
-}
-
-/// The transaction's COMMIT went out with its last statements and succeeded: forget the
-/// guard, whose drop would send a ROLLBACK (one more round trip, and a server warning).
-fn committed(tx: tokio_postgres::Transaction<'_>) {
-    std::mem::forget(tx);
-}
-
 /// The fence write (when fenced) and the version rows, to send in one round trip.
-fn fence_and_versions_sql(tables: &Tables, fence: Option<FenceToken>) -> String {
+pub(crate) fn fence_and_versions_sql(tables: &Tables, fence: Option<FenceToken>) -> String {
     let mut sql = fence
         .map(|t| format!("{};\n", tables.fence_check_sql(t.0)))
         .unwrap_or_default();
@@ -436,7 +226,7 @@ fn fence_and_versions_sql(tables: &Tables, fence: Option<FenceToken>) -> String 
 
 /// From the rows of [`fence_and_versions_sql`]: stale if the fence did not write, else the
 /// version rows.
-async fn fenced_versions(
+pub(crate) async fn fenced_versions(
     client: &impl GenericClient,
     tables: &Tables,
     fence: Option<FenceToken>,
@@ -460,15 +250,89 @@ fn versions_of(rows: &[Vec<Option<String>>]) -> Result<Vec<crate::model::Revisio
         })
 }
 
-/// Non-transactional revision: statement by statement in autocommit.
+/// A non-transactional revision, statement by statement, in its own span; with
+/// `release_after` (it ends the run), the migration lock is released with its final COMMIT.
+/// Returns what it applied and whether the lock was released.
+pub(crate) async fn apply_autocommit(
+    engine: &Engine<'_>,
+    client: &Client,
+    prepared: &Prepared,
+    release_after: bool,
+    opts: &RunOptions<'_>,
+) -> Result<(Applied, bool), StepError> {
+    let step = &prepared.step;
+    let rev = engine.app.graph.revision(step.node);
+    let span = tracing::info_span!(
+        "revision",
+        otel.name = %format!("{} {}", step.direction, rev.id),
+        fleetmig.revision.id = %rev.id,
+        fleetmig.revision.direction = %step.direction,
+        fleetmig.revision.transactional = false,
+        fleetmig.revision.attempts = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        db.response.status_code = tracing::field::Empty,
+    );
+    (opts.events)(Event::RevisionStarted {
+        revision: rev.id.clone(),
+        direction: step.direction,
+    });
+    let started = Instant::now();
+    let result = autocommit(
+        engine,
+        client,
+        step,
+        &prepared.rendered,
+        started,
+        release_after,
+        opts,
+    )
+    .instrument(span.clone())
+    .await;
+    match &result {
+        Ok((attempts, _)) => {
+            span.record("fleetmig.revision.attempts", attempts);
+        }
+        Err(e) => {
+            span.record("otel.status_code", "error");
+            match e {
+                StepError::Failed(f) => {
+                    span.record("otel.status_message", f.message.as_str());
+                    span.record("fleetmig.revision.attempts", f.attempts);
+                    if let Some(code) = &f.sqlstate {
+                        span.record("db.response.status_code", code.as_str());
+                    }
+                }
+                StepError::Engine(e) => {
+                    span.record("otel.status_message", e.to_string().as_str());
+                }
+            }
+        }
+    }
+    let (attempts, released) = result?;
+    Ok((
+        Applied {
+            revision: rev.id.clone(),
+            direction: step.direction,
+            duration: started.elapsed(),
+            skipped_by: prepared.rendered.skipped_by.clone(),
+            attempts,
+        },
+        released,
+    ))
+}
+
+/// Non-transactional revision: statement by statement in autocommit. Returns the attempts it
+/// took and whether the migration lock was released after it.
 async fn autocommit(
     engine: &Engine<'_>,
-    client: &mut Client,
+    client: &Client,
     step: &plan::Step,
     rendered: &RenderedRevision,
     started: Instant,
+    release_after: bool,
     opts: &RunOptions<'_>,
-) -> Result<u32, StepError> {
+) -> Result<(u32, bool), StepError> {
     let direction = step.direction;
     let rev = engine.app.graph.revision(step.node);
     let tables = &engine.settings.tables;
@@ -485,8 +349,9 @@ async fn autocommit(
     // is still needed, then the session's timeouts for the statements (set after the fence,
     // which waits for a fence row another transaction holds; reset when the revision is
     // recorded, or by the unlock).
+    // One query string: one implicit transaction, gone whatever happens in it.
     let precheck = format!(
-        "BEGIN;\n{}{};\n{}SET lock_timeout = {}; SET statement_timeout = {};\nCOMMIT",
+        "{}{};\n{}SET lock_timeout = {}; SET statement_timeout = {}",
         super::OWN_CONTEXT,
         fence_and_versions_sql(tables, opts.fence),
         engine.revision_context(),
@@ -500,9 +365,9 @@ async fn autocommit(
             .await
             .map_err(|e| sql_err(e, None, 1))?,
     );
-    let versions = fenced_versions(&*client, tables, opts.fence, &rows).await?;
+    let versions = fenced_versions(client, tables, opts.fence, &rows).await?;
     if !still_needed(engine, &versions, step)? {
-        return Ok(1);
+        return Ok((1, false));
     }
     // The precheck has just fenced: the first statement's first attempt needs no other check.
     let mut fenced = opts.fence.is_some();
@@ -537,38 +402,59 @@ async fn autocommit(
             .await
             .map_err(|f| f.at(rev, direction, |_| Some(rev.location(1))))?;
     }
-    // Record completion in a fenced transaction, the session's timeouts reset in it.
+    // Record completion in a fenced transaction, the session's timeouts reset in it: BEGIN
+    // and the check in one round trip, the record and COMMIT (and the session's reset when
+    // the run ends here) in another.
     opts.ensure_live()?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(|e| sql_err(e, None, 1))?;
+    let release = release_after && !engine.settings.transaction_pooled();
     let check = format!(
-        "RESET lock_timeout; RESET statement_timeout;\n{}{}",
+        "BEGIN;\nRESET lock_timeout; RESET statement_timeout;\n{}{}",
         super::OWN_CONTEXT,
         fence_and_versions_sql(tables, opts.fence)
     );
-    let rows = rows_of(
-        &tx.simple_query(&check)
-            .await
-            .map_err(|e| sql_err(e, None, 1))?,
-    );
-    let versions = fenced_versions(&tx, tables, opts.fence, &rows).await?;
-    let mut sql = String::new();
-    if still_needed(engine, &versions, step)? {
-        sql = record_sql(engine, step, rendered, Some(started), opts);
+    let recorded = async {
+        let rows = rows_of(
+            &client
+                .simple_query(&check)
+                .await
+                .map_err(|e| sql_err(e, None, 1))?,
+        );
+        let versions = fenced_versions(client, tables, opts.fence, &rows).await?;
+        let mut sql = String::new();
+        if still_needed(engine, &versions, step)? {
+            sql = record_sql(engine, step, rendered, started, opts);
+        }
+        if release {
+            sql.push_str(super::RELEASE_IF_COMMITTED_MARK);
+        }
+        sql.push_str(engine.transaction_epilogue());
+        sql.push_str("COMMIT");
+        Ok::<_, StepError>(sql)
     }
-    sql.push_str("COMMIT");
-    tx.batch_execute(&sql)
-        .await
-        .map_err(|e| sql_err(e, None, 1))?;
-    committed(tx);
-    Ok(max_attempts)
+    .await;
+    let sql = match recorded {
+        Ok(sql) => sql,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    let (committed, released) = if release {
+        let release_sql = engine.release_if_committed_sql();
+        futures::join!(
+            client.batch_execute(&sql),
+            super::released(client, &release_sql)
+        )
+    } else {
+        (client.batch_execute(&sql).await, false)
+    };
+    committed.map_err(|e| sql_err(e, None, 1))?;
+    Ok((max_attempts, released))
 }
 
 /// Report a lock-timeout retry (log, span event, progress event) with who held the lock,
 /// end the blockers the policy names, and wait.
-async fn wait_before_retry(
+pub(crate) async fn wait_before_retry(
     rev: &Revision,
     attempt: u32,
     delay: std::time::Duration,
@@ -763,7 +649,10 @@ pub(crate) fn operation(sql: &str) -> String {
 }
 
 /// Run one statement in a span named by its operation (never its text).
-async fn execute(client: &impl GenericClient, sql: &str) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn execute(
+    client: &impl GenericClient,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
     let op = operation(sql);
     let span = tracing::debug_span!(
         target: super::STATEMENT_TARGET,

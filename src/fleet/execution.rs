@@ -7,9 +7,13 @@
 
 use std::time::Duration;
 
-use crate::engine::{Engine, EngineError, Migrated, RunOptions, Settings};
+use std::collections::HashSet;
+
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::engine::{Applied, Engine, EngineError, Event, Migrated, RunOptions, Settings, pinned};
 use crate::lock::LockGuard;
-use crate::model::Direction;
+use crate::model::{Direction, RevisionId};
 use crate::registry::pools::PooledClient;
 use crate::registry::{ConnectionSpec, Pools};
 use crate::revision::plan::Target;
@@ -52,17 +56,57 @@ pub(super) struct Execution<'a> {
 }
 
 impl Execution<'_> {
-    pub async fn run(&self, conn: PooledClient) -> Ended {
-        let mut conn = Some(conn);
+    /// Runs on the first connection, or, when it failed as a restarting server fails (`Err`
+    /// with why), on a new one after the first pause.
+    pub async fn run(&self, first: Result<PooledClient, String>) -> Ended {
         let mut pauses = RECONNECT_PAUSES.iter();
         let mut attempt = 0u32;
+        let mut conn = None;
+        match first {
+            Ok(c) => conn = Some(c),
+            Err(why) => {
+                let pause = pauses.next().expect("pauses");
+                attempt += 1;
+                (self.on_reconnect)(attempt, &why);
+                tokio::select! {
+                    _ = tokio::time::sleep(*pause) => {}
+                    _ = self.guard.lost() => return Ended::LeaseLost,
+                }
+            }
+        }
+        // Revisions this hold committed before the last lost connection, and those already told.
+        let mut confirmed: Vec<Applied> = vec![];
+        let mut told: HashSet<RevisionId> = HashSet::new();
         loop {
             let result = match conn.take() {
                 Some(c) => self.once(c).await,
                 None => match self.pools.get(self.connection).await {
-                    Ok(c) => self.once(c).await,
+                    Ok(c) => {
+                        confirmed = self.committed_under_this_lock(&c).await;
+                        for a in confirmed.iter().filter(|a| !told.contains(&a.revision)) {
+                            (self.opts.events)(Event::RevisionDone(a.clone()));
+                        }
+                        told.extend(confirmed.iter().map(|a| a.revision.clone()));
+                        self.once(c).await
+                    }
                     Err(e) => Ended::Unreachable(e),
                 },
+            };
+            let result = match result {
+                Ended::Ran(Ok(mut run)) if !confirmed.is_empty() => {
+                    run.applied.splice(0..0, confirmed);
+                    return Ended::Ran(Ok(run));
+                }
+                Ended::Ran(Err(EngineError::StepFailed {
+                    failure,
+                    mut applied,
+                })) => {
+                    told.extend(applied.iter().cloned());
+                    let earlier = confirmed.iter().map(|a| a.revision.clone());
+                    applied.splice(0..0, earlier);
+                    Ended::Ran(Err(EngineError::StepFailed { failure, applied }))
+                }
+                other => other,
             };
             let why = match &result {
                 Ended::Ran(Err(e)) if e.connection_lost() => e.to_string(),
@@ -83,6 +127,47 @@ impl Execution<'_> {
                 _ = self.guard.lost() => return Ended::LeaseLost,
             }
         }
+    }
+
+    /// What the database recorded under this lock's fence token, in order: after a lost
+    /// connection, the revisions whose COMMIT landed though its answer never came (told now).
+    /// Empty when nothing was, or the history table is not there yet.
+    async fn committed_under_this_lock(&self, conn: &PooledClient) -> Vec<Applied> {
+        let Some(fence) = self.opts.fence else {
+            return vec![];
+        };
+        let sql = pinned(&format!(
+            "SELECT revision, direction, duration_ms::pg_catalog.text, skipped::pg_catalog.text FROM {} WHERE fence_token OPERATOR(pg_catalog.=) {} ORDER BY id",
+            self.settings.tables.history.sql(),
+            fence.0
+        ));
+        let Ok(messages) = conn.simple_query(&sql).await else {
+            return vec![];
+        };
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .filter_map(|r| {
+                let revision: RevisionId = r.get(0)?.parse().ok()?;
+                let skipped_by = (r.get(3) == Some("t"))
+                    .then(|| self.app.graph.node(revision.as_str()))
+                    .flatten()
+                    .and_then(|n| self.app.graph.revision(n).condition.clone());
+                Some(Applied {
+                    revision,
+                    direction: match r.get(1)? {
+                        "downgrade" => Direction::Downgrade,
+                        _ => Direction::Upgrade,
+                    },
+                    duration: Duration::from_millis(r.get(2)?.parse().ok()?),
+                    skipped_by,
+                    attempts: 1,
+                })
+            })
+            .collect()
     }
 
     /// One engine run on `conn` (and on the session connection if it asks for one).

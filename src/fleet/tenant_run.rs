@@ -297,7 +297,15 @@ impl TenantRun {
             None => connecting.await,
         };
         let conn = match connected {
-            Ok(c) => c,
+            Ok(c) => Ok(c),
+            // A server restarting or failing over: connect again under the lock, as after a
+            // connection lost mid-run.
+            Err(crate::registry::pools::PoolError::Connect { source, .. })
+                if source.transient() =>
+            {
+                tracing::warn!(tenant = %tenant.id, error = %source, "first connection failed as a restarting server fails; retrying");
+                Err(source.to_string())
+            }
             Err(e) => {
                 self.audit_early_failure(&tenant, Some(guard.token().0), &e.to_string());
                 guard.release().await;

@@ -93,6 +93,45 @@ impl ConnectError {
         }
     }
 
+    /// A failure that a server restart or a failover causes and that ends by itself: refused
+    /// or reset connections, a timeout, a server starting up or shutting down, a read-only
+    /// server while a primary is promoted, no free connection slots. Not a wrong password, a
+    /// refused certificate or a bad connection string.
+    pub fn transient(&self) -> bool {
+        use std::io::ErrorKind as K;
+        let io_transient = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+            )
+        };
+        match &self.0.kind {
+            Kind::Socket(e) => io_transient(e),
+            Kind::Timeout(_) | Kind::SessionAttrs(_) => true,
+            Kind::Invalid(_) => false,
+            Kind::Postgres(e) => {
+                if let Some(db) = e.as_db_error() {
+                    return matches!(db.code().code(), "57P01" | "57P02" | "57P03" | "53300");
+                }
+                if self.0.rustls_error().is_some() {
+                    return false;
+                }
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(err) = source {
+                    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                        return io_transient(io);
+                    }
+                    source = err.source();
+                }
+                e.is_closed()
+            }
+        }
+    }
+
     /// The server answered and refused (not a network or TLS failure): `allow` retries with TLS.
     pub(super) fn server_refused(&self) -> bool {
         matches!(&self.0.kind, Kind::Postgres(e) if e.as_db_error().is_some())

@@ -70,6 +70,9 @@ struct Manifest {
     lint: toml::Table,
     #[serde(default)]
     blockers: crate::model::BlockerPolicy,
+    /// One transaction per revision instead of one per run of transactional revisions.
+    #[serde(default)]
+    transaction_per_revision: bool,
 }
 
 /// One migration graph: `migrations/<name>/`.
@@ -85,6 +88,10 @@ pub struct App {
     pub lint: toml::Table,
     /// What to do about sessions blocking a revision (`[blockers]`; report only by default).
     pub blockers: crate::model::BlockerPolicy,
+    /// `transaction_per_revision = true`: each transactional revision commits alone. By
+    /// default consecutive transactional revisions of a run share one transaction (Alembic's
+    /// PostgreSQL default): a tenant is at its old revision or its target, never in between.
+    pub transaction_per_revision: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
@@ -203,6 +210,7 @@ impl App {
             scratch,
             lint: manifest.lint,
             blockers: manifest.blockers,
+            transaction_per_revision: manifest.transaction_per_revision,
         })
     }
 }

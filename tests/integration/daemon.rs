@@ -348,18 +348,23 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
         .await
         .unwrap()
         .into_inner();
-    // Wait until the first revision is applied somewhere, then cut the daemon off etcd.
+    // The four revisions of a tenant share one transaction (4 x 1 s): once they are under
+    // way everywhere, cut the daemon off etcd, in the middle of every tenant's transaction.
     let mut doomed_tokens = vec![];
-    loop {
+    let mut started = std::collections::BTreeSet::new();
+    while started.len() < 4 {
         let e = stream.message().await.unwrap().unwrap();
         if let Some(Event::Tenant(t)) = &e.event {
             match &t.kind {
                 Some(Kind::Locked(l)) => doomed_tokens.push(l.fence_token),
-                Some(Kind::RevisionApplied(_)) => break,
+                Some(Kind::RevisionStarted(_)) => {
+                    started.insert(t.tenant_id.clone());
+                }
                 _ => {}
             }
         }
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let cut_at = chrono::Utc::now();
     proxy.cut();
     // Its deadline is at most one lease TTL (2 s) after the last acknowledged keep-alive.
@@ -385,7 +390,8 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
         .shutdown()
         .await
         .expect("a daemon cut off etcd still shuts down cleanly");
-    // No write of the doomed daemon after its deadline.
+    // No write of the doomed daemon after its deadline; and a group it did not commit left
+    // nothing at all (no version row, no history row).
     for url in &urls {
         let c = fleetmig::pg::connect_str(url).await.unwrap();
         if c.query_one("SELECT to_regclass('writes') IS NOT NULL", &[])
@@ -403,6 +409,11 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
                 }
             }
         }
+        let recorded = history(url).await;
+        assert!(
+            recorded.is_empty() || recorded.len() == 4,
+            "a group commits all of its revisions or none: {recorded:?}"
+        );
     }
     // Another daemon completes every tenant (after the old lease expires); nothing twice, nothing half.
     let rescuer = dh::start(dh::config(&etcd.endpoint, &prefix, &root)).await;

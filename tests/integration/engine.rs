@@ -258,70 +258,108 @@ async fn conditional_revision_is_skipped_and_remembered() {
 
 const MANIFEST: &str = "";
 
+/// Three revisions, the third failing. By default they share one transaction (Alembic's
+/// PostgreSQL default): the failure leaves the database at its starting revision, with no
+/// history row of the group, and names the revisions rolled back with it. With
+/// `transaction_per_revision = true` it is left after the second.
 #[tokio::test]
-async fn a_failing_statement_leaves_the_previous_revision() {
-    let Some((mut client, _)) = fresh("failing").await else {
-        return;
-    };
-    let (_tmp, root) = harness::scratch_app(
-        "app",
-        MANIFEST,
-        &[
-            (
-                "0001_a.sql",
-                "-- revision: 0001\n-- down_revision:\n-- +upgrade\nCREATE TABLE a (x int);\n-- +downgrade\nDROP TABLE a;\n",
-            ),
-            (
-                "0002_b.sql",
-                "-- revision: 0002\n-- down_revision: 0001\n-- +upgrade\nCREATE TABLE b (x int);\nINSERT INTO a VALUES (1);\nSELECT 1 / 0;\n-- +downgrade\nDROP TABLE b;\n",
-            ),
-        ],
-    );
-    let app = load(&root, "app");
-    let run = Run::new(&app);
-    let err = run
-        .go(&mut client, Direction::Upgrade, "head")
-        .await
-        .unwrap_err();
-    let EngineError::StepFailed { failure, applied } = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(failure.revision.as_str(), "0002");
-    assert_eq!(failure.sqlstate.as_deref(), Some("22012"));
-    assert!(
-        failure
-            .location
-            .as_deref()
-            .unwrap()
-            .ends_with("0002_b.sql:6"),
-        "{failure}"
-    );
-    assert_eq!(
-        applied.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
-        ["0001"]
-    );
-    assert_eq!(run.rows(&client).await, vec!["0001"]);
-    let b_exists: bool = client
-        .query_one("SELECT to_regclass('b') IS NOT NULL", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!b_exists, "the failed revision's table was rolled back");
-    let a_rows: i64 = client
-        .query_one("SELECT count(*) FROM a", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(a_rows, 0, "the failed revision's insert was rolled back");
-    let history: i64 = client
-        .query_one(
-            "SELECT count(*) FROM fleetmig_history WHERE revision = '0002'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(history, 0);
+async fn a_failure_in_a_group_rolls_back_the_group_and_per_revision_keeps_the_rest() {
+    for per_revision in [false, true] {
+        let Some((mut client, _)) = fresh(&format!("failing_{per_revision}")).await else {
+            return;
+        };
+        let (_tmp, root) = harness::scratch_app(
+            "app",
+            &format!("transaction_per_revision = {per_revision}\n"),
+            &[
+                (
+                    "0001_a.sql",
+                    "-- revision: 0001\n-- down_revision:\n-- +upgrade\nCREATE TABLE a (x int);\n-- +downgrade\nDROP TABLE a;\n",
+                ),
+                (
+                    "0002_b.sql",
+                    "-- revision: 0002\n-- down_revision: 0001\n-- +upgrade\nCREATE TABLE b (x int);\nINSERT INTO a VALUES (1);\n-- +downgrade\nDROP TABLE b;\n",
+                ),
+                (
+                    "0003_c.sql",
+                    "-- revision: 0003\n-- down_revision: 0002\n-- +upgrade\nCREATE TABLE c (x int);\nSELECT 1 / 0;\n-- +downgrade\nDROP TABLE c;\n",
+                ),
+            ],
+        );
+        let app = load(&root, "app");
+        let run = Run::new(&app);
+        let err = run
+            .go(&mut client, Direction::Upgrade, "head")
+            .await
+            .unwrap_err();
+        let EngineError::StepFailed { failure, applied } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(failure.revision.as_str(), "0003");
+        assert_eq!(failure.sqlstate.as_deref(), Some("22012"));
+        assert!(
+            failure
+                .location
+                .as_deref()
+                .unwrap()
+                .ends_with("0003_c.sql:5"),
+            "{failure}"
+        );
+        let exists = |t: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .query_one(&format!("SELECT to_regclass('{t}') IS NOT NULL"), &[])
+                    .await
+                    .unwrap()
+                    .get::<_, bool>(0)
+            }
+        };
+        let history: i64 = if exists("fleetmig_history").await {
+            client
+                .query_one("SELECT count(*) FROM fleetmig_history", &[])
+                .await
+                .unwrap()
+                .get(0)
+        } else {
+            0
+        };
+        if per_revision {
+            assert_eq!(
+                applied.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                ["0001", "0002"]
+            );
+            assert!(failure.rolled_back.is_empty());
+            assert_eq!(run.rows(&client).await, vec!["0002"]);
+            assert!(exists("b").await);
+            assert_eq!(history, 2);
+        } else {
+            assert!(applied.is_empty(), "{err}");
+            assert_eq!(
+                failure
+                    .rolled_back
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>(),
+                ["0001", "0002"]
+            );
+            assert!(
+                err.to_string()
+                    .contains("rolled back with it (the same transaction): 0001, 0002"),
+                "{err}"
+            );
+            assert!(
+                run.rows(&client).await.is_empty(),
+                "at its starting revision"
+            );
+            assert!(!exists("a").await && !exists("b").await);
+            assert_eq!(history, 0, "no history row of the group");
+        }
+        assert!(
+            !exists("c").await,
+            "the failed revision's table was rolled back"
+        );
+    }
 }
 
 fn lock_app() -> (tempfile::TempDir, std::path::PathBuf) {

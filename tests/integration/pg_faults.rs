@@ -159,32 +159,29 @@ async fn nothing_is_sent_after_the_lease_deadline() {
     let (_tmp, root) = small_app("0");
     let app = App::load(&root, "small").unwrap();
     let (url, _) = pg.database("deadline").await;
-    let mut client = fleetmig::pg::connect_str(&url).await.unwrap();
-    // Live for the first checks only: the run stops where the deadline passed, and what it
-    // had not sent is not there.
-    for allowed in [0, 3, 6] {
+    // Live for the first checks only: the run stops where the deadline passed. The three
+    // revisions form one transaction, so what it had sent is rolled back with what it had not.
+    for allowed in [0, 1, 2, 3] {
+        let mut client = fleetmig::pg::connect_str(&url).await.unwrap();
         let checks = AtomicUsize::new(0);
         let live = || checks.fetch_add(1, Ordering::SeqCst) < allowed;
         let e = run_fenced(&app, &mut client, 7 + allowed as i64, &live)
             .await
             .unwrap_err();
         assert!(matches!(e, EngineError::LeaseExpired), "{e}");
-        if allowed == 0 {
-            let exists: bool = client
-                .query_one(
-                    "SELECT to_regclass('public.alembic_version') IS NOT NULL",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            assert!(!exists, "nothing was sent at all");
-        }
+        let applied: bool = client
+            .query_one("SELECT to_regclass('public.a') IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!applied, "nothing of the group is kept (allowed {allowed})");
     }
+    let mut client = fleetmig::pg::connect_str(&url).await.unwrap();
     let run = run_fenced(&app, &mut client, 20, &|| true).await.unwrap();
-    assert!(
-        run.applied.len() < 3,
-        "earlier runs applied some before their deadline"
+    assert_eq!(
+        run.applied.len(),
+        3,
+        "the earlier runs left nothing applied"
     );
     assert_eq!(history(&url).await, once_each(&["s1", "s2", "s3"]));
 }
@@ -215,20 +212,23 @@ async fn commit_cutter(target: u16, cuts: usize) -> (u16, Arc<AtomicUsize>) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    if sw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
                     let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
                     if commit
                         && left
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
                             .is_ok()
                     {
-                        // Let the server run it, then cut both ways.
+                        // Stop the answers first, then let the server run it, then cut: the
+                        // server commits, the client never hears.
+                        back.abort();
+                        let _ = back.await;
+                        let _ = sw.write_all(&buf[..n]).await;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         done.fetch_add(1, Ordering::SeqCst);
-                        back.abort();
                         return;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
                     }
                 }
                 back.abort();
@@ -277,15 +277,45 @@ async fn a_commit_cut_in_flight_is_resolved_from_the_database() {
     .await;
     let s = dh::summary(&events);
     assert_eq!((s.done, s.failed), (4, 0), "{events:?}");
-    assert_eq!(cut.load(Ordering::SeqCst), 4, "four COMMITs were cut");
+    // One group per tenant, one COMMIT each; the rerun finds it committed and commits nothing.
+    let cuts = cut.load(Ordering::SeqCst);
+    assert_eq!(cuts, 4, "each tenant's COMMIT was cut");
     let reconnects = events
         .iter()
         .filter(|e| matches!(&e.event, Some(Streamed::Tenant(t)) if matches!(t.kind, Some(Kind::Reconnected(_)))))
         .count();
     assert!(
-        reconnects >= 4,
-        "each cut was told in the stream: {events:?}"
+        reconnects >= cuts,
+        "each cut was told in the stream ({cuts} cuts): {events:?}"
     );
+    // What landed is told as applied by this job, once: not "up to date".
+    for i in 0..4 {
+        let id = format!("cut-{i}");
+        let of_tenant = |e: &&proto::MigrationEvent| matches!(&e.event, Some(Streamed::Tenant(t)) if t.tenant_id == id);
+        let told: Vec<_> = events
+            .iter()
+            .filter(of_tenant)
+            .filter_map(|e| match &e.event {
+                Some(Streamed::Tenant(t)) => match &t.kind {
+                    Some(Kind::RevisionApplied(a)) => Some(a.revision.clone()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told, ["s1", "s2", "s3"], "{id}: {events:?}");
+        let done = events
+            .iter()
+            .filter(of_tenant)
+            .find_map(|e| match &e.event {
+                Some(Streamed::Tenant(t)) => match &t.kind {
+                    Some(Kind::Done(d)) => Some(d.applied),
+                    _ => None,
+                },
+                _ => None,
+            });
+        assert_eq!(done, Some(3), "{id}: {events:?}");
+    }
     for url in &urls {
         assert_eq!(history(url).await, once_each(&["s1", "s2", "s3"]), "{url}");
     }

@@ -55,7 +55,7 @@ async fn verify_names_the_scratch_database_and_uses_the_apps_prelude_or_template
         "your database was not changed",
         "l2.sql:4",
         "legacy_users",
-        "replayed there before the failure: 1 revision, l1",
+        "rolled back with it (the same transaction): l1",
         "[scratch] template = ",
         "prelude = ",
     ] {
