@@ -66,6 +66,116 @@ async fn offline_sql_with_trailing_comments_runs_in_psql_as_online() {
     assert!(ok, "psql -f downgrade failed: {err}");
 }
 
+/// Revisions 1–2 and 4–5 are transactional, 3 builds an index CONCURRENTLY between them.
+fn grouped_files() -> Vec<(String, String)> {
+    let mut files = vec![];
+    for (i, (up, down, header)) in [
+        (
+            "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);",
+            "DROP TABLE a;",
+            "",
+        ),
+        ("CREATE TABLE b (id int, a_id int);", "DROP TABLE b;", ""),
+        (
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_b_a ON b (a_id);",
+            "DROP INDEX CONCURRENTLY IF EXISTS ix_b_a;",
+            "-- transaction: none\n",
+        ),
+        (
+            "ALTER TABLE a ADD COLUMN name text;",
+            "ALTER TABLE a DROP COLUMN name;",
+            "",
+        ),
+        (
+            "CREATE VIEW v AS SELECT id, name FROM a;",
+            "DROP VIEW v;",
+            "",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (rev, down_rev) = (
+            format!("g{}", i + 1),
+            if i == 0 {
+                String::new()
+            } else {
+                format!("g{i}")
+            },
+        );
+        files.push((
+            format!("{rev}.sql"),
+            format!("-- revision: {rev}\n-- down_revision: {down_rev}\n{header}-- +upgrade\n{up}\n-- +downgrade\n{down}\n"),
+        ));
+    }
+    files
+}
+
+/// In both transaction modes, the offline SQL applied with psql builds what the online run
+/// builds (schema fingerprint, version row, history), with one BEGIN/COMMIT per group (or per
+/// revision), and the CONCURRENTLY revision between two groups outside any.
+#[tokio::test]
+async fn offline_sql_of_both_transaction_modes_equals_online() {
+    let Some(pg) = harness::postgres() else {
+        return;
+    };
+    let files = grouped_files();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    // Transactions: the groups (or revisions), and the index's bookkeeping after it.
+    for (per_revision, begins) in [(false, 3), (true, 5)] {
+        let manifest = format!("transaction_per_revision = {per_revision}\n");
+        let (_tmp, root) = harness::scratch_app("grouped", &manifest, &files);
+        let (online, _) = pg.database(&format!("grouped_online_{per_revision}")).await;
+        let (offline, _) = pg
+            .database(&format!("grouped_offline_{per_revision}"))
+            .await;
+        let up = fleetmig(&root, Some(&online), &["upgrade", "head"]);
+        assert!(up.status.success(), "{up:?}");
+        let sql = fleetmig(&root, None, &["upgrade", "--sql"]);
+        assert!(sql.status.success(), "{sql:?}");
+        let text = String::from_utf8_lossy(&sql.stdout).to_string();
+        let count = |word: &str| text.lines().filter(|l| l.trim() == word).count();
+        assert_eq!(
+            (count("BEGIN;"), count("COMMIT;")),
+            (begins, begins),
+            "per_revision={per_revision}:\n{text}"
+        );
+        let mut open = false;
+        for line in text.lines().map(str::trim) {
+            match line {
+                "BEGIN;" => open = true,
+                "COMMIT;" => open = false,
+                l if l.contains("CONCURRENTLY") => assert!(!open, "inside a transaction:\n{text}"),
+                _ => {}
+            }
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &sql.stdout).unwrap();
+        let (ok, err) = pg.psql_file(&offline, file.path());
+        assert!(ok, "psql -f failed: {err}\n{text}");
+        let (a, b) = (
+            fleetmig::pg::connect_str(&online).await.unwrap(),
+            fleetmig::pg::connect_str(&offline).await.unwrap(),
+        );
+        let (fa, fb) = (fp(&a).await, fp(&b).await);
+        assert_eq!(fa, fb, "per_revision={per_revision}: {:?}", fa.diff(&fb));
+        let bookkeeping = "SELECT (SELECT string_agg(version_num, ',') FROM alembic_version), \
+             (SELECT string_agg(revision, ',' ORDER BY id) FROM fleetmig_history), \
+             (SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_b_a'::regclass)";
+        let read =
+            |c: tokio_postgres::Row| -> (String, String, bool) { (c.get(0), c.get(1), c.get(2)) };
+        let (ra, rb) = (
+            read(a.query_one(bookkeeping, &[]).await.unwrap()),
+            read(b.query_one(bookkeeping, &[]).await.unwrap()),
+        );
+        assert_eq!(ra, ("g5".into(), "g1,g2,g3,g4,g5".into(), true), "online");
+        assert_eq!(ra, rb, "offline equals online");
+    }
+}
+
 /// The queries psql sent, from its `-L` log (psql 18's format).
 fn psql_queries(log: &str) -> Vec<String> {
     const START: &str = "/******** QUERY *********/\n";
