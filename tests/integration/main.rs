@@ -31,6 +31,7 @@ mod pgbouncer;
 mod pki;
 mod pools;
 mod rollouts;
+mod roundtrips;
 mod scratch;
 mod secret_refs;
 mod security;
