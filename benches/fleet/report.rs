@@ -1,0 +1,513 @@
+//! From the phases measured in a cell to what the benchmark reports: medians with min-max,
+//! per-pair ratios (each pair's two phases ran back to back, so a ratio compares like with
+//! like on a machine whose load drifts), CPU per tenant by process and by side, etcd
+//! requests per tenant by method; then the markdown tables, the JSON file and the sentence a
+//! user can quote, all from the same figures.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::measure::Cpu;
+use crate::tools::{Direction, Tool};
+
+/// One phase of one tool: a database set to head (or back to base).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Phase {
+    pub ms: f64,
+    pub cpu: Cpu,
+    pub failures: u32,
+    /// etcd messages received during the phase, by gRPC method, counted over
+    /// `etcd_window_ms` (the phase and a moment after it, for its last lock releases).
+    pub etcd: BTreeMap<String, f64>,
+    pub etcd_window_ms: f64,
+    /// Connections opened to the tool's databases.
+    pub connections: f64,
+}
+
+impl Phase {
+    /// CPU ms of the tool's side: its own processes and Postgres (and etcd for the daemon,
+    /// whose locks and rollouts live there).
+    pub fn side_cpu(&self, tool: Tool) -> f64 {
+        let c = &self.cpu;
+        c.postgres
+            + match tool {
+                Tool::Daemon => c.daemon + c.etcd,
+                Tool::AlembicInProcess => c.driver,
+                Tool::Floor | Tool::FleetmigCli | Tool::AlembicCli => c.children,
+            }
+    }
+
+    /// The tool's own processes' CPU ms (not Postgres, not etcd).
+    fn client_cpu(&self, tool: Tool) -> f64 {
+        match tool {
+            Tool::Daemon => self.cpu.daemon,
+            Tool::AlembicInProcess => self.cpu.driver,
+            _ => self.cpu.children,
+        }
+    }
+}
+
+/// The phases of one cell, by tool, in pair order.
+pub struct Cell {
+    pub app: String,
+    pub direction: Direction,
+    pub tenants: usize,
+    pub concurrency: u32,
+    pub phases: BTreeMap<Tool, Vec<Phase>>,
+}
+
+/// Median with min and max.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Stat {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Stat::default();
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+
+    fn show(&self, digits: usize) -> String {
+        format!(
+            "{:.d$} ({:.d$}-{:.d$})",
+            self.median,
+            self.min,
+            self.max,
+            d = digits
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ToolSummary {
+    pub ms: Stat,
+    pub tenants_per_s: f64,
+    /// Mean over pairs, ms per tenant.
+    pub cpu_ms_per_tenant: CpuPerTenant,
+    pub connections_per_tenant: f64,
+    pub failures: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CpuPerTenant {
+    /// The tool's own processes (daemon; psql; the Alembic driver and workers; xargs and
+    /// the CLI processes).
+    pub client: f64,
+    /// etcd (counted on the daemon's side only).
+    pub etcd: f64,
+    pub postgres: f64,
+    /// The side's total: client + postgres (+ etcd for the daemon).
+    pub total: f64,
+}
+
+/// `numerator / denominator`, pair by pair.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub name: &'static str,
+    pub numerator: &'static str,
+    pub denominator: &'static str,
+    /// Wall time ratio per pair: median, min, max.
+    pub wall: Stat,
+    /// CPU ratio per pair (each side's processes, with Postgres).
+    pub cpu: Stat,
+    pub wall_per_pair: Vec<f64>,
+    pub cpu_per_pair: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EtcdSummary {
+    /// Every message etcd received during the daemon's phases, per tenant.
+    pub per_tenant: f64,
+    pub by_method_per_tenant: BTreeMap<String, f64>,
+    /// What etcd received per second while the daemon was idle (the other tools' phases):
+    /// its periodic requests (lease keep-alive, lock sweep, rollout claim loop, member
+    /// probe), by method.
+    pub idle_per_s: BTreeMap<String, f64>,
+    /// That idle rate over the daemon's phase time, per tenant: the share of `per_tenant`
+    /// that is periodic, not caused by the tenants.
+    pub periodic_per_tenant: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CellReport {
+    pub app: String,
+    pub direction: &'static str,
+    pub tenants: usize,
+    pub concurrency: u32,
+    pub pairs: usize,
+    pub tools: BTreeMap<&'static str, ToolSummary>,
+    pub comparisons: Vec<Comparison>,
+    pub etcd: Option<EtcdSummary>,
+}
+
+/// The comparisons: what is divided by what (the faster tool's time below the line for the
+/// Alembic ones, so they read as "times faster").
+const COMPARISONS: [(&str, Tool, Tool); 3] = [
+    ("daemon / floor", Tool::Daemon, Tool::Floor),
+    (
+        "alembic in-process / daemon",
+        Tool::AlembicInProcess,
+        Tool::Daemon,
+    ),
+    (
+        "alembic CLI loop / fleetmig CLI loop",
+        Tool::AlembicCli,
+        Tool::FleetmigCli,
+    ),
+];
+
+impl Cell {
+    pub fn report(&self) -> CellReport {
+        let n = self.tenants as f64;
+        let mut tools = BTreeMap::new();
+        for (&tool, phases) in &self.phases {
+            let count = phases.len().max(1) as f64;
+            let mean = |f: &dyn Fn(&Phase) -> f64| phases.iter().map(f).sum::<f64>() / count / n;
+            let ms = Stat::of(&phases.iter().map(|p| p.ms).collect::<Vec<_>>());
+            tools.insert(
+                tool.name(),
+                ToolSummary {
+                    ms,
+                    tenants_per_s: n / (ms.median / 1000.0),
+                    cpu_ms_per_tenant: CpuPerTenant {
+                        client: mean(&|p| p.client_cpu(tool)),
+                        etcd: if tool == Tool::Daemon {
+                            mean(&|p| p.cpu.etcd)
+                        } else {
+                            0.0
+                        },
+                        postgres: mean(&|p| p.cpu.postgres),
+                        total: mean(&|p| p.side_cpu(tool)),
+                    },
+                    connections_per_tenant: mean(&|p| p.connections),
+                    failures: phases.iter().map(|p| p.failures).sum(),
+                },
+            );
+        }
+        let mut comparisons = vec![];
+        for (name, num, den) in COMPARISONS {
+            let (Some(a), Some(b)) = (self.phases.get(&num), self.phases.get(&den)) else {
+                continue;
+            };
+            let wall: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.ms / b.ms).collect();
+            let cpu: Vec<f64> = a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| a.side_cpu(num) / b.side_cpu(den))
+                .collect();
+            comparisons.push(Comparison {
+                name,
+                numerator: num.name(),
+                denominator: den.name(),
+                wall: Stat::of(&wall),
+                cpu: Stat::of(&cpu),
+                wall_per_pair: wall,
+                cpu_per_pair: cpu,
+            });
+        }
+        CellReport {
+            app: self.app.clone(),
+            direction: self.direction.name(),
+            tenants: self.tenants,
+            concurrency: self.concurrency,
+            pairs: self.phases.values().map(Vec::len).max().unwrap_or(0),
+            tools,
+            comparisons,
+            etcd: self.etcd(),
+        }
+    }
+
+    fn etcd(&self) -> Option<EtcdSummary> {
+        let daemon = self.phases.get(&Tool::Daemon)?;
+        let per = (self.tenants * daemon.len().max(1)) as f64;
+        let mut by_method = BTreeMap::new();
+        for p in daemon {
+            for (m, x) in &p.etcd {
+                *by_method.entry(m.clone()).or_insert(0.0) += x / per;
+            }
+        }
+        let (mut idle, mut idle_s) = (BTreeMap::new(), 0.0);
+        for (tool, phases) in &self.phases {
+            if *tool == Tool::Daemon {
+                continue;
+            }
+            for p in phases {
+                idle_s += p.etcd_window_ms / 1000.0;
+                for (m, x) in &p.etcd {
+                    *idle.entry(m.clone()).or_insert(0.0) += x;
+                }
+            }
+        }
+        let idle_per_s: BTreeMap<String, f64> = idle
+            .into_iter()
+            .map(|(m, x)| (m, if idle_s > 0.0 { x / idle_s } else { 0.0 }))
+            .collect();
+        let daemon_s: f64 = daemon.iter().map(|p| p.etcd_window_ms / 1000.0).sum();
+        Some(EtcdSummary {
+            per_tenant: by_method.values().sum(),
+            by_method_per_tenant: by_method,
+            periodic_per_tenant: idle_per_s.values().sum::<f64>() * daemon_s / per,
+            idle_per_s,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Scale {
+    pub tenants: usize,
+    pub failures: u32,
+    pub daemon_peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RegistryScale {
+    pub tenants: usize,
+    pub register_s: f64,
+    pub list_filtered_page500_ms_median: f64,
+    pub get_ms_median: f64,
+    pub daemon_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub knobs: BTreeMap<&'static str, String>,
+    pub cells: Vec<CellReport>,
+    /// The daemon's peak RSS once the cells of each size were done.
+    pub scale: Vec<Scale>,
+    pub daemon_peak_rss_mb: f64,
+    pub registry: Option<RegistryScale>,
+    /// Why a tool did not run (Alembic missing locally).
+    pub skipped: Vec<String>,
+    pub quote: Option<String>,
+}
+
+fn cmp<'a>(c: &'a CellReport, name: &str) -> Option<&'a Comparison> {
+    c.comparisons.iter().find(|x| x.name == name)
+}
+
+impl Report {
+    /// One sentence a user can quote, from this run's own figures (None without Alembic).
+    pub fn quote(&self) -> Option<String> {
+        let span = |name: &str| -> Option<(f64, f64, usize, Vec<usize>)> {
+            let medians: Vec<(f64, usize)> = self
+                .cells
+                .iter()
+                .filter_map(|c| Some((cmp(c, name)?.wall.median, c.tenants)))
+                .collect();
+            if medians.is_empty() {
+                return None;
+            }
+            let lo = medians.iter().map(|m| m.0).fold(f64::INFINITY, f64::min);
+            let hi = medians.iter().map(|m| m.0).fold(0.0, f64::max);
+            let mut sizes: Vec<usize> = medians.iter().map(|m| m.1).collect();
+            sizes.sort();
+            sizes.dedup();
+            Some((lo, hi, medians.len(), sizes))
+        };
+        let (lo, hi, cells, sizes) = span("alembic in-process / daemon")?;
+        let sizes = sizes
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let mut apps: Vec<&str> = self.cells.iter().map(|c| c.app.as_str()).collect();
+        apps.dedup();
+        let mut s = format!(
+            "On this machine ({}), fleetmig's daemon took fleets of {sizes} PostgreSQL databases (pgvector schemas of the example apps: {}) to head and back {} times as fast as Alembic called in-process at the same concurrency (median of interleaved pairs in each of {cells} cells)",
+            self.machine,
+            apps.join(", "),
+            range(lo, hi)
+        );
+        if let Some((lo, hi, _, _)) = span("alembic CLI loop / fleetmig CLI loop") {
+            s += &format!(
+                ", and `fleetmig upgrade` run once per database {} times as fast as `alembic upgrade head` in the same shell loop",
+                range(lo, hi)
+            );
+        }
+        Some(s + ".")
+    }
+}
+
+fn range(lo: f64, hi: f64) -> String {
+    if format!("{lo:.1}") == format!("{hi:.1}") {
+        format!("{lo:.1}")
+    } else {
+        format!("{lo:.1}-{hi:.1}")
+    }
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = format!(
+        "Machine: {}. Daemon peak RSS: {:.0} MB.\n",
+        r.machine, r.daemon_peak_rss_mb
+    );
+    s += &format!(
+        "Knobs: {}.\n",
+        r.knobs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for why in &r.skipped {
+        s += &format!("Skipped: {why}.\n");
+    }
+    s += "\nDaemon against the floor (the same SQL with psql), interleaved pairs; ratios are the median of the per-pair ratios (min-max). CPU: all processes' CPU per tenant, daemon + etcd + Postgres against psql + Postgres.\n\n";
+    s += "| app | direction | tenants | concurrency | pairs | daemon ms | floor ms | daemon / floor | CPU daemon / floor | daemon tenants/s | etcd req/tenant | connections/tenant |\n";
+    s += "|---|---|---:|---:|---:|---|---|---|---|---:|---:|---:|\n";
+    for c in &r.cells {
+        let (Some(d), Some(f), Some(x)) = (
+            c.tools.get("daemon"),
+            c.tools.get("floor"),
+            cmp(c, "daemon / floor"),
+        ) else {
+            continue;
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.2} |\n",
+            c.app,
+            c.direction,
+            c.tenants,
+            c.concurrency,
+            c.pairs,
+            d.ms.show(0),
+            f.ms.show(0),
+            x.wall.show(2),
+            x.cpu.show(2),
+            d.tenants_per_s,
+            c.etcd
+                .as_ref()
+                .map_or("-".into(), |e| format!("{:.2}", e.per_tenant)),
+            d.connections_per_tenant
+        );
+    }
+    let alembic = r
+        .cells
+        .iter()
+        .any(|c| cmp(c, "alembic in-process / daemon").is_some());
+    let cli = r
+        .cells
+        .iter()
+        .any(|c| cmp(c, "alembic CLI loop / fleetmig CLI loop").is_some());
+    if alembic || cli {
+        s += "\nAgainst Alembic (the same SQL, `benches/alembic/`), interleaved with the phases above: how many times as long Alembic took, median of the per-pair ratios (min-max); CPU likewise (each side's processes with Postgres).\n\n";
+        s += "| app | direction | tenants | concurrency | daemon ms | Alembic in-process ms | Alembic in-process / daemon | CPU | fleetmig CLI loop ms | Alembic CLI loop ms | Alembic CLI / fleetmig CLI | CPU |\n";
+        s += "|---|---|---:|---:|---|---|---|---|---|---|---|---|\n";
+        for c in &r.cells {
+            let tool = |t: &str| c.tools.get(t).map_or("-".into(), |x| x.ms.show(0));
+            let ratio = |name: &str| {
+                cmp(c, name).map_or(("-".into(), "-".into()), |x| {
+                    (x.wall.show(2), x.cpu.show(2))
+                })
+            };
+            let (a, a_cpu) = ratio("alembic in-process / daemon");
+            let (l, l_cpu) = ratio("alembic CLI loop / fleetmig CLI loop");
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {a} | {a_cpu} | {} | {} | {l} | {l_cpu} |\n",
+                c.app,
+                c.direction,
+                c.tenants,
+                c.concurrency,
+                tool("daemon"),
+                tool("alembic_in_process"),
+                tool("fleetmig_cli_loop"),
+                tool("alembic_cli_loop"),
+            );
+        }
+    }
+    s += "\nCPU ms per tenant by process (mean over pairs; client + etcd + Postgres = total; the cores are shared by all of them):\n\n";
+    s += "| app | direction | concurrency | daemon | floor (psql) | Alembic in-process | fleetmig CLI loop | Alembic CLI loop |\n";
+    s += "|---|---|---:|---|---|---|---|---|\n";
+    for c in &r.cells {
+        let cell = |t: Tool| {
+            c.tools.get(t.name()).map_or("-".into(), |x| {
+                let p = &x.cpu_ms_per_tenant;
+                if t == Tool::Daemon {
+                    format!(
+                        "{:.1} + {:.1} + {:.1} = {:.1}",
+                        p.client, p.etcd, p.postgres, p.total
+                    )
+                } else {
+                    format!("{:.1} + {:.1} = {:.1}", p.client, p.postgres, p.total)
+                }
+            })
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            c.app,
+            c.direction,
+            c.concurrency,
+            cell(Tool::Daemon),
+            cell(Tool::Floor),
+            cell(Tool::AlembicInProcess),
+            cell(Tool::FleetmigCli),
+            cell(Tool::AlembicCli),
+        );
+    }
+    s += "\netcd requests per tenant during the daemon's phases, by gRPC method; periodic: etcd's rate while the daemon was idle (keep-alive, lock sweep, rollout claim loop, member probe) over the daemon's phase time, per tenant:\n\n";
+    s += "| app | direction | tenants | concurrency | total | by method | periodic | idle rate (req/s) |\n";
+    s += "|---|---|---:|---:|---:|---|---:|---|\n";
+    for c in &r.cells {
+        let Some(e) = &c.etcd else { continue };
+        let list = |m: &BTreeMap<String, f64>, d: usize| {
+            m.iter()
+                .filter(|(_, x)| **x >= 0.005)
+                .map(|(k, x)| format!("{k} {x:.d$}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} |\n",
+            c.app,
+            c.direction,
+            c.tenants,
+            c.concurrency,
+            e.per_tenant,
+            list(&e.by_method_per_tenant, 2),
+            e.periodic_per_tenant,
+            list(&e.idle_per_s, 1)
+        );
+    }
+    if !r.scale.is_empty() {
+        s += "\n";
+        for x in &r.scale {
+            s += &format!(
+                "After the {}-tenant cells: {} failed tenants, daemon peak RSS {:.0} MB.\n",
+                x.tenants, x.failures, x.daemon_peak_rss_mb
+            );
+        }
+    }
+    if let Some(g) = &r.registry {
+        s += &format!(
+            "\nRegistry: {} tenants registered in {:.1} s; List (label filter, page 500) {:.1} ms median; Get {:.2} ms median; daemon RSS {:.0} MB.\n",
+            g.tenants,
+            g.register_s,
+            g.list_filtered_page500_ms_median,
+            g.get_ms_median,
+            g.daemon_rss_mb
+        );
+    }
+    if let Some(q) = &r.quote {
+        s += &format!("\n{q}\n");
+    }
+    s
+}
