@@ -35,6 +35,7 @@ mod harness;
 mod daemon_harness;
 
 mod alembic;
+mod etcd_tap;
 mod measure;
 mod registry;
 mod report;
@@ -149,6 +150,9 @@ struct DbSet {
 struct Ctx<'a> {
     pg: &'a harness::Postgres,
     etcd: &'a harness::Etcd,
+    /// The daemon's key prefix, and a client to read etcd's history of it.
+    prefix: &'a str,
+    tap: etcd_client::Client,
     daemon: &'a dh::Process,
     channel: &'a Channel,
     admin: &'a tokio_postgres::Client,
@@ -168,6 +172,8 @@ async fn phase(
     driver: Option<&mut alembic::Driver>,
 ) -> Phase {
     measure::settle(ctx.admin).await;
+    let mut tap = ctx.tap.clone();
+    let rev0 = etcd_tap::revision(&mut tap).await;
     let driver_pid = driver.as_ref().map(|d| d.pid());
     let daemon_pid = ctx.daemon.child.id();
     let (etcd0, log0) = (
@@ -210,11 +216,18 @@ async fn phase(
     let cpu1 = Cpu::now(daemon_pid, driver_pid);
     tokio::time::sleep(ETCD_SETTLE).await;
     let etcd1 = measure::etcd_messages(&ctx.etcd.endpoint).await;
+    let etcd_writes = if tool == Tool::Daemon {
+        let rev1 = etcd_tap::revision(&mut tap).await;
+        etcd_tap::writes(&mut tap, ctx.prefix, rev0, rev1).await
+    } else {
+        BTreeMap::new()
+    };
     Phase {
         ms,
         cpu: cpu1.minus(cpu0),
         failures,
         etcd: measure::etcd_delta(&etcd0, &etcd1),
+        etcd_writes,
         etcd_window_ms: ms + ETCD_SETTLE.as_secs_f64() * 1000.0,
         connections: measure::connections(&ctx.pg.log, log0, &set.names),
     }
@@ -294,12 +307,8 @@ async fn bench(opts: &Opts) -> Report {
         // while etcd's fsync waits behind eight index builds, and every tenant stops.
         ("FLEETMIG_ETCD__LEASE_TTL", "15s"),
     ];
-    let mut daemon = dh::Process::start(
-        &etcd.endpoint,
-        &etcd.prefix("bench"),
-        &harness::repo_migrations(),
-        &env,
-    );
+    let prefix = etcd.prefix("bench");
+    let mut daemon = dh::Process::start(&etcd.endpoint, &prefix, &harness::repo_migrations(), &env);
     let pid = daemon.child.id();
     let channel = Channel::from_shared(format!("http://{}", daemon.addr))
         .unwrap()
@@ -339,6 +348,8 @@ async fn bench(opts: &Opts) -> Report {
     let ctx = Ctx {
         pg,
         etcd,
+        prefix: &prefix,
+        tap: etcd.client().await,
         daemon: &daemon,
         channel: &channel,
         admin: &admin,

@@ -21,6 +21,8 @@ pub struct Phase {
     /// `etcd_window_ms` (the phase and a moment after it, for its last lock releases).
     pub etcd: BTreeMap<String, f64>,
     pub etcd_window_ms: f64,
+    /// The daemon's write requests during the phase, by source ([`crate::etcd_tap`]).
+    pub etcd_writes: BTreeMap<String, f64>,
     /// Connections opened to the tool's databases.
     pub connections: f64,
 }
@@ -99,6 +101,8 @@ impl Stat {
 #[derive(Debug, Serialize)]
 pub struct ToolSummary {
     pub ms: Stat,
+    /// Each pair's phase, in order.
+    pub ms_per_pair: Vec<f64>,
     pub tenants_per_s: f64,
     /// Mean over pairs, ms per tenant.
     pub cpu_ms_per_tenant: CpuPerTenant,
@@ -137,6 +141,14 @@ pub struct EtcdSummary {
     /// Every message etcd received during the daemon's phases, per tenant.
     pub per_tenant: f64,
     pub by_method_per_tenant: BTreeMap<String, f64>,
+    /// Write requests (one etcd revision each) by source, per tenant; `(releases riding)`
+    /// counts releases carried by a lock acquire (no request of their own).
+    pub writes_per_tenant: BTreeMap<String, f64>,
+    /// Range, Txn, Put and DeleteRange requests that wrote nothing: reads, read-only
+    /// transactions, and transactions whose compare failed.
+    pub reads_per_tenant: f64,
+    /// Everything else: lease keep-alives, watches created, lease grants.
+    pub other_per_tenant: f64,
     /// What etcd received per second while the daemon was idle (the other tools' phases):
     /// its periodic requests (lease keep-alive, lock sweep, rollout claim loop, member
     /// probe), by method.
@@ -186,6 +198,7 @@ impl Cell {
                 tool.name(),
                 ToolSummary {
                     ms,
+                    ms_per_pair: phases.iter().map(|p| p.ms).collect(),
                     tenants_per_s: n / (ms.median / 1000.0),
                     cpu_ms_per_tenant: CpuPerTenant {
                         client: mean(&|p| p.client_cpu(tool)),
@@ -238,12 +251,24 @@ impl Cell {
     fn etcd(&self) -> Option<EtcdSummary> {
         let daemon = self.phases.get(&Tool::Daemon)?;
         let per = (self.tenants * daemon.len().max(1)) as f64;
-        let mut by_method = BTreeMap::new();
+        let (mut by_method, mut writes) = (BTreeMap::new(), BTreeMap::new());
         for p in daemon {
             for (m, x) in &p.etcd {
                 *by_method.entry(m.clone()).or_insert(0.0) += x / per;
             }
+            for (m, x) in &p.etcd_writes {
+                *writes.entry(m.clone()).or_insert(0.0) += x / per;
+            }
         }
+        let kv: f64 = ["Range", "Txn", "Put", "DeleteRange"]
+            .iter()
+            .filter_map(|m| by_method.get(*m))
+            .sum();
+        let written: f64 = writes
+            .iter()
+            .filter(|(k, _)| !k.starts_with('('))
+            .map(|(_, x)| x)
+            .sum();
         let (mut idle, mut idle_s) = (BTreeMap::new(), 0.0);
         for (tool, phases) in &self.phases {
             if *tool == Tool::Daemon {
@@ -261,9 +286,13 @@ impl Cell {
             .map(|(m, x)| (m, if idle_s > 0.0 { x / idle_s } else { 0.0 }))
             .collect();
         let daemon_s: f64 = daemon.iter().map(|p| p.etcd_window_ms / 1000.0).sum();
+        let per_tenant: f64 = by_method.values().sum();
         Some(EtcdSummary {
-            per_tenant: by_method.values().sum(),
+            per_tenant,
             by_method_per_tenant: by_method,
+            writes_per_tenant: writes,
+            reads_per_tenant: kv - written,
+            other_per_tenant: per_tenant - kv,
             periodic_per_tenant: idle_per_s.values().sum::<f64>() * daemon_s / per,
             idle_per_s,
         })
@@ -463,9 +492,9 @@ pub fn markdown(r: &Report) -> String {
             cell(Tool::AlembicCli),
         );
     }
-    s += "\netcd requests per tenant during the daemon's phases, by gRPC method; periodic: etcd's rate while the daemon was idle (keep-alive, lock sweep, rollout claim loop, member probe) over the daemon's phase time, per tenant:\n\n";
-    s += "| app | direction | tenants | concurrency | total | by method | periodic | idle rate (req/s) |\n";
-    s += "|---|---|---:|---:|---:|---|---:|---|\n";
+    s += "\netcd requests per tenant during the daemon's phases. Writes (one etcd revision each) by source, read back from etcd's history of the daemon's keys; reads: Range and transactions that wrote nothing (read-only, or a compare that failed); other: lease keep-alives, watches. Periodic: etcd's rate while the daemon was idle (keep-alive, lock sweep, rollout claim loop), over the daemon's phase time:\n\n";
+    s += "| app | direction | tenants | concurrency | total | writes by source | reads | other | by method | periodic | idle rate (req/s) |\n";
+    s += "|---|---|---:|---:|---:|---|---:|---:|---|---:|---|\n";
     for c in &r.cells {
         let Some(e) = &c.etcd else { continue };
         let list = |m: &BTreeMap<String, f64>, d: usize| {
@@ -476,12 +505,15 @@ pub fn markdown(r: &Report) -> String {
                 .join(", ")
         };
         s += &format!(
-            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {} |\n",
+            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {} | {:.2} | {} |\n",
             c.app,
             c.direction,
             c.tenants,
             c.concurrency,
             e.per_tenant,
+            list(&e.writes_per_tenant, 2),
+            e.reads_per_tenant,
+            e.other_per_tenant,
             list(&e.by_method_per_tenant, 2),
             e.periodic_per_tenant,
             list(&e.idle_per_s, 1)
