@@ -49,7 +49,7 @@ use daemon_harness as dh;
 use fleetmig::grpc::proto;
 use tonic::transport::Channel;
 
-use measure::Cpu;
+use measure::{Cpu, Pids};
 use report::{Cell, Phase, Report, Scale};
 use tools::{Direction, Tool};
 
@@ -158,6 +158,7 @@ struct Ctx<'a> {
     admin: &'a tokio_postgres::Client,
     alembic: Option<&'a alembic::Alembic>,
     scratch: &'a Path,
+    pids: Pids,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -174,13 +175,15 @@ async fn phase(
     measure::settle(ctx.admin).await;
     let mut tap = ctx.tap.clone();
     let rev0 = etcd_tap::revision(&mut tap).await;
-    let driver_pid = driver.as_ref().map(|d| d.pid());
-    let daemon_pid = ctx.daemon.child.id();
+    let pids = Pids {
+        driver: driver.as_ref().map(|d| d.pid()),
+        ..ctx.pids
+    };
     let (etcd0, log0) = (
         measure::etcd_messages(&ctx.etcd.endpoint).await,
         measure::log_len(&ctx.pg.log),
     );
-    let cpu0 = Cpu::now(daemon_pid, driver_pid);
+    let cpu0 = Cpu::now(pids);
     let (ms, failures) = match tool {
         Tool::Daemon => {
             tools::daemon(ctx.daemon, ctx.channel, app, label, direction, concurrency).await
@@ -213,7 +216,7 @@ async fn phase(
             tools::cli_loop(&python, &args, &env, &set.urls, concurrency, ctx.scratch).await
         }
     };
-    let cpu1 = Cpu::now(daemon_pid, driver_pid);
+    let cpu1 = Cpu::now(pids);
     tokio::time::sleep(ETCD_SETTLE).await;
     let etcd1 = measure::etcd_messages(&ctx.etcd.endpoint).await;
     let etcd_writes = if tool == Tool::Daemon {
@@ -355,6 +358,7 @@ async fn bench(opts: &Opts) -> Report {
         admin: &admin,
         alembic: alembic.as_ref(),
         scratch: scratch.path(),
+        pids: Pids::find(pid, &pg.log.parent().unwrap().join("data"), &etcd.endpoint),
     };
     let mut cells = vec![];
     let mut scale = vec![];

@@ -52,25 +52,69 @@ fn processes() -> Vec<(u32, u32, String, f64, f64)> {
     out
 }
 
+/// The processes whose CPU is counted: other servers on a shared machine are not ours.
+#[derive(Debug, Clone, Copy)]
+pub struct Pids {
+    pub daemon: u32,
+    /// Our Postgres's postmaster: its backends are its children.
+    pub postmaster: u32,
+    pub etcd: u32,
+    /// The Alembic in-process driver: its workers are its children.
+    pub driver: Option<u32>,
+}
+
+impl Pids {
+    /// The postmaster of the server whose data directory is `data`, and the etcd serving
+    /// `endpoint`.
+    pub fn find(daemon: u32, data: &Path, endpoint: &str) -> Pids {
+        let postmaster = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse().ok())
+            .expect("our Postgres's postmaster.pid");
+        let flag = format!("--listen-client-urls {endpoint}");
+        let etcd = processes()
+            .into_iter()
+            .filter(|p| p.2 == "etcd")
+            .find(|p| {
+                std::fs::read(format!("/proc/{}/cmdline", p.0))
+                    .map(|c| {
+                        String::from_utf8_lossy(&c)
+                            .replace('\0', " ")
+                            .contains(&flag)
+                    })
+                    .unwrap_or(false)
+            })
+            .map(|p| p.0)
+            .expect("our etcd's process");
+        Pids {
+            daemon,
+            postmaster,
+            etcd,
+            driver: None,
+        }
+    }
+}
+
 impl Cpu {
     /// Now, cumulative: each process's user + system time, with its reaped children's (the
     /// postmaster holds the CPU of its ended backends; this process, of its ended psql and
-    /// xargs runs; the driver, of workers it reaped). Live children of the driver (its pool's
-    /// workers) are added.
-    pub fn now(daemon_pid: u32, driver_pid: Option<u32>) -> Cpu {
+    /// xargs runs; the driver, of workers it reaped). Live children of the postmaster (the
+    /// backends) and of the driver (its pool's workers) are added.
+    pub fn now(pids: Pids) -> Cpu {
         let mut cpu = Cpu::default();
         let me = std::process::id();
-        for (pid, ppid, comm, own, children) in processes() {
-            if pid == daemon_pid {
+        for (pid, ppid, _, own, children) in processes() {
+            let ms = (own + children) * TICK_MS;
+            if pid == pids.daemon {
                 cpu.daemon += own * TICK_MS;
             } else if pid == me {
                 cpu.children += children * TICK_MS;
-            } else if Some(pid) == driver_pid || Some(ppid) == driver_pid {
-                cpu.driver += (own + children) * TICK_MS;
-            } else if comm == "etcd" {
-                cpu.etcd += (own + children) * TICK_MS;
-            } else if comm == "postgres" {
-                cpu.postgres += (own + children) * TICK_MS;
+            } else if pids.driver.is_some_and(|d| pid == d || ppid == d) {
+                cpu.driver += ms;
+            } else if pid == pids.etcd {
+                cpu.etcd += ms;
+            } else if pid == pids.postmaster || ppid == pids.postmaster {
+                cpu.postgres += ms;
             }
         }
         cpu
