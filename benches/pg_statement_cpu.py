@@ -28,7 +28,8 @@ BOOKKEEPING = re.compile(
     r"|SELECT current_user|CREATE TABLE IF NOT EXISTS \"(alembic_version|fleetmig_history|fleetmig_fence)\""
     r"|(INSERT INTO|DELETE FROM|UPDATE) \"?(alembic_version|fleetmig_history)\"?"
     r"|SELECT alembic_version\.|CREATE TABLE alembic_version|select pg_catalog\.version\(\)"
-    r"|select current_schema\(\)|show standard_conforming_strings|SELECT pg_catalog\.pg_class\.relname)",
+    r"|select current_schema\(\)|show standard_conforming_strings|SELECT pg_catalog\.pg_class\.relname"
+    r"|SELECT t\.oid, typarray)",
     re.IGNORECASE,
 )
 SIDES = {"d": "daemon", "f": "floor", "a": "alembic", "c": "fm-cli", "l": "al-cli"}

@@ -361,18 +361,28 @@ impl Report {
         let mut apps: Vec<&str> = self.cells.iter().map(|c| c.app.as_str()).collect();
         apps.dedup();
         let mut s = format!(
-            "On this machine ({}), fleetmig's daemon took fleets of {sizes} PostgreSQL databases (pgvector schemas of the example apps: {}) to head and back {} times as fast as Alembic called in-process at the same concurrency (median of interleaved pairs in each of {cells} cells)",
+            "On this machine ({}), with fleets of {sizes} PostgreSQL databases (pgvector schemas of the example apps: {}) taken to head and back at the same concurrency, fleetmig's daemon {} Alembic called in-process (median of interleaved pairs in each of {cells} cells)",
             self.machine,
             apps.join(", "),
-            range(lo, hi)
+            faster(lo, hi)
         );
         if let Some((lo, hi, _, _)) = span("alembic CLI loop / fleetmig CLI loop") {
             s += &format!(
-                ", and `fleetmig upgrade` run once per database {} times as fast as `alembic upgrade head` in the same shell loop",
-                range(lo, hi)
+                ", and `fleetmig upgrade` run once per database in a shell loop {} `alembic upgrade head` in the same loop",
+                faster(lo, hi)
             );
         }
         Some(s + ".")
+    }
+}
+
+/// "was 2.1-3.4 times as fast as", from the range of (peer time / fleetmig time); said the
+/// other way round when the peer was faster in some cell, so the sentence never flatters.
+fn faster(lo: f64, hi: f64) -> String {
+    if lo >= 1.0 {
+        format!("was {} times as fast as", range(lo, hi))
+    } else {
+        format!("took {} times as long as", range(1.0 / hi, 1.0 / lo))
     }
 }
 
