@@ -80,8 +80,9 @@ struct Opts {
     concurrency: Vec<u32>,
     pairs: usize,
     apps: Vec<String>,
-    /// Tools besides the daemon.
+    /// Tools besides the daemon, and as BENCH_PEERS named them.
     peers: Vec<Tool>,
+    peers_spec: String,
     registry: usize,
     out: PathBuf,
     md: PathBuf,
@@ -101,10 +102,7 @@ impl Opts {
             ),
             ("BENCH_PAIRS", self.pairs.to_string()),
             ("BENCH_APPS", list(self.apps.clone())),
-            (
-                "BENCH_PEERS",
-                list(self.peers.iter().map(|t| t.name().to_string()).collect()),
-            ),
+            ("BENCH_PEERS", self.peers_spec.clone()),
             ("BENCH_REGISTRY", self.registry.to_string()),
         ]
         .into()
@@ -562,13 +560,14 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench")
         || std::env::var("BENCH_FULL").is_ok_and(|v| v == "1");
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    let opts = if full {
+    let mut opts = if full {
         Opts {
             sizes: env_list("BENCH_SIZES", "200"),
             concurrency: env_list("BENCH_CONCURRENCY", "2,8"),
             pairs: env_one("BENCH_PAIRS", 5),
             apps: env_list("BENCH_APPS", "aletheia,truthgraph"),
-            peers: peers(&std::env::var("BENCH_PEERS").unwrap_or("floor,alembic,cli".into())),
+            peers: vec![],
+            peers_spec: std::env::var("BENCH_PEERS").unwrap_or("floor,alembic,cli".into()),
             registry: env_one("BENCH_REGISTRY", 10000),
             out: std::env::var("BENCH_OUT")
                 .map(PathBuf::from)
@@ -586,12 +585,14 @@ fn main() {
             concurrency: vec![2],
             pairs: 2,
             apps: vec!["aletheia".into()],
-            peers: peers("floor,alembic,cli"),
+            peers: vec![],
+            peers_spec: "floor,alembic,cli".into(),
             registry: 50,
             out: std::env::temp_dir().join("fleetmig-bench-smoke.json"),
             md: std::env::temp_dir().join("fleetmig-bench-smoke.md"),
         }
     };
+    opts.peers = peers(&opts.peers_spec);
     let report = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
