@@ -36,29 +36,23 @@ mod daemon_harness;
 
 mod alembic;
 mod etcd_tap;
+mod markdown;
 mod measure;
+mod phase;
 mod registry;
 mod report;
+mod sets;
 mod tools;
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use daemon_harness as dh;
-use fleetmig::grpc::proto;
 use tonic::transport::Channel;
 
-use measure::{Cpu, Pids};
-use report::{Cell, Phase, Report, Scale};
+use measure::Pids;
+use report::{Cell, Report, Scale};
 use tools::{Direction, Tool};
-
-/// After a daemon phase, etcd's counters are read this much later, so that what the phase
-/// caused and sent after the stream's summary counts in it: the releases of the last locks
-/// (20 ms later) and the last audit records (batched for up to 1 s). Measured time ends at
-/// the summary; the periodic requests of this moment are in the count (and in its periodic
-/// share).
-const ETCD_SETTLE: Duration = Duration::from_millis(1300);
 
 fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
     std::env::var(name)
@@ -141,148 +135,6 @@ fn order(tools: &[Tool], pair: usize) -> Vec<Tool> {
     first.into_iter().chain(second).collect()
 }
 
-/// One tool's database set of a cell group: its URLs and database names.
-struct DbSet {
-    urls: Vec<String>,
-    names: HashSet<String>,
-}
-
-/// What a phase needs besides the tool.
-struct Ctx<'a> {
-    pg: &'a harness::Postgres,
-    etcd: &'a harness::Etcd,
-    /// The daemon's key prefix, and a client to read etcd's history of it.
-    prefix: &'a str,
-    tap: etcd_client::Client,
-    daemon: &'a dh::Process,
-    channel: &'a Channel,
-    admin: &'a tokio_postgres::Client,
-    alembic: Option<&'a alembic::Alembic>,
-    scratch: &'a Path,
-    pids: Pids,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn phase(
-    ctx: &Ctx<'_>,
-    tool: Tool,
-    app: &str,
-    label: &str,
-    direction: Direction,
-    concurrency: u32,
-    set: &DbSet,
-    driver: Option<&mut alembic::Driver>,
-) -> Phase {
-    measure::settle(ctx.admin).await;
-    let mut tap = ctx.tap.clone();
-    let rev0 = etcd_tap::revision(&mut tap).await;
-    let pids = Pids {
-        driver: driver.as_ref().map(|d| d.pid()),
-        ..ctx.pids
-    };
-    let (etcd0, log0) = (
-        measure::etcd_messages(&ctx.etcd.endpoint).await,
-        measure::log_len(&ctx.pg.log),
-    );
-    let cpu0 = Cpu::now(pids);
-    let (ms, failures) = match tool {
-        Tool::Daemon => {
-            tools::daemon(ctx.daemon, ctx.channel, app, label, direction, concurrency).await
-        }
-        Tool::Floor => {
-            let file = ctx.scratch.join(format!("{app}-{}.sql", direction.name()));
-            tools::floor(&ctx.pg.bin.join("psql"), &set.urls, &file, concurrency).await
-        }
-        Tool::AlembicInProcess => {
-            let driver = driver.expect("a driver for Alembic in-process");
-            tokio::task::block_in_place(|| driver.run(direction, &set.urls))
-        }
-        Tool::FleetmigCli => {
-            tools::cli_loop(
-                Path::new(env!("CARGO_BIN_EXE_fleetmig")),
-                &tools::fleetmig_cli_args(app, direction),
-                &[],
-                &set.urls,
-                concurrency,
-                ctx.scratch,
-            )
-            .await
-        }
-        Tool::AlembicCli => {
-            let (python, mut args, env) = ctx.alembic.expect("Alembic").cli();
-            args.extend(tools::alembic_cli_args(
-                &alembic::Alembic::ini(app),
-                direction,
-            ));
-            tools::cli_loop(&python, &args, &env, &set.urls, concurrency, ctx.scratch).await
-        }
-    };
-    let cpu1 = Cpu::now(pids);
-    let settle = if tool == Tool::Daemon {
-        ETCD_SETTLE
-    } else {
-        Duration::ZERO
-    };
-    tokio::time::sleep(settle).await;
-    let etcd1 = measure::etcd_messages(&ctx.etcd.endpoint).await;
-    let etcd_writes = if tool == Tool::Daemon {
-        let rev1 = etcd_tap::revision(&mut tap).await;
-        etcd_tap::writes(&mut tap, ctx.prefix, rev0, rev1).await
-    } else {
-        BTreeMap::new()
-    };
-    Phase {
-        ms,
-        cpu: cpu1.minus(cpu0),
-        failures,
-        etcd: measure::etcd_delta(&etcd0, &etcd1),
-        etcd_writes,
-        etcd_window_ms: ms + settle.as_secs_f64() * 1000.0,
-        connections: measure::connections(&ctx.pg.log, log0, &set.names),
-    }
-}
-
-/// The tools' databases agree: the first database of every set has the same schema.
-fn same_schema(sets: &BTreeMap<Tool, DbSet>, when: &str) {
-    let prints: Vec<(Tool, String)> = sets
-        .iter()
-        .map(|(t, s)| (*t, tools::fingerprint(&s.urls[0])))
-        .collect();
-    assert!(
-        prints.windows(2).all(|w| w[0].1 == w[1].1),
-        "the tools' schemas differ {when}: {prints:?}"
-    );
-}
-
-/// The template every tenant database is created from: pgvector installed, so every pair's
-/// upgrade finds the same state (`CREATE EXTENSION IF NOT EXISTS vector` is a no-op in each).
-async fn template(pg: &harness::Postgres, admin: &tokio_postgres::Client) -> &'static str {
-    let name = "bench_template";
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let t = fleetmig::pg::connect_str(&pg.url(name)).await.unwrap();
-    t.batch_execute("CREATE EXTENSION vector").await.unwrap();
-    drop(t);
-    // The session must be gone before the template can be copied.
-    for _ in 0..100 {
-        let busy = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
-                &[&name],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
-        if busy == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    name
-}
-
 async fn bench(opts: &Opts) -> Report {
     let pg = harness::postgres().expect("PostgreSQL is needed: run `make setup`");
     let etcd = harness::etcd().expect("etcd is needed: run `make setup`");
@@ -353,8 +205,8 @@ async fn bench(opts: &Opts) -> Report {
         .batch_execute("SELECT pg_reload_conf()")
         .await
         .unwrap();
-    let template = template(pg, &admin).await;
-    let ctx = Ctx {
+    let template = sets::template(pg, &admin).await;
+    let ctx = phase::Ctx {
         pg,
         etcd,
         prefix: &prefix,
@@ -378,7 +230,8 @@ async fn bench(opts: &Opts) -> Report {
                     .join(format!("{app}-{}.sql", direction.name()));
                 tools::offline_sql(app, direction, &file);
             }
-            let sets = create_sets(pg, &admin, &channel, template, &tools_on, app, size).await;
+            let sets =
+                sets::create_sets(pg, &admin, &channel, template, &tools_on, app, size).await;
             for &c in &opts.concurrency {
                 let mut driver = tools_on
                     .contains(&Tool::AlembicInProcess)
@@ -396,7 +249,7 @@ async fn bench(opts: &Opts) -> Report {
                 for pair in 0..opts.pairs {
                     for (d, direction) in [Direction::Up, Direction::Down].into_iter().enumerate() {
                         for tool in order(&tools_on, pair) {
-                            let p = phase(
+                            let p = phase::phase(
                                 &ctx,
                                 tool,
                                 app,
@@ -419,7 +272,7 @@ async fn bench(opts: &Opts) -> Report {
                             by_direction[d].phases.entry(tool).or_default().push(p);
                         }
                         if pair == 0 {
-                            same_schema(&sets, &format!("after {}", direction.name()));
+                            sets::same_schema(&sets, &format!("after {}", direction.name()));
                         }
                     }
                 }
@@ -428,7 +281,7 @@ async fn bench(opts: &Opts) -> Report {
                 }
                 cells.extend(by_direction.iter().map(Cell::report));
             }
-            drop_sets(&admin, &channel, sets, &label).await;
+            sets::drop_sets(&admin, &channel, sets, &label).await;
         }
         scale.push(Scale {
             tenants: size,
@@ -459,99 +312,6 @@ async fn bench(opts: &Opts) -> Report {
     };
     report.quote = report.quote();
     report
-}
-
-/// Every tool's database set for one app and size (named `b<size><app><letter><i>`, which
-/// `benches/pg_statement_cpu.py` reads), the daemon's registered under the label
-/// `bench=<app>-<size>`.
-async fn create_sets(
-    pg: &harness::Postgres,
-    admin: &tokio_postgres::Client,
-    channel: &Channel,
-    template: &str,
-    tools_on: &[Tool],
-    app: &str,
-    size: usize,
-) -> BTreeMap<Tool, DbSet> {
-    let label = format!("{app}-{size}");
-    let mut tenants = proto::tenants_client::TenantsClient::new(channel.clone());
-    let bytes: i64 = admin
-        .query_one("SELECT pg_database_size($1)", &[&template])
-        .await
-        .unwrap()
-        .get(0);
-    eprintln!(
-        "creating {} x {size} databases for {app} ({:.1} GB on disk) ...",
-        tools_on.len(),
-        (bytes as f64) * (tools_on.len() * size) as f64 / 1e9
-    );
-    let started = std::time::Instant::now();
-    let mut sets = BTreeMap::new();
-    for &tool in tools_on {
-        let mut set = DbSet {
-            urls: vec![],
-            names: HashSet::new(),
-        };
-        for i in 0..size {
-            let name = format!("b{size}{app}{}{i}", tool.letter());
-            admin
-                .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE {template}"))
-                .await
-                .unwrap();
-            if tool == Tool::Daemon {
-                let t = dh::tenant(
-                    &format!("{label}-{i}"),
-                    app,
-                    &name,
-                    &[("bench", &label)],
-                    &[],
-                );
-                tenants
-                    .register(proto::RegisterTenantRequest { tenant: Some(t) })
-                    .await
-                    .unwrap();
-            }
-            set.urls.push(format!(
-                "postgresql://postgres@127.0.0.1:{}/{name}",
-                pg.port
-            ));
-            set.names.insert(name);
-        }
-        sets.insert(tool, set);
-    }
-    eprintln!("created in {:.0} s", started.elapsed().as_secs_f64());
-    sets
-}
-
-/// Give the disk back once an app's cells of one size are done; deregister the daemon's.
-async fn drop_sets(
-    admin: &tokio_postgres::Client,
-    channel: &Channel,
-    sets: BTreeMap<Tool, DbSet>,
-    label: &str,
-) {
-    let mut tenants = proto::tenants_client::TenantsClient::new(channel.clone());
-    let started = std::time::Instant::now();
-    for (tool, set) in sets {
-        if tool == Tool::Daemon {
-            for i in 0..set.urls.len() {
-                tenants
-                    .deregister(proto::DeregisterTenantRequest {
-                        id: format!("{label}-{i}"),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
-        }
-        for name in set.names {
-            admin
-                .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
-                .await
-                .unwrap();
-        }
-    }
-    eprintln!("dropped in {:.0} s", started.elapsed().as_secs_f64());
 }
 
 fn main() {
@@ -598,7 +358,7 @@ fn main() {
         .build()
         .unwrap()
         .block_on(bench(&opts));
-    let table = report::markdown(&report);
+    let table = markdown::markdown(&report);
     println!("{table}");
     for path in [&opts.out, &opts.md] {
         if let Some(dir) = path.parent() {
