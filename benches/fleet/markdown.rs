@@ -161,8 +161,100 @@ pub fn markdown(r: &Report) -> String {
             g.daemon_rss_mb
         );
     }
+    s += &targets(r);
     if let Some(q) = &r.quote {
         s += &format!("\n{q}\n");
     }
+    s
+}
+
+/// A target: what, its bound, whether higher is better, each cell's value.
+type Target<'a> = (&'a str, f64, bool, Vec<(String, f64)>);
+
+/// Issue 19's targets against this run's figures: how many cells meet each, and the worst.
+fn targets(r: &Report) -> String {
+    let cell = |c: &crate::report::CellReport| {
+        format!(
+            "{} {} n={} c={}",
+            c.app, c.direction, c.tenants, c.concurrency
+        )
+    };
+    let mut rows: Vec<Target> = vec![];
+    let by = |name: &str, cpu: bool| -> Vec<(String, f64)> {
+        r.cells
+            .iter()
+            .filter_map(|c| {
+                let x = cmp(c, name)?;
+                Some((cell(c), if cpu { x.cpu.median } else { x.wall.median }))
+            })
+            .collect()
+    };
+    rows.push((
+        "daemon / floor, median per-pair",
+        1.10,
+        false,
+        by("daemon / floor", false),
+    ));
+    rows.push((
+        "daemon / floor, CPU",
+        1.10,
+        false,
+        by("daemon / floor", true),
+    ));
+    rows.push((
+        "Alembic in-process / daemon",
+        1.5,
+        true,
+        by("alembic in-process / daemon", false),
+    ));
+    rows.push((
+        "Alembic CLI loop / fleetmig CLI loop",
+        5.0,
+        true,
+        by("alembic CLI loop / fleetmig CLI loop", false),
+    ));
+    rows.push((
+        "etcd requests per tenant (N = 200)",
+        1.2,
+        false,
+        r.cells
+            .iter()
+            .filter(|c| c.tenants == 200)
+            .filter_map(|c| Some((cell(c), c.etcd.as_ref()?.per_tenant)))
+            .collect(),
+    ));
+    rows.push((
+        "daemon peak RSS, MB",
+        150.0,
+        false,
+        r.scale
+            .iter()
+            .map(|x| (format!("after n={}", x.tenants), x.daemon_peak_rss_mb))
+            .collect(),
+    ));
+    let mut s = "\nIssue 19's targets, against this run:\n\n| figure | target | cells meeting it | worst |\n|---|---|---:|---|\n".to_string();
+    for (what, target, higher, values) in rows {
+        if values.is_empty() {
+            continue;
+        }
+        let meets = |v: f64| if higher { v >= target } else { v <= target };
+        let worst = values
+            .iter()
+            .min_by(|a, b| {
+                let (a, b) = if higher { (a.1, b.1) } else { (b.1, a.1) };
+                a.partial_cmp(&b).unwrap()
+            })
+            .unwrap();
+        s += &format!(
+            "| {what} | {} {target:.2} | {} of {} | {:.2} ({}) |\n",
+            if higher { ">=" } else { "<=" },
+            values.iter().filter(|v| meets(v.1)).count(),
+            values.len(),
+            worst.1,
+            worst.0
+        );
+    }
+    let failures: u32 = r.scale.iter().map(|x| x.failures).sum();
+    s += &format!("| failed tenants | 0 | | {failures} |\n");
     s
 }
