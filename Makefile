@@ -7,7 +7,7 @@
 #   make test-graph            the Alembic graph property test alone, GRAPH_CASES cases (default 2000)
 #   make fuzz                  the fuzz targets (cargo fuzz), FUZZ_SECONDS each (default 30)
 #   make chaos                 the fault suite's long versions (3-member etcd, 3 replicas; ~2 min)
-#   make bench                 the fleet benchmark (daemon vs psql floor, registry scale)
+#   make bench                 the fleet benchmark (daemon vs psql floor and Alembic, registry scale)
 #   make bench-blocking        pgbench's latency while a migration waits behind a long transaction
 #   make demo                  setup + build + scripts/demo.sh
 #   make migrate-rev m="add users" [app=NAME]
@@ -60,6 +60,7 @@ build:
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	python3 benches/alembic/generate.py --check
 	@if [ -d deploy ] && [ -n "$$(find deploy -type f \( -name '*.yaml' -o -name '*.yml' \) -print -quit)" ]; then \
 		echo "yamllint -d relaxed deploy/"; yamllint -d relaxed deploy/; \
 	else echo "yamllint: no yaml files under deploy/, skipped"; fi
@@ -92,8 +93,10 @@ fuzz: setup
 			| { grep -vE '^#[0-9]+' || true; } || exit 1; \
 	done
 
-# The fleet benchmark (release build). Sizes and concurrency: BENCH_SIZES=50,200
-# BENCH_CONCURRENCY=1,2,8 BENCH_RUNS=3 BENCH_APPS=aletheia,truthgraph BENCH_REGISTRY=10000.
+# The fleet benchmark (release build): the daemon against the psql floor, Alembic in-process
+# and the CLI loops, in interleaved pairs. Knobs: BENCH_SIZES=200 BENCH_CONCURRENCY=2,8
+# BENCH_PAIRS=5 BENCH_APPS=aletheia,truthgraph BENCH_PEERS=floor,alembic,cli
+# BENCH_REGISTRY=10000 (README, "Benchmark"). Tables in target/bench/fleet.md, JSON beside.
 bench: setup
 	$(CARGO) bench --locked --bench fleet
 

@@ -2,11 +2,12 @@
 """Where Postgres spends its CPU in a benchmark run: per statement, daemon against floor.
 
 Reads the log written by `BENCH_PGLOG=<file> cargo bench --bench fleet` (log_statement_stats,
-connection logging, autovacuum logging) and prints, for the daemon's tenant databases (names
-ending in d<N>) and the floor's (f<N>): sessions, mean CPU per session, the split of each
-session's statements into bookkeeping and the revisions' own (by direction: a session that drops
-a table is a downgrade), and the statements that used the most CPU (literals and numbers folded,
-first 70 characters). Usage:
+connection logging, autovacuum logging) and prints, for each tool's tenant databases (named
+b<size><app><letter><N>: d the daemon, f the psql floor, a Alembic in-process, c the fleetmig
+CLI loop, l the Alembic CLI loop): sessions, mean CPU per session, the split of each session's
+statements into bookkeeping and the revisions' own (by direction: a session that drops a table
+is a downgrade), and the statements that used the most CPU (literals and numbers folded, first
+70 characters). Usage:
 
     python3 benches/pg_statement_cpu.py /tmp/pg.log [top]
 """
@@ -19,21 +20,24 @@ LINE = re.compile(r"\S+ \S+ \S+ \[(\d+)\] (\w+):\s+(.*)")
 STMT_CPU = re.compile(r"!\s+([\d.]+) s user, ([\d.]+) s system, [\d.]+ s elapsed")
 TOTAL_CPU = re.compile(r"\[([\d.]+) s user, ([\d.]+) s system total\]")
 AUTOVACUUM_CPU = re.compile(r"system usage: CPU: user: ([\d.]+) s, system: ([\d.]+) s")
-# Statements that are not a revision's own, on either side: session settings and locks,
-# transaction control, the version table, history and fence, index validity.
+# Statements that are not a revision's own, on any side: session settings and locks,
+# transaction control, the version table, history and fence, index validity; and Alembic's
+# (SQLAlchemy's dialect start-up queries, its version table checks and updates).
 BOOKKEEPING = re.compile(
     r"(SET|RESET|BEGIN|START TRANSACTION|COMMIT|WITH f AS|SELECT 'version'|SELECT i\.indisvalid"
     r"|SELECT current_user|CREATE TABLE IF NOT EXISTS \"(alembic_version|fleetmig_history|fleetmig_fence)\""
-    r"|(INSERT INTO|DELETE FROM|UPDATE) \"(alembic_version|fleetmig_history)\")"
+    r"|(INSERT INTO|DELETE FROM|UPDATE) \"?(alembic_version|fleetmig_history)\"?"
+    r"|SELECT alembic_version\.|CREATE TABLE alembic_version|select pg_catalog\.version\(\)"
+    r"|select current_schema\(\)|show standard_conforming_strings|SELECT pg_catalog\.pg_class\.relname"
+    r"|SELECT t\.oid, typarray)",
+    re.IGNORECASE,
 )
+SIDES = {"d": "daemon", "f": "floor", "a": "alembic", "c": "fm-cli", "l": "al-cli"}
 
 
 def side(database):
-    if re.search(r"d\d+$", database or ""):
-        return "daemon"
-    if re.search(r"f\d+$", database or ""):
-        return "floor"
-    return "other"
+    m = re.search(r"([dfacl])\d+$", database or "")
+    return SIDES[m.group(1)] if m else "other"
 
 
 def main(path, top):
@@ -88,9 +92,9 @@ def main(path, top):
         row[2] += sum(c for _, c in done) - book
         row[3] += session_total.get(pid, 0.0)
     for (s, direction), (n, book, rest, total) in sorted(split.items()):
-        print(f"  {s:6} {direction:4} {n:5} sessions: {book / n * 1000:5.1f} + {rest / n * 1000:5.1f} "
+        print(f"  {s:7} {direction:4} {n:5} sessions: {book / n * 1000:5.1f} + {rest / n * 1000:5.1f} "
               f"({total / n * 1000:.1f})")
-    for s in ("daemon", "floor"):
+    for s in SIDES.values():
         totals = sessions[s]
         if not totals:
             continue

@@ -323,9 +323,8 @@ impl Rollouts {
         if self.shutdown.is_cancelled() {
             return Ok(());
         }
-        let active = self.store.active_ids().await?;
-        // Every owner in one read, not one per rollout.
-        let owners = self.store.owners().await?;
+        // The active rollouts and every owner in one request, not one per rollout.
+        let (active, owners) = self.store.active_and_owners().await?;
         for id in active {
             if self.driving.lock().unwrap().contains(&id) {
                 continue;
@@ -478,13 +477,18 @@ impl Rollouts {
     }
 
     pub(super) async fn save(&self, doc: &mut RolloutDoc) -> Result<bool, StoreError> {
+        self.stamp(doc);
+        self.store.save_owned(doc, &self.owner).await
+    }
+
+    /// A document about to be saved: when, and by which owner (none once it is over).
+    pub(super) fn stamp(&self, doc: &mut RolloutDoc) {
         doc.updated_at = Utc::now();
         doc.owner = if doc.state.is_final() {
             String::new()
         } else {
             self.owner.clone()
         };
-        self.store.save_owned(doc, &self.owner).await
     }
 
     /// End the rollout in `state`: helpers' results folded in and every tenant it touched

@@ -283,21 +283,49 @@ impl RolloutStore {
         Ok(())
     }
 
-    /// Ids of rollouts running or paused.
-    pub async fn active_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.names_under(&format!("{}rollout-active/", self.prefix))
-            .await
-    }
-
-    /// The key names under `dir` (without it), in one keys-only read.
-    async fn names_under<C: FromIterator<String>>(&self, dir: &str) -> Result<C, StoreError> {
-        let r = self
-            .read(dir, Some(GetOptions::new().with_prefix().with_keys_only()))
-            .await?;
-        Ok(r.kvs()
+    /// Ids of rollouts running or paused, and the owner of every owned rollout by id: what
+    /// each replica's claim loop asks every second, in one request (one etcd revision).
+    pub async fn active_and_owners(
+        &self,
+    ) -> Result<(Vec<String>, std::collections::HashMap<String, String>), StoreError> {
+        let (active, owned) = (
+            format!("{}rollout-active/", self.prefix),
+            format!("{}rollout-owner/", self.prefix),
+        );
+        let txn = Txn::new().and_then([
+            TxnOp::get(
+                active.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+            TxnOp::get(owned.as_str(), Some(GetOptions::new().with_prefix())),
+        ]);
+        let r = self.txn_retried(txn).await?;
+        let mut gets = r.op_responses().into_iter().filter_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(a), Some(o)) = (gets.next(), gets.next()) else {
+            return Err(StoreError::Corrupt {
+                id: String::new(),
+                message: "a transaction of two reads answered without them".into(),
+            });
+        };
+        let ids = a
+            .kvs()
             .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
-            .collect())
+            .map(|kv| String::from_utf8_lossy(&kv.key()[active.len()..]).to_string())
+            .collect();
+        let owners = o
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key()[owned.len()..]).to_string(),
+                    String::from_utf8_lossy(kv.value()).to_string(),
+                )
+            })
+            .collect();
+        Ok((ids, owners))
     }
 
     /// Become the rollout's owner, under `lease`, unless another replica is or it is over.
@@ -460,15 +488,57 @@ impl RolloutStore {
         id: &str,
         since: i64,
     ) -> Result<(Desired, Vec<TenantDoc>, i64), StoreError> {
+        let r = self
+            .txn(Txn::new().and_then(self.poll_reads(id, since)))
+            .await?;
+        Ok(Self::polled(&r, since))
+    }
+
+    /// The owner's poll carrying a save of its (not final) document, in one request: saved
+    /// if `owner` still owns the rollout (`false`: ownership was lost), polled either way.
+    /// The owner's periodic request is this or [`RolloutStore::poll`], never both.
+    pub async fn save_and_poll(
+        &self,
+        doc: &RolloutDoc,
+        owner: &str,
+        since: i64,
+    ) -> Result<(bool, Desired, Vec<TenantDoc>, i64), StoreError> {
+        debug_assert!(
+            !doc.state.is_final(),
+            "a final state is saved with save_owned"
+        );
+        let reads = self.poll_reads(&doc.id, since);
+        let mut ops = vec![TxnOp::put(self.doc_key(&doc.id), Self::encode(doc), None)];
+        ops.extend(reads.iter().cloned());
+        let r = self
+            .txn(
+                Txn::new()
+                    .when([Compare::value(
+                        self.owner_key(&doc.id),
+                        CompareOp::Equal,
+                        owner,
+                    )])
+                    .and_then(ops)
+                    .or_else(reads),
+            )
+            .await?;
+        let (desired, docs, at) = Self::polled(&r, since);
+        Ok((r.succeeded(), desired, docs, at))
+    }
+
+    /// What a poll reads: the control key, and the results written after revision `since`.
+    fn poll_reads(&self, id: &str, since: i64) -> Vec<TxnOp> {
         let results = GetOptions::new()
             .with_prefix()
             .with_min_mod_revision(since + 1);
-        let r = self
-            .txn(Txn::new().and_then([
-                TxnOp::get(self.control_key(id), None),
-                TxnOp::get(self.results_dir(id), Some(results)),
-            ]))
-            .await?;
+        vec![
+            TxnOp::get(self.control_key(id), None),
+            TxnOp::get(self.results_dir(id), Some(results)),
+        ]
+    }
+
+    /// A poll's answer from its transaction's reads (a put before them is skipped).
+    fn polled(r: &etcd_client::TxnResponse, since: i64) -> (Desired, Vec<TenantDoc>, i64) {
         let at = r.header().map(|h| h.revision()).unwrap_or(since);
         let mut gets = r.op_responses().into_iter().filter_map(|op| match op {
             etcd_client::TxnOpResponse::Get(g) => Some(g),
@@ -489,7 +559,7 @@ impl RolloutStore {
                     .collect()
             })
             .unwrap_or_default();
-        Ok((desired, docs, at))
+        (desired, docs, at)
     }
 
     /// Every tenant with a result (running or final). One attempt: asked periodically.

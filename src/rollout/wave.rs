@@ -18,7 +18,8 @@ use crate::fleet::events::Failure;
 use crate::fleet::{FleetError, JobEvent, JobStream, TenantEvent};
 use crate::registry::RegistryError;
 
-/// Per-tenant progress is written to etcd at most this often per 1,000 tenants.
+/// Per-tenant progress is written to etcd at most this often per 1,000 tenants, carried by
+/// the owner's poll (every [`CONTROL_EVERY`]): one request per tick, saving or not.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
 pub(super) enum WaveEnd {
@@ -86,7 +87,7 @@ impl Rollouts {
         }
         // What helpers reported already (after a takeover, before any tenant is started),
         // and the budget on what the previous owners saw: a takeover does not reset it.
-        if self.merge(doc, &mut run, consecutive).await? != Desired::Running {
+        if self.merge(doc, &mut run, consecutive, false).await? != Desired::Running {
             run.interrupted = true;
         }
         self.check_budget(doc, &mut run, *consecutive);
@@ -97,7 +98,8 @@ impl Rollouts {
         // Bigger documents are written less often: each write is the whole document, and etcd
         // keeps every version until it is compacted.
         let per_thousand = (doc.tenants.len() as u32).div_ceil(1000).max(1);
-        let mut save_tick = tokio::time::interval(SAVE_EVERY * per_thousand);
+        let save_every = SAVE_EVERY * per_thousand;
+        let mut saved_at = Instant::now();
         let mut poll_tick = tokio::time::interval(CONTROL_EVERY);
         loop {
             let stopping = run.halting.is_some() || run.interrupted || run.lost;
@@ -219,7 +221,11 @@ impl Rollouts {
                         }
                     }
                     _ = poll_tick.tick(), if !run.lost => {
-                        match self.merge(doc, &mut run, consecutive).await {
+                        let save = run.dirty && saved_at.elapsed() >= save_every;
+                        if save {
+                            saved_at = Instant::now();
+                        }
+                        match self.merge(doc, &mut run, consecutive, save).await {
                             Ok(Desired::Running) => {}
                             Ok(_) if !run.interrupted => {
                                 run.interrupted = true;
@@ -231,12 +237,6 @@ impl Rollouts {
                         if !has_job {
                             break;
                         }
-                    }
-                    _ = save_tick.tick(), if run.dirty && !run.lost => {
-                        run.dirty = false;
-                        doc.consecutive_failures = *consecutive;
-                        let saved = self.save(doc).await;
-                        self.check_store(&mut run, saved);
                     }
                     else => break,
                 }
@@ -351,14 +351,28 @@ impl Rollouts {
     }
 
     /// Fold in what helpers reported since the last merge (a tenant a dead helper was running,
-    /// its claim gone with its lease, is to be run again); return what operators want.
+    /// its claim gone with its lease, is to be run again); return what operators want. With
+    /// `save`, the document goes in the same request (ownership lost: `run.lost`).
     async fn merge(
         &self,
         doc: &mut RolloutDoc,
         run: &mut WaveRun,
         consecutive: &mut u32,
+        save: bool,
     ) -> Result<Desired, StoreError> {
-        let (desired, results, at) = self.store.poll(&doc.id, run.merged_at).await?;
+        let (desired, results, at) = if save {
+            run.dirty = false;
+            doc.consecutive_failures = *consecutive;
+            self.stamp(doc);
+            let (saved, desired, results, at) = self
+                .store
+                .save_and_poll(doc, &self.owner, run.merged_at)
+                .await?;
+            self.check_store(run, Ok(saved));
+            (desired, results, at)
+        } else {
+            self.store.poll(&doc.id, run.merged_at).await?
+        };
         run.merged_at = at;
         let mut finished = vec![];
         for r in results {

@@ -223,13 +223,25 @@ async fn a_tenant_password_appears_nowhere() {
         .await
     );
     let mut etcd_client = etcd.client().await;
-    let dump = etcd_client
-        .get(
-            prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    // Audit records reach etcd in the background, batched: wait for the bad tenant's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dump = loop {
+        let dump = etcd_client
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        let audited_bad = dump.kvs().iter().any(|kv| {
+            kv.key().starts_with(format!("{prefix}audit/").as_bytes())
+                && String::from_utf8_lossy(kv.value()).contains("\"tenant\":\"bad\"")
+        });
+        if audited_bad || std::time::Instant::now() > deadline {
+            break dump;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     for kv in dump.kvs() {
         seen += &String::from_utf8_lossy(kv.key());
         seen += &String::from_utf8_lossy(kv.value());

@@ -30,6 +30,7 @@ mod pg_faults;
 mod pgbouncer;
 mod pki;
 mod pools;
+mod rollout_store;
 mod rollouts;
 mod roundtrips;
 mod scratch;

@@ -103,16 +103,30 @@ async fn a_password_typed_into_a_reference_field_is_never_echoed() {
         seen.contains("not the password itself"),
         "the messages say what was expected: {seen}"
     );
-    // Audit records are written in the background: give them time to land.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Audit records are written in the background, batched: wait until they have landed.
     let mut client = etcd.client().await;
-    let dump = client
-        .get(
-            prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let dump = loop {
+        let dump = client
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        let refusals = dump
+            .kvs()
+            .iter()
+            .filter(|kv| {
+                String::from_utf8_lossy(kv.key()).contains("/audit/")
+                    && String::from_utf8_lossy(kv.value()).contains("InvalidArgument")
+            })
+            .count();
+        if refusals >= typed.len() * 3 || std::time::Instant::now() > deadline {
+            break dump;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let mut audit = 0;
     for kv in dump.kvs() {
         let (k, v) = (
