@@ -193,6 +193,7 @@ pub async fn serve_until(
         per_host: config.pools.per_host_connections,
         per_database: config.pools.per_database_connections,
         connect_timeout: config.pools.connect_timeout,
+        dead_server_after: config.pools.dead_server_after,
         idle_timeout: config.pools.idle_timeout,
         privileged_roles: config.pools.privileged_roles,
         insecure_connections: config.pools.insecure_connections(config.profile),

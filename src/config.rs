@@ -192,6 +192,11 @@ pub struct PoolsConfig {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A server that vanishes without a TCP reset (a dead host, a blackholed network) is given
+    /// up on within this time: TCP keep-alive probes while waiting for an answer, and a limit
+    /// on unacknowledged data while sending (`tcp_user_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub dead_server_after: Duration,
     /// A tenant role that is a superuser or has BYPASSRLS: "warn" or "refuse".
     pub privileged_roles: crate::registry::pools::PrivilegedRoles,
     /// A tenant whose connection may go without TLS (sslmode below require) or may hand a
@@ -207,6 +212,7 @@ impl Default for PoolsConfig {
             per_database_connections: 2,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            dead_server_after: crate::registry::pools::DEAD_SERVER_AFTER,
             privileged_roles: Default::default(),
             insecure_connections: None,
         }

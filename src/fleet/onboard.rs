@@ -57,7 +57,12 @@ fn pg(e: tokio_postgres::Error) -> String {
 /// Drop `dbname` through the maintenance database of `admin`'s server, ending its sessions.
 async fn drop_db(admin: &ConnectionSpec, dbname: &str) -> Result<(), String> {
     let client = connect(
-        &crate::registry::pools::target(admin, CONNECT_TIMEOUT).map_err(|e| e.to_string())?,
+        &crate::registry::pools::target(
+            admin,
+            CONNECT_TIMEOUT,
+            crate::registry::pools::DEAD_SERVER_AFTER,
+        )
+        .map_err(|e| e.to_string())?,
     )
     .await?;
     client
@@ -167,11 +172,15 @@ impl Fleet {
         };
         let (mut created, mut registered) = (false, false);
         let result: Result<(), StepFailed> = async {
-            let admin_config = crate::registry::pools::target(&admin_spec, CONNECT_TIMEOUT)
-                .map_err(|e| StepFailed {
-                    step: "create_database",
-                    message: e.to_string(),
-                })?;
+            let admin_config = crate::registry::pools::target(
+                &admin_spec,
+                CONNECT_TIMEOUT,
+                crate::registry::pools::DEAD_SERVER_AFTER,
+            )
+            .map_err(|e| StepFailed {
+                step: "create_database",
+                message: e.to_string(),
+            })?;
             let app = self
                 .app(&tenant.app)
                 .map_err(|e| StepFailed {

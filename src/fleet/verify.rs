@@ -86,9 +86,12 @@ impl Fleet {
         drop(conn);
         let rows: Vec<String> = state.rows.iter().map(|r| r.to_string()).collect();
         // The scratch database is made on the tenant's server, around a transaction pooler.
-        let base =
-            crate::registry::pools::target(&tenant.connection.session_spec(), CONNECT_TIMEOUT)
-                .map_err(|e| e.to_string())?;
+        let base = crate::registry::pools::target(
+            &tenant.connection.session_spec(),
+            CONNECT_TIMEOUT,
+            crate::registry::pools::DEAD_SERVER_AFTER,
+        )
+        .map_err(|e| e.to_string())?;
         let expected = self
             .expected_fingerprint(app, &values, &base, &state.rows)
             .await?;

@@ -249,6 +249,10 @@ const BUDGET_POLL: Duration = Duration::from_millis(250);
 /// bb8's own wait for a connection: effectively unbounded, so tenants queue for the host budget.
 const QUEUE_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a server may stop answering, without a reset, before its connection is given up
+/// (the default of `pools.dead_server_after`; what onboarding and scratch connections use).
+pub const DEAD_SERVER_AFTER: Duration = Duration::from_secs(30);
+
 /// Limits of the pools.
 #[derive(Debug, Clone)]
 pub struct PoolLimits {
@@ -257,6 +261,8 @@ pub struct PoolLimits {
     /// Connections per database (a tenant's migration uses one).
     pub per_database: u32,
     pub connect_timeout: Duration,
+    /// A server that stops answering without a reset is given up on within this time.
+    pub dead_server_after: Duration,
     /// Idle connections close after this; idle pools are dropped after it too.
     pub idle_timeout: Duration,
     pub privileged_roles: PrivilegedRoles,
@@ -421,7 +427,11 @@ impl Pools {
                         })?;
                     let errors = ConnectErrors::default();
                     let manager = BudgetedManager {
-                        target: target(spec, self.limits.connect_timeout)?,
+                        target: target(
+                            spec,
+                            self.limits.connect_timeout,
+                            self.limits.dead_server_after,
+                        )?,
                         privileged_roles: self.limits.privileged_roles,
                         role_verdicts: self.role_verdicts.clone(),
                         role: format!("{}|{}", spec.host_key(), spec.user),
@@ -508,7 +518,11 @@ fn release_unused(dbs: &mut HashMap<PoolKey, Entry>, host: &str, keep: &PoolKey)
 
 /// The connection target of a tenant, password resolved from its reference. Everything
 /// goes through libpq's keywords, so a tenant record means what the same keywords mean to psql.
-pub fn target(spec: &ConnectionSpec, connect_timeout: Duration) -> Result<Target, PoolError> {
+pub fn target(
+    spec: &ConnectionSpec,
+    connect_timeout: Duration,
+    dead_server_after: Duration,
+) -> Result<Target, PoolError> {
     let problem = |p: String| PoolError::Password {
         user: spec.user.clone(),
         key: spec.database_key(),
@@ -533,15 +547,17 @@ pub fn target(spec: &ConnectionSpec, connect_timeout: Duration) -> Result<Target
     );
     let o = &spec.options;
     // A server that vanishes without a reset (a dead host, a blackholed network) is noticed
-    // within about 25 s, not the kernel's two hours: keepalive probes after 10 s idle, every
-    // 5 s, 3 of them; unacknowledged data gives up after 30 s.
+    // within `dead_server_after` (30 s by default), not the kernel's two hours: keep-alive
+    // probes after a third of it idle, three of them a sixth of it apart; unacknowledged data
+    // gives up after all of it.
+    let secs = dead_server_after.as_secs().max(6);
     for (k, v) in [
-        ("keepalives_idle", "10"),
-        ("keepalives_interval", "5"),
-        ("keepalives_count", "3"),
-        ("tcp_user_timeout", "30000"),
+        ("keepalives_idle", (secs / 3).to_string()),
+        ("keepalives_interval", (secs / 6).to_string()),
+        ("keepalives_count", "3".to_string()),
+        ("tcp_user_timeout", (secs * 1000).to_string()),
     ] {
-        info.set(k, v, Source::Default);
+        info.set(k, v, Source::Field("pools.dead_server_after".into()));
     }
     if let Some(root) = &o.sslrootcert {
         info.set("sslrootcert", root.to_string(), field("sslrootcert"));
@@ -690,6 +706,7 @@ mod policy_tests {
             per_host: 1,
             per_database: 1,
             connect_timeout: Duration::from_secs(1),
+            dead_server_after: DEAD_SERVER_AFTER,
             idle_timeout: Duration::from_secs(1),
             privileged_roles: PrivilegedRoles::Warn,
             insecure_connections,

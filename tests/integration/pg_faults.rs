@@ -592,3 +592,205 @@ async fn a_server_restarted_mid_rollout_fails_no_tenant() {
     }
     daemon.shutdown().await.unwrap();
 }
+
+/// Traffic to 127.0.0.77 silently dropped by the kernel (an `ip rule` of type blackhole ahead
+/// of the local table): a host that vanished without a reset. Removed when dropped.
+struct Blackhole;
+
+const VANISHING: &str = "127.0.0.77";
+
+impl Blackhole {
+    /// None (skipped locally, failing under CI) without root and `ip`.
+    fn available() -> Option<()> {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let ip = std::process::Command::new("ip")
+            .args(["rule", "show"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if root && ip {
+            Some(())
+        } else {
+            harness::missing(
+                "root with iproute2",
+                format!("a blackhole route needs root ({root}) and `ip` ({ip})"),
+            )
+        }
+    }
+
+    fn ip(args: &str) {
+        let _ = std::process::Command::new("ip")
+            .args(args.split(' '))
+            .output();
+    }
+
+    fn start() -> Blackhole {
+        Self::ip(&format!("rule del pref 10 to {VANISHING} blackhole"));
+        // The local table must come after the blackhole: move it from 0 to 100 (both are
+        // there for a moment, never neither).
+        Self::ip("rule add pref 100 lookup local");
+        Self::ip("rule del pref 0 lookup local");
+        Self::ip(&format!("rule add pref 10 to {VANISHING} blackhole"));
+        Blackhole
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        Self::ip(&format!("rule del pref 10 to {VANISHING} blackhole"));
+        Self::ip("rule add pref 0 lookup local");
+        Self::ip("rule del pref 100 lookup local");
+    }
+}
+
+/// A TCP forwarder on 127.0.0.77 to Postgres; `freeze` stops it forwarding either way on the
+/// connections it has, without closing them (no FIN, no reset: the host is just gone).
+async fn freezable_forwarder(target: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::AtomicBool;
+    let listener = tokio::net::TcpListener::bind((VANISHING, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let freeze = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let frozen = freeze.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let f = frozen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 || f.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Frozen: hold the socket open, forever silent.
+                    std::future::pending::<()>().await;
+                    drop(cw);
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || frozen.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+                drop((cr, sw));
+            });
+        }
+    });
+    (port, frozen)
+}
+
+/// The tenant's database host vanishes without a reset in the middle of its run: the daemon
+/// notices within `pools.dead_server_after`, tries to reconnect (about 15 s), fails the tenant
+/// and releases its lock, while another tenant finishes; once the host is back, a retry takes
+/// the lock at once and finds what the database committed, nothing applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_host_releases_its_tenant_within_a_bounded_time() {
+    let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
+        return;
+    };
+    let Some(()) = Blackhole::available() else {
+        return;
+    };
+    let (port, frozen) = freezable_forwarder(pg.port).await;
+    let (_tmp, root) = small_app("3");
+    let prefix = etcd.prefix("vanish");
+    let mut config = dh::config(&etcd.endpoint, &prefix, &root);
+    config.pools.dead_server_after = Duration::from_secs(6);
+    config.pools.connect_timeout = Duration::from_secs(1);
+    let daemon = dh::start(config).await;
+    let mut tenants = daemon.tenants().await;
+    let (vanishing_url, db) = pg.database("vanish").await;
+    let mut t = dh::tenant("vanish", "small", &db, &[], &[]);
+    let c = t.connection.as_mut().unwrap();
+    (c.host, c.port) = (VANISHING.to_string(), u32::from(port));
+    tenants
+        .register(proto::RegisterTenantRequest { tenant: Some(t) })
+        .await
+        .unwrap();
+    let (healthy_url, db) = pg.database("vanish_healthy").await;
+    tenants
+        .register(proto::RegisterTenantRequest {
+            tenant: Some(dh::tenant("healthy", "small", &db, &[], &[])),
+        })
+        .await
+        .unwrap();
+    let upgrade = |ids: &[&str]| proto::MigrateRequest {
+        app: "small".into(),
+        selector: Some(proto::Selector {
+            tenant_ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        concurrency: 2,
+        ..Default::default()
+    };
+    let mut m = daemon.migrations().await;
+    let stream = m
+        .upgrade(upgrade(&["vanish", "healthy"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let collecting = tokio::spawn(dh::collect(stream));
+    // Inside s1 (pg_sleep(3)) on both: the host goes.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let blackhole = Blackhole::start();
+    frozen.store(true, Ordering::SeqCst);
+    let gone = Instant::now();
+    let events = tokio::time::timeout(Duration::from_secs(60), collecting)
+        .await
+        .expect("the job ends")
+        .unwrap();
+    let ended = gone.elapsed();
+    let s = dh::summary(&events);
+    assert_eq!((s.done, s.failed), (1, 1), "{events:?}");
+    let failure = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(Streamed::Tenant(t)) if t.tenant_id == "vanish" => match &t.kind {
+                Some(Kind::Failed(f)) => Some(f.message.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("the vanished tenant failed");
+    assert!(failure.contains("reconnecting failed"), "{failure}");
+    // dead_server_after (6 s), then about 15.5 s of reconnect pauses, with room for a busy
+    // machine; without the keep-alives it would wait for the kernel's two hours.
+    assert!(
+        ended < Duration::from_secs(35),
+        "the tenant was let go after {ended:?}"
+    );
+    assert_eq!(history(&healthy_url).await, once_each(&["s1", "s2", "s3"]));
+    // The host is back: the lock was released, so the retry does not wait for it, and the
+    // database's own record decides what is left (here: the group had committed).
+    drop(blackhole);
+    frozen.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    let events = dh::collect(m.upgrade(upgrade(&["vanish"])).await.unwrap().into_inner()).await;
+    let s = dh::summary(&events);
+    assert_eq!(s.failed, 0, "{events:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the retry waited {:?}: was the lock left held?",
+        started.elapsed()
+    );
+    assert_eq!(
+        history(&vanishing_url).await,
+        once_each(&["s1", "s2", "s3"])
+    );
+    daemon.shutdown().await.unwrap();
+}
