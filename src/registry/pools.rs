@@ -647,7 +647,7 @@ mod tests {
             password: Some(PasswordRef::Env("TENANT_UNIT_TEST_UNSET_VAR".into())),
             options: Default::default(),
         };
-        let e = target(&spec, Duration::from_secs(1))
+        let e = target(&spec, Duration::from_secs(1), DEAD_SERVER_AFTER)
             .unwrap_err()
             .to_string();
         assert!(e.contains("TENANT_UNIT_TEST_UNSET_VAR is not set"), "{e}");
