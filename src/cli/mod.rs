@@ -216,7 +216,6 @@ fn engine_code(e: &EngineError) -> u8 {
         | EngineError::Database { .. }
         | EngineError::StepFailed { .. }
         | EngineError::StateChanged(_)
-        | EngineError::IndexInvalid { .. }
         | EngineError::Stopped { .. }
         | EngineError::LeaseExpired
         | EngineError::Prelude { .. } => 1,

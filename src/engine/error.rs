@@ -104,10 +104,6 @@ pub enum EngineError {
     StaleFence { ours: FenceToken, theirs: i64 },
     #[error("the database changed under us: {0}")]
     StateChanged(String),
-    #[error(
-        "{location}: index {index} was built but is INVALID (pg_index.indisvalid = false); the next run drops and rebuilds it"
-    )]
-    IndexInvalid { location: String, index: String },
     #[error("stopped before the next revision (cancelled or shutting down){}", applied_note(.applied))]
     Stopped { applied: Vec<RevisionId> },
     #[error(

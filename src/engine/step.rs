@@ -350,11 +350,20 @@ async fn autocommit(
     // which waits for a fence row another transaction holds; reset when the revision is
     // recorded, or by the unlock).
     // One query string: one implicit transaction, gone whatever happens in it.
+    // The first statement's index build, if any, has its leftover check here too (under the
+    // revision's search_path, which names the table as the statement will).
+    let first_build = rendered
+        .statements
+        .first()
+        .and_then(|s| s.index_build.as_ref());
     let precheck = format!(
-        "{}{};\n{}SET lock_timeout = {}; SET statement_timeout = {}",
+        "{}{};\n{}{}SET lock_timeout = {}; SET statement_timeout = {}",
         super::OWN_CONTEXT,
         fence_and_versions_sql(tables, opts.fence),
         engine.revision_context(),
+        first_build
+            .map(|b| format!("{};\n", index_validity_sql(b)))
+            .unwrap_or_default(),
         millis(engine.settings.lock_timeout),
         millis(engine.settings.statement_timeout)
     );
@@ -369,8 +378,12 @@ async fn autocommit(
     if !still_needed(engine, &versions, step)? {
         return Ok((1, false));
     }
-    // The precheck has just fenced: the first statement's first attempt needs no other check.
-    let mut fenced = opts.fence.is_some();
+    // The precheck has just fenced (and looked for the first build's leftover): the first
+    // statement's first attempt needs no other check.
+    let mut checked = Checked {
+        fence: opts.fence.is_some(),
+        index: first_build.map(|_| validity_of(&rows)),
+    };
     let mut max_attempts = 1;
     for stmt in &rendered.statements {
         let attempts = run_with_retries(
@@ -380,25 +393,20 @@ async fn autocommit(
             &stmt.sql,
             stmt.index_build.as_ref(),
             opts,
-            &mut fenced,
+            &mut checked,
         )
         .await
         .map_err(|f| f.at(rev, direction, |e| Some(locate(rev, stmt, e))))?;
         max_attempts = max_attempts.max(attempts);
-        if let Some(build) = &stmt.index_build
-            && index_validity(client, build)
-                .await
-                .map_err(|e| sql_err(e, Some(stmt.line), attempts))?
-                == Some(false)
-        {
-            return Err(StepError::Engine(EngineError::IndexInvalid {
-                location: rev.location(stmt.line),
-                index: build.index.clone(),
-            }));
-        }
     }
+    // ANALYZE changes statistics, never the schema: it runs unfenced (still never after the
+    // lease's deadline), and a stale holder's ANALYZE would only refresh them again.
     for analyze in &rendered.analyze {
-        run_with_retries(engine, client, rev, analyze, None, opts, &mut fenced)
+        let mut unfenced = Checked {
+            fence: true,
+            index: None,
+        };
+        run_with_retries(engine, client, rev, analyze, None, opts, &mut unfenced)
             .await
             .map_err(|f| f.at(rev, direction, |_| Some(rev.location(1))))?;
     }
@@ -512,8 +520,18 @@ impl StatementError {
     }
 }
 
+/// What the round trip before a statement's first attempt has already checked.
+struct Checked {
+    /// The fence was written.
+    fence: bool,
+    /// The index build's leftover was looked for: `Some(validity)`.
+    index: Option<Option<bool>>,
+}
+
 /// One autocommit statement, retried on lock timeouts. Every attempt is fenced first, and an
-/// index build first drops an INVALID leftover (a build that timed out leaves one behind).
+/// index build first drops an INVALID leftover (a build that timed out leaves one behind):
+/// both checks in one round trip. A build that then succeeds leaves a valid index (Postgres
+/// marks it valid before answering; `IF NOT EXISTS` can no longer skip over an INVALID one).
 async fn run_with_retries(
     engine: &Engine<'_>,
     client: &Client,
@@ -521,7 +539,7 @@ async fn run_with_retries(
     sql: &str,
     index_build: Option<&crate::revision::sql::ConcurrentIndexBuild>,
     opts: &RunOptions<'_>,
-    fenced: &mut bool,
+    checked: &mut Checked,
 ) -> Result<u32, StatementError> {
     let mut delays = engine.settings.backoff();
     let mut attempt = 0u32;
@@ -534,14 +552,40 @@ async fn run_with_retries(
         attempt += 1;
         opts.ensure_live()
             .map_err(|e| StatementError::Step(StepError::Engine(e)))?;
-        if let Some(token) = opts.fence
-            && !std::mem::take(fenced)
-        {
-            fence(client, &engine.settings.tables, token)
-                .await
-                .map_err(StatementError::Step)?;
+        // Later attempts check again.
+        let done = std::mem::replace(
+            checked,
+            Checked {
+                fence: false,
+                index: None,
+            },
+        );
+        let token = opts.fence.filter(|_| !done.fence);
+        let build = index_build.filter(|_| done.index.is_none());
+        let mut validity = done.index.flatten();
+        if token.is_some() || build.is_some() {
+            let tables = &engine.settings.tables;
+            let mut check: Vec<String> =
+                token.iter().map(|t| tables.fence_check_sql(t.0)).collect();
+            check.extend(build.map(index_validity_sql));
+            let rows = rows_of(
+                &client
+                    .simple_query(&check.join(";\n"))
+                    .await
+                    .map_err(|e| StatementError::Sql(e, attempt, None))?,
+            );
+            if let Some(token) = token {
+                check_fence(client, tables, token, &rows)
+                    .await
+                    .map_err(StatementError::Step)?;
+            }
+            if build.is_some() {
+                validity = validity_of(&rows);
+            }
         }
-        if let Some(build) = index_build {
+        if let Some(build) = index_build
+            && validity == Some(false)
+        {
             drop_invalid_leftover(client, rev, build, opts)
                 .await
                 .map_err(|e| StatementError::Sql(e, attempt, None))?;
@@ -562,37 +606,34 @@ async fn run_with_retries(
     }
 }
 
-/// `Some(valid)` for an index of that name in the table's schema; `None` if absent (or the
-/// table does not exist yet).
-async fn index_validity(
-    client: &Client,
-    build: &crate::revision::sql::ConcurrentIndexBuild,
-) -> Result<Option<bool>, tokio_postgres::Error> {
-    // The simple protocol, values as literals: one round trip instead of prepare + execute.
-    let rows = rows_of(
-        &client
-            .simple_query(&format!(
-                "SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid \
-                 WHERE c.relname OPERATOR(pg_catalog.=) {} AND c.relnamespace OPERATOR(pg_catalog.=) (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({}))",
-                quote_literal(&build.index),
-                quote_literal(&build.table)
-            ))
-            .await?,
-    );
-    Ok(rows.first().map(|r| r[0].as_deref() == Some("t")))
+/// Rows `('index', indisvalid)` for an index of that name in the table's schema; none if
+/// absent (or the table does not exist yet). The simple protocol, values as literals: it
+/// rides in the round trip of a fence check or precheck.
+fn index_validity_sql(build: &crate::revision::sql::ConcurrentIndexBuild) -> String {
+    format!(
+        "SELECT 'index', i.indisvalid::pg_catalog.text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid \
+         WHERE c.relname OPERATOR(pg_catalog.=) {} AND c.relnamespace OPERATOR(pg_catalog.=) (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({}))",
+        quote_literal(&build.index),
+        quote_literal(&build.table)
+    )
+}
+
+/// `Some(valid)` from the rows of [`index_validity_sql`]; `None`: no such index.
+fn validity_of(rows: &[Vec<Option<String>>]) -> Option<bool> {
+    tagged(rows, "index")
+        .next()
+        .map(|r| r.get(1).and_then(|c| c.as_deref()) == Some("true"))
 }
 
 /// An INVALID index left by an interrupted CREATE INDEX CONCURRENTLY would make
-/// `IF NOT EXISTS` skip the build and report success: drop it so the build runs again.
+/// `IF NOT EXISTS` skip the build and report success: drop it so the build runs again
+/// (called once its check found it INVALID).
 async fn drop_invalid_leftover(
     client: &Client,
     rev: &Revision,
     build: &crate::revision::sql::ConcurrentIndexBuild,
     opts: &RunOptions<'_>,
 ) -> Result<(), tokio_postgres::Error> {
-    if index_validity(client, build).await? != Some(false) {
-        return Ok(());
-    }
     // The simple protocol, values as literals: no prepared statement (a transaction-mode
     // pooler would lose it), everything named in pg_catalog.
     let rows = rows_of(

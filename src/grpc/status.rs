@@ -47,9 +47,7 @@ fn engine_code(e: &EngineError) -> Code {
         | EngineError::ChecksumMismatch(_)
         | EngineError::Setting { .. }
         | EngineError::NeedsSession { .. } => Code::FailedPrecondition,
-        EngineError::StepFailed { .. }
-        | EngineError::IndexInvalid { .. }
-        | EngineError::StateChanged(_) => Code::Aborted,
+        EngineError::StepFailed { .. } | EngineError::StateChanged(_) => Code::Aborted,
         EngineError::LockHeld
         | EngineError::StaleFence { .. }
         | EngineError::Stopped { .. }
