@@ -30,7 +30,8 @@ const CLAIM_EVERY: Duration = Duration::from_secs(1);
 
 /// The lease in force of this replica (it changes after a lease is lost and taken anew).
 pub type LeaseOf = Arc<dyn Fn() -> i64 + Send + Sync>;
-/// How often the owner reads what operators asked for (pause, cancel), and helpers the gate.
+/// How often helpers read the gate, and the owner what operators asked for (pause, cancel)
+/// while helpers report (alone, it polls less often: [`super::wave`]).
 pub(super) const CONTROL_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,8 @@ pub struct Rollouts {
     helping: Mutex<HashMap<String, CancellationToken>>,
     listeners: Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Progress>>>>,
     wake: Notify,
+    /// Pause, resume or cancel reached this replica: its owner loops poll at once.
+    pub(super) controlled: Notify,
     tracker: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -100,6 +103,7 @@ impl Rollouts {
             helping: Mutex::default(),
             listeners: Mutex::default(),
             wake: Notify::new(),
+            controlled: Notify::new(),
             tracker,
             shutdown,
         })
@@ -237,6 +241,7 @@ impl Rollouts {
         }
         self.store.set_desired(id, desired).await?;
         self.wake.notify_one();
+        self.controlled.notify_waiters();
         let acted = |d: &RolloutDoc| {
             d.state.is_final()
                 || match desired {

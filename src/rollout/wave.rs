@@ -19,8 +19,14 @@ use crate::fleet::{FleetError, JobEvent, JobStream, TenantEvent};
 use crate::registry::RegistryError;
 
 /// Per-tenant progress is written to etcd at most this often per 1,000 tenants, carried by
-/// the owner's poll (every [`CONTROL_EVERY`]): one request per tick, saving or not.
+/// the owner's poll: one request per tick, saving or not.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
+/// How often the owner polls while no helper has reported for [`HELPERS_QUIET`]: pause and
+/// cancel asked through this replica wake it at once, through another within this.
+const POLL_ALONE: Duration = Duration::from_secs(1);
+/// While helpers report, the owner polls every [`CONTROL_EVERY`], so that it sees the
+/// tenants they take before it starts them itself.
+const HELPERS_QUIET: Duration = Duration::from_secs(5);
 
 pub(super) enum WaveEnd {
     Completed,
@@ -43,6 +49,8 @@ struct WaveRun {
     taken: Arc<Mutex<HashSet<String>>>,
     /// The etcd revision up to which helpers' results are folded in.
     merged_at: i64,
+    /// When a helper's result was last folded in.
+    helped_at: Option<Instant>,
     job_id: Option<String>,
     /// Each tenant's position in the document (events name tenants by id).
     index: HashMap<String, usize>,
@@ -70,6 +78,7 @@ impl Rollouts {
             dirty: false,
             taken: Arc::default(),
             merged_at: 0,
+            helped_at: None,
             job_id: None,
             index: doc
                 .tenants
@@ -100,7 +109,7 @@ impl Rollouts {
         let per_thousand = (doc.tenants.len() as u32).div_ceil(1000).max(1);
         let save_every = SAVE_EVERY * per_thousand;
         let mut saved_at = Instant::now();
-        let mut poll_tick = tokio::time::interval(CONTROL_EVERY);
+        let mut next_poll = Instant::now();
         loop {
             let stopping = run.halting.is_some() || run.interrupted || run.lost;
             if run.lost || self.shutdown.is_cancelled() {
@@ -220,12 +229,15 @@ impl Rollouts {
                             Some(_) => {}
                         }
                     }
-                    _ = poll_tick.tick(), if !run.lost => {
+                    _ = self.until_poll(next_poll), if !run.lost => {
                         let save = run.dirty && saved_at.elapsed() >= save_every;
                         if save {
                             saved_at = Instant::now();
                         }
-                        match self.merge(doc, &mut run, consecutive, save).await {
+                        let merged = self.merge(doc, &mut run, consecutive, save).await;
+                        let helped = run.helped_at.is_some_and(|at| at.elapsed() < HELPERS_QUIET);
+                        next_poll = Instant::now() + if helped { CONTROL_EVERY } else { POLL_ALONE };
+                        match merged {
                             Ok(Desired::Running) => {}
                             Ok(_) if !run.interrupted => {
                                 run.interrupted = true;
@@ -279,6 +291,14 @@ impl Rollouts {
             None if run.interrupted => WaveEnd::Interrupted,
             None => WaveEnd::Completed,
         })
+    }
+
+    /// Until the owner's next poll is due, or a control call reached this replica.
+    async fn until_poll(&self, due: Instant) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = self.controlled.notified() => {}
+        }
     }
 
     async fn start_job(
@@ -374,6 +394,9 @@ impl Rollouts {
             self.store.poll(&doc.id, run.merged_at).await?
         };
         run.merged_at = at;
+        if !results.is_empty() {
+            run.helped_at = Some(Instant::now());
+        }
         let mut finished = vec![];
         for r in results {
             let Some(t) = run.tenant(doc, &r.id) else {

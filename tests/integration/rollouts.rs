@@ -231,7 +231,7 @@ async fn a_percent_budget_halts_at_the_right_count() {
 
 #[tokio::test]
 async fn pause_mid_wave_resume_and_cancel() {
-    let Some(s) = setup("pause", 6, &[], 0.3).await else {
+    let Some(s) = setup("pause", 6, &[], 0.8).await else {
         return;
     };
     let d = s.daemon().await;

@@ -210,6 +210,9 @@ impl PendingAcquire {
         let (b, k) = (books.clone(), lock_key.clone());
         let task = tokio::spawn(async move {
             let r = client.clone().txn(txn).await;
+            if r.is_err() {
+                b.uncertain();
+            }
             if let Ok(resp) = &r
                 && resp.succeeded()
             {

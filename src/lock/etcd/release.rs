@@ -4,12 +4,14 @@
 //!   it goes alone after [`RELEASE_DELAY`]. A release etcd did not take (a member down, no
 //!   leader) goes back to the queue and is sent again, with backoff, until it lands: the
 //!   key lives under a lease that is alive, so "it goes with the lease" would mean never.
-//! - The sweep: every [`SWEEP_EVERY`], keys under the lease in force that no guard of this
-//!   process holds and no acquire of it is waiting for, seen twice in a row, are deleted (an
-//!   acquire whose answer was lost to a timeout or a dead member may have been granted).
+//! - The sweep: after an acquire whose answer was lost to a timeout or a dead member (it may
+//!   have been granted), every [`SWEEP_EVERY`] for [`SWEEP_ROUNDS`] rounds, keys under the
+//!   lease in force that no guard of this process holds and no acquire of it is waiting for,
+//!   seen twice in a row, are deleted. Otherwise it sends nothing.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
@@ -28,6 +30,9 @@ const RELEASE_RETRY_MIN: Duration = Duration::from_millis(100);
 const RELEASE_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How often the sweep looks for lock keys of ours that nobody holds.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Rounds the sweep looks after an uncertain acquire (the request may still be applied by
+/// etcd a while after its connection failed).
+const SWEEP_ROUNDS: u32 = 5;
 
 /// Lock keys to delete if still ours: (key, create revision).
 pub(super) type Releases = Vec<(String, i64)>;
@@ -43,6 +48,8 @@ pub(super) struct Books {
     held: Mutex<HashMap<String, i64>>,
     /// Keys with an acquire transaction in flight, and how many.
     acquiring: Mutex<HashMap<String, usize>>,
+    /// Sweep rounds still to run: set after an acquire whose outcome is unknown.
+    sweep_rounds: AtomicU32,
 }
 
 impl Books {
@@ -61,6 +68,11 @@ impl Books {
         }
         self.releases.lock().unwrap().extend(releases);
         self.released.notify_one();
+    }
+
+    /// An acquire's answer was lost: it may have been granted. The sweep looks.
+    pub fn uncertain(&self) {
+        self.sweep_rounds.store(SWEEP_ROUNDS, Ordering::SeqCst);
     }
 
     pub fn hold(&self, key: &str, revision: i64) {
@@ -162,6 +174,14 @@ impl EtcdSession {
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = stop.cancelled() => return,
+            }
+            let due = self
+                .books
+                .sweep_rounds
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if !due && suspects.is_empty() {
+                continue; // no acquire's outcome in doubt: nothing can be orphaned
             }
             let lease = self.current();
             if !lease.live() {
