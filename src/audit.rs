@@ -2,8 +2,8 @@
 //! who (token subject or certificate), request id, tenant, revision, checksum, fence token
 //! and outcome. Each is a structured log line (target `fleetmig::audit`) and, in the daemon,
 //! a key under `<prefix>audit/` in etcd, written in the background (an RPC never waits on it)
-//! and rotated: trimmed to the newest `audit.max_records`, counted more often as the store
-//! fills (see [`SHARED_BY`]), and at shutdown.
+//! and rotated: once over `audit.max_records`, trimmed to the newest nine tenths of it,
+//! counted more often as the store fills (see [`SHARED_BY`]), and at shutdown.
 
 use std::time::Duration;
 
@@ -162,6 +162,12 @@ fn count_after(max: usize, held: usize) -> usize {
     TRIM_EVERY.max(max.saturating_sub(held) / SHARED_BY)
 }
 
+/// What a trim leaves of a store over `max`: a tenth below it, so that a full store is not
+/// counted and trimmed (three requests) every [`TRIM_EVERY`] records.
+fn low_water(max: usize) -> usize {
+    max - max / 10
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<AuditRecord>, stop: CancellationToken) {
         loop {
@@ -226,7 +232,7 @@ impl Writer {
         }
     }
 
-    /// Delete the oldest records beyond `max_records` (keys sort by time).
+    /// Over `max_records`: delete the oldest records down to [`low_water`] (keys sort by time).
     async fn trim(&mut self) {
         use etcd_client::{DeleteOptions, GetOptions};
         let count = self
@@ -239,11 +245,13 @@ impl Writer {
             .map(|r| r.count() as usize);
         let Ok(count) = count else { return };
         self.since_count = 0;
-        self.count_after = count_after(self.max_records, count.min(self.max_records));
-        let excess = count.saturating_sub(self.max_records);
-        if excess == 0 {
+        if count <= self.max_records {
+            self.count_after = count_after(self.max_records, count);
             return;
         }
+        let keep = low_water(self.max_records);
+        self.count_after = count_after(self.max_records, keep);
+        let excess = count - keep;
         let oldest = self
             .client
             .get(
@@ -307,5 +315,14 @@ mod tests {
         assert_eq!(count_after(10_000, 10_000), TRIM_EVERY);
         assert_eq!(count_after(4, 4), TRIM_EVERY);
         assert_eq!(count_after(100, 0), TRIM_EVERY);
+    }
+
+    #[test]
+    fn a_full_store_is_trimmed_a_tenth_below_its_cap() {
+        assert_eq!(low_water(10_000), 9_000);
+        // Counted again after 250 records, not 64: three requests per 250 tenants.
+        assert_eq!(count_after(10_000, low_water(10_000)), 250);
+        // A small cap is trimmed to itself.
+        assert_eq!(low_water(4), 4);
     }
 }
