@@ -54,19 +54,6 @@ async fn fleet(hint: &str, app: &str, n: usize, migrations: &std::path::Path) ->
     })
 }
 
-fn all(app: &str, target: &str, concurrency: u32) -> proto::MigrateRequest {
-    proto::MigrateRequest {
-        app: app.into(),
-        target: target.into(),
-        selector: Some(proto::Selector {
-            all: true,
-            ..Default::default()
-        }),
-        concurrency,
-        ..Default::default()
-    }
-}
-
 async fn history(url: &str) -> Vec<(String, String, Option<i64>)> {
     let c = fleetmig::pg::connect_str(url).await.unwrap();
     if !c
@@ -145,7 +132,7 @@ async fn fifty_tenants_up_to_head_and_back_to_base() {
         "in id order, no repeats"
     );
     let mut m = f.daemon.migrations().await;
-    let events = upgrade(&mut m, all("aletheia", "head", 8)).await;
+    let events = upgrade(&mut m, dh::all("aletheia", "head", 8)).await;
     let Some(Event::Accepted(accepted)) = &events[0].event else {
         panic!("the first event is accepted: {:?}", events[0])
     };
@@ -162,7 +149,7 @@ async fn fifty_tenants_up_to_head_and_back_to_base() {
         .into_inner();
     assert_eq!(current.at_head, 50);
     assert_eq!(current.tenants_by_version.get("0003"), Some(&50));
-    let events = downgrade(&mut m, all("aletheia", "base", 8)).await;
+    let events = downgrade(&mut m, dh::all("aletheia", "base", 8)).await;
     assert_eq!(dh::summary(&events).done, 50);
     let plan = [
         "upgrade 0001",
@@ -197,7 +184,7 @@ async fn one_etcd_write_per_tenant_a_release_rides_on_the_next_acquire() {
         return;
     };
     let mut m = f.daemon.migrations().await;
-    let events = upgrade(&mut m, all("aletheia", "head", 2)).await;
+    let events = upgrade(&mut m, dh::all("aletheia", "head", 2)).await;
     assert_eq!(dh::summary(&events).done, N as u32);
     // Every lock key's creation and deletion, from etcd's history.
     let mut from = i64::MAX;
@@ -258,8 +245,8 @@ async fn two_daemons_racing_apply_each_revision_once() {
     .await;
     let (mut a, mut b) = (f.daemon.migrations().await, other.migrations().await);
     let (ra, rb) = tokio::join!(
-        a.upgrade(all("aletheia", "head", 10)),
-        b.upgrade(all("aletheia", "head", 10))
+        a.upgrade(dh::all("aletheia", "head", 10)),
+        b.upgrade(dh::all("aletheia", "head", 10))
     );
     let (ea, eb) = tokio::join!(
         dh::collect(ra.unwrap().into_inner()),
@@ -344,7 +331,7 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
     }
     let mut m = doomed.migrations().await;
     let mut stream = m
-        .upgrade(all("slow", "head", 4))
+        .upgrade(dh::all("slow", "head", 4))
         .await
         .unwrap()
         .into_inner();
@@ -417,7 +404,7 @@ async fn a_daemon_that_loses_its_lease_stops_writing_and_another_finishes() {
     }
     // Another daemon completes every tenant (after the old lease expires); nothing twice, nothing half.
     let rescuer = dh::start(dh::config(&etcd.endpoint, &prefix, &root)).await;
-    let events = upgrade(&mut rescuer.migrations().await, all("slow", "head", 4)).await;
+    let events = upgrade(&mut rescuer.migrations().await, dh::all("slow", "head", 4)).await;
     let s = dh::summary(&events);
     assert_eq!(s.failed + s.interrupted, 0, "{s:?}");
     for url in &urls {
@@ -670,13 +657,13 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
         .unwrap_err();
     assert!(bad_page.message().starts_with("page_size"), "{bad_page:?}");
     // Jobs
-    let e = m.upgrade(all("nope", "head", 0)).await.unwrap_err();
+    let e = m.upgrade(dh::all("nope", "head", 0)).await.unwrap_err();
     assert_eq!(
         (e.code(), e.message().starts_with("app")),
         (Code::InvalidArgument, true),
         "{e:?}"
     );
-    let e = m.upgrade(all("aletheia", "zz99", 0)).await.unwrap_err();
+    let e = m.upgrade(dh::all("aletheia", "zz99", 0)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message().starts_with("target")
@@ -684,7 +671,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
                 .contains("Can't locate revision identified by 'zz99'"),
         "{e:?}"
     );
-    let e = m.downgrade(all("aletheia", "", 0)).await.unwrap_err();
+    let e = m.downgrade(dh::all("aletheia", "", 0)).await.unwrap_err();
     assert!(e.message().starts_with("target"), "{e:?}");
     let e = m
         .upgrade(proto::MigrateRequest {
@@ -730,7 +717,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // ... and the daemon keeps serving.
-    let events = upgrade(&mut m, all("aletheia", "head", 0)).await;
+    let events = upgrade(&mut m, dh::all("aletheia", "head", 0)).await;
     assert_eq!(dh::summary(&events).done, 1);
     f.daemon.shutdown().await.unwrap();
 }
@@ -746,7 +733,7 @@ async fn dry_run_plans_and_cancel_stops_a_job() {
         &mut m,
         proto::MigrateRequest {
             dry_run: true,
-            ..all("slow", "head", 2)
+            ..dh::all("slow", "head", 2)
         },
     )
     .await;
@@ -769,7 +756,7 @@ async fn dry_run_plans_and_cancel_stops_a_job() {
     );
     // A job at concurrency 1 over 6 slow tenants, cancelled early: later tenants are skipped.
     let mut stream = m
-        .upgrade(all("slow", "head", 1))
+        .upgrade(dh::all("slow", "head", 1))
         .await
         .unwrap()
         .into_inner();
@@ -823,7 +810,7 @@ async fn a_job_outlives_its_stream_and_unary_queries_answer() {
     let mut m = f.daemon.migrations().await;
     // The client goes away right after `accepted`: the job carries on to the end.
     let mut stream = m
-        .upgrade(all("aletheia", "head", 1))
+        .upgrade(dh::all("aletheia", "head", 1))
         .await
         .unwrap()
         .into_inner();
@@ -948,7 +935,7 @@ async fn verify_flags_a_column_added_by_hand_on_one_tenant_of_ten() {
     };
     let mut m = f.daemon.migrations().await;
     assert_eq!(
-        dh::summary(&upgrade(&mut m, all("aletheia", "head", 4)).await).done,
+        dh::summary(&upgrade(&mut m, dh::all("aletheia", "head", 4)).await).done,
         10
     );
     let c = fleetmig::pg::connect_str(&f.urls["drift-6"]).await.unwrap();
@@ -1003,7 +990,7 @@ async fn plans_follow_what_a_conditional_upgrade_recorded() {
         Some("false")
     );
     assert_eq!(
-        dh::summary(&upgrade(&mut m, all("aletheia", "head", 1)).await).done,
+        dh::summary(&upgrade(&mut m, dh::all("aletheia", "head", 1)).await).done,
         1
     );
     // The flag is turned on afterwards: the index was never built, so undoing 0003 must not drop it.

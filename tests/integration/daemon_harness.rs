@@ -289,3 +289,17 @@ pub fn summary(events: &[proto::MigrationEvent]) -> proto::JobSummary {
         })
         .expect("the stream ends with a summary")
 }
+
+/// An Upgrade or Downgrade of every registered tenant of `app` (target "" is the default).
+pub fn all(app: &str, target: &str, concurrency: u32) -> proto::MigrateRequest {
+    proto::MigrateRequest {
+        app: app.into(),
+        target: target.into(),
+        selector: Some(proto::Selector {
+            all: true,
+            ..Default::default()
+        }),
+        concurrency,
+        ..Default::default()
+    }
+}

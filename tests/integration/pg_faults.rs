@@ -261,18 +261,10 @@ async fn a_commit_cut_in_flight_is_resolved_from_the_database() {
     }
     let mut m = daemon.migrations().await;
     let events = dh::collect(
-        m.upgrade(proto::MigrateRequest {
-            app: "small".into(),
-            selector: Some(proto::Selector {
-                all: true,
-                ..Default::default()
-            }),
-            concurrency: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner(),
+        m.upgrade(dh::all("small", "", 2))
+            .await
+            .unwrap()
+            .into_inner(),
     )
     .await;
     let s = dh::summary(&events);
@@ -545,15 +537,7 @@ async fn a_server_restarted_mid_rollout_fails_no_tenant() {
     drop(admin);
     let mut m = daemon.migrations().await;
     let stream = m
-        .upgrade(proto::MigrateRequest {
-            app: "small".into(),
-            selector: Some(proto::Selector {
-                all: true,
-                ..Default::default()
-            }),
-            concurrency: 3,
-            ..Default::default()
-        })
+        .upgrade(dh::all("small", "", 3))
         .await
         .unwrap()
         .into_inner();

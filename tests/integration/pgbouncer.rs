@@ -106,18 +106,10 @@ async fn a_fleet_upgrades_through_pgbouncer_in_transaction_and_session_mode() {
     }
     let mut m = daemon.migrations().await;
     let events = dh::collect(
-        m.upgrade(proto::MigrateRequest {
-            app: "aletheia".into(),
-            selector: Some(proto::Selector {
-                all: true,
-                ..Default::default()
-            }),
-            concurrency: 8,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner(),
+        m.upgrade(dh::all("aletheia", "", 8))
+            .await
+            .unwrap()
+            .into_inner(),
     )
     .await;
     let s = dh::summary(&events);
@@ -135,17 +127,10 @@ async fn a_fleet_upgrades_through_pgbouncer_in_transaction_and_session_mode() {
     assert_eq!(advisory_locks(&admin, &dbs).await, 0);
     // A second upgrade finds every tenant at head, through the same pools.
     let events = dh::collect(
-        m.upgrade(proto::MigrateRequest {
-            app: "aletheia".into(),
-            selector: Some(proto::Selector {
-                all: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner(),
+        m.upgrade(dh::all("aletheia", "", 0))
+            .await
+            .unwrap()
+            .into_inner(),
     )
     .await;
     assert_eq!(dh::summary(&events).up_to_date, 25, "{events:?}");

@@ -442,17 +442,10 @@ async fn the_daemon_migrates_a_tls_tenant_and_keeps_its_secrets() {
         .await
         .unwrap();
     let events = dh::collect(
-        m.upgrade(proto::MigrateRequest {
-            app: "tlsapp".into(),
-            selector: Some(proto::Selector {
-                all: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner(),
+        m.upgrade(dh::all("tlsapp", "", 0))
+            .await
+            .unwrap()
+            .into_inner(),
     )
     .await;
     seen += &format!("{events:?}");
