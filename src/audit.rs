@@ -200,7 +200,10 @@ impl Writer {
             for chunk in batch.chunks(BATCH) {
                 self.write(chunk.to_vec()).await;
             }
-            self.trim().await;
+            // Nothing written since the last count: nothing to trim.
+            if self.since_count > 0 {
+                self.trim().await;
+            }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     }

@@ -361,7 +361,7 @@ async fn once(
 }
 
 /// End a transaction that will not commit (its statements failed, or the fence refused it).
-async fn rollback(client: &Client) {
+pub(crate) async fn rollback(client: &Client) {
     if let Err(e) = client.batch_execute("ROLLBACK").await {
         tracing::debug!(error = %e, "ROLLBACK failed (the connection is thrown away)");
     }

@@ -590,20 +590,6 @@ impl<'a> Engine<'a> {
             .map_err(EngineError::db("creating the version and history tables"))
     }
 
-    /// Whether each revision's last upgrade was skipped by its condition, from the history.
-    pub async fn recorded_skips(
-        &self,
-        client: &Client,
-    ) -> Result<HashMap<String, bool>, EngineError> {
-        Ok(self
-            .snapshot(client, None)
-            .await?
-            .recorded
-            .into_iter()
-            .map(|(k, r)| (k, r.skipped))
-            .collect())
-    }
-
     /// Applied revisions (see [`plan::applied`]) whose files changed since.
     pub async fn changed_revisions(
         &self,

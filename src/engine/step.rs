@@ -443,7 +443,7 @@ async fn autocommit(
     let sql = match recorded {
         Ok(sql) => sql,
         Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
+            super::group::rollback(client).await;
             return Err(e);
         }
     };

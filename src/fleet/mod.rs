@@ -247,8 +247,9 @@ impl Fleet {
         let Some(lint) = self.lints.get(&app.name) else {
             return Ok(vec![]);
         };
-        let verdicts = crate::lint::gate::check(lint, &app.graph, direction, target)?;
-        Ok(verdicts)
+        Ok(crate::lint::gate::check(
+            lint, &app.graph, direction, target,
+        )?)
     }
 
     /// Reject a target the graph cannot resolve before any tenant is touched.

@@ -120,14 +120,9 @@ impl ConnectError {
                 if self.0.rustls_error().is_some() {
                     return false;
                 }
-                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-                while let Some(err) = source {
-                    if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                        return io_transient(io);
-                    }
-                    source = err.source();
-                }
-                e.is_closed()
+                io_errors(e)
+                    .next()
+                    .map_or_else(|| e.is_closed(), io_transient)
             }
         }
     }
@@ -238,17 +233,18 @@ impl Details {
     }
 }
 
+/// The I/O errors in an error's chain of causes, outermost first.
+fn io_errors(e: &tokio_postgres::Error) -> impl Iterator<Item = &std::io::Error> {
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |err| {
+        err.source()
+    })
+    .filter_map(|err| err.downcast_ref::<std::io::Error>())
+}
+
 fn find_io(e: &tokio_postgres::Error, kind: std::io::ErrorKind) -> Option<String> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == kind
-        {
-            return Some(io.to_string());
-        }
-        source = err.source();
-    }
-    None
+    io_errors(e)
+        .find(|io| io.kind() == kind)
+        .map(|io| io.to_string())
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
