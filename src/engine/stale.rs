@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::blockers::key_halves;
 use super::{Engine, EngineError, RunOptions, pinned, rows_of};
 use crate::model::FenceToken;
+use crate::revision::placeholder::quote_literal;
 
 /// How long a stale holder's session gets to let go by itself.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -22,6 +24,9 @@ const POLL: Duration = Duration::from_millis(250);
 struct Holder {
     pid: i32,
     application_name: String,
+    /// When its backend started: with the pid, names the session and no later one that
+    /// reuses the pid.
+    backend_start: String,
 }
 
 impl Holder {
@@ -34,12 +39,11 @@ impl Holder {
     }
 }
 
-/// The other sessions holding the advisory lock `key` in this database. A bigint key shows
-/// in pg_locks as its high half in `classid`, its low half in `objid`, `objsubid` 1.
+/// The other sessions holding the advisory lock `key` in this database.
 async fn holders(client: &Client, key: i64) -> Result<Vec<Holder>, EngineError> {
-    let (hi, lo) = (((key as u64) >> 32) as u32, key as u64 as u32);
+    let (hi, lo) = key_halves(key);
     let sql = format!(
-        "SELECT a.pid::pg_catalog.text, COALESCE(a.application_name, '') FROM pg_catalog.pg_locks l \
+        "SELECT a.pid::pg_catalog.text, COALESCE(a.application_name, ''), a.backend_start::pg_catalog.text FROM pg_catalog.pg_locks l \
          JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid \
          WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted \
          AND l.database OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()) \
@@ -58,6 +62,7 @@ async fn holders(client: &Client, key: i64) -> Result<Vec<Holder>, EngineError> 
             Some(Holder {
                 pid: r.first()?.as_deref()?.parse().ok()?,
                 application_name: r.get(1)?.clone().unwrap_or_default(),
+                backend_start: r.get(2)?.clone()?,
             })
         })
         .collect())
@@ -95,10 +100,7 @@ pub(crate) async fn end_stale_holder(
                     "ending the session of a stale lock holder (its lease ended; it still held the migration lock)"
                 );
                 client
-                    .simple_query(&pinned(&format!(
-                        "SELECT pg_catalog.pg_terminate_backend({})",
-                        h.pid
-                    )))
+                    .simple_query(&terminate_sql(h))
                     .await
                     .map_err(EngineError::db("ending a stale holder's session"))?;
             }
@@ -116,6 +118,20 @@ pub(crate) async fn end_stale_holder(
     }
 }
 
+/// Ends the holder's session, and only it: a backend that has since exited and left its
+/// pid to another session, or that is no longer this stale run's, is not signalled.
+fn terminate_sql(h: &Holder) -> String {
+    pinned(&format!(
+        "SELECT pg_catalog.pg_terminate_backend(a.pid) FROM pg_catalog.pg_stat_activity a \
+         WHERE a.pid OPERATOR(pg_catalog.=) {pid} \
+           AND a.backend_start OPERATOR(pg_catalog.=) {start}::pg_catalog.timestamptz \
+           AND a.application_name OPERATOR(pg_catalog.=) {name}",
+        pid = h.pid,
+        start = quote_literal(&h.backend_start),
+        name = quote_literal(&h.application_name),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,10 +141,29 @@ mod tests {
         let h = |name: &str| Holder {
             pid: 1,
             application_name: name.into(),
+            backend_start: String::new(),
         };
         assert_eq!(h("fleetmig fence=42").fence(), Some(FenceToken(42)));
         assert_eq!(h("fleetmig").fence(), None, "a CLI run");
         assert_eq!(h("api-server").fence(), None);
         assert_eq!(h("fleetmig fence=x").fence(), None);
+    }
+
+    #[test]
+    fn only_the_seen_session_is_terminated() {
+        let sql = terminate_sql(&Holder {
+            pid: 4242,
+            application_name: "fleetmig fence=7".into(),
+            backend_start: "2026-12-06 13:00:00.123+00".into(),
+        });
+        assert!(sql.contains("a.pid OPERATOR(pg_catalog.=) 4242"), "{sql}");
+        assert!(
+            sql.contains("a.backend_start OPERATOR(pg_catalog.=) '2026-12-06 13:00:00.123+00'"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("a.application_name OPERATOR(pg_catalog.=) 'fleetmig fence=7'"),
+            "{sql}"
+        );
     }
 }

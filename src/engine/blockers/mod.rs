@@ -16,6 +16,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+pub(crate) use query::key_halves;
 pub use query::normalise;
 
 use crate::model::{BlockerAction, BlockerPolicy};

@@ -13,7 +13,7 @@ use crate::revision::placeholder::quote_literal;
 
 /// The halves of the run's advisory lock key, as pg_locks shows a bigint key: the high 32
 /// bits in `classid`, the low 32 in `objid`, `objsubid` 1.
-pub(super) fn key_halves(key: i64) -> (u32, u32) {
+pub(crate) fn key_halves(key: i64) -> (u32, u32) {
     let k = key as u64;
     ((k >> 32) as u32, k as u32)
 }
