@@ -216,6 +216,9 @@ pub async fn serve_until(
         &tracker,
         background.clone(),
     );
+    if let Some(shelf) = audit.shelf() {
+        session.carry_audit(shelf);
+    }
     let fleet = Arc::new(Fleet::new(
         apps,
         lints,

@@ -1,15 +1,18 @@
 //! Audit records: one for every mutating RPC and every applied (or failed) revision, saying
 //! who (token subject or certificate), request id, tenant, revision, checksum, fence token
 //! and outcome. Each is a structured log line (target `fleetmig::audit`) and, in the daemon,
-//! a key under `<prefix>audit/` in etcd, written in the background (an RPC never waits on it)
-//! and rotated: once over `audit.max_records`, trimmed to the newest nine tenths of it,
+//! a key under `<prefix>audit/` in etcd, written in the background (an RPC never waits on it;
+//! while tenants are being locked, the records ride on the lock acquires, see [`Shelf`]) and
+//! rotated: once over `audit.max_records`, trimmed to the newest nine tenths of it,
 //! counted more often as the store fills (see [`SHARED_BY`]), and at shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -78,7 +81,7 @@ impl AuditRecord {
 /// Where records go. Cloning is cheap; `AuditLog::log_only()` writes only the log line.
 #[derive(Clone)]
 pub struct AuditLog {
-    etcd: Option<mpsc::Sender<AuditRecord>>,
+    etcd: Option<Arc<Shelf>>,
 }
 
 /// Records waiting for etcd; beyond this they are only logged (and a warning says so).
@@ -111,16 +114,21 @@ impl AuditLog {
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> AuditLog {
-        let (tx, rx) = mpsc::channel(BACKLOG);
+        let shelf = Arc::new(Shelf::new(format!("{prefix}audit/")));
         let writer = Writer {
             client,
-            dir: format!("{prefix}audit/"),
+            shelf: shelf.clone(),
             max_records,
             since_count: 0,
             count_after: TRIM_EVERY,
         };
-        tracker.spawn(writer.run(rx, stop));
-        AuditLog { etcd: Some(tx) }
+        tracker.spawn(writer.run(stop));
+        AuditLog { etcd: Some(shelf) }
+    }
+
+    /// The records waiting for etcd, for other writers to carry ([`Shelf`]).
+    pub fn shelf(&self) -> Option<Arc<Shelf>> {
+        self.etcd.clone()
     }
 
     pub fn record(&self, r: AuditRecord) {
@@ -137,17 +145,85 @@ impl AuditLog {
             outcome = %r.outcome,
             "audit"
         );
-        if let Some(tx) = &self.etcd
-            && tx.try_send(r).is_err()
+        if let Some(shelf) = &self.etcd
+            && !shelf.push(&r)
         {
             tracing::warn!("audit backlog full (etcd slow?): this record is only in the log");
         }
     }
 }
 
+/// An audit record as an etcd key and value.
+pub type AuditPut = (String, Vec<u8>);
+
+/// Audit records encoded for etcd and not written yet. The writer writes them a
+/// [`BATCH_WINDOW`] after the first arrives, unless a lock acquire took them first: its
+/// transaction writes them in either branch, so while tenants are being locked the records
+/// cost no etcd request of their own. A carrier that gets no answer puts them back (a record
+/// written twice is the same key with the same value).
+pub struct Shelf {
+    dir: String,
+    puts: Mutex<Vec<AuditPut>>,
+    arrived: Notify,
+    /// Records written by carriers since the writer last looked.
+    carried: AtomicUsize,
+}
+
+impl Shelf {
+    fn new(dir: String) -> Shelf {
+        Shelf {
+            dir,
+            puts: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            carried: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queue a record; `false` when the backlog is full (it is only in the log then).
+    fn push(&self, r: &AuditRecord) -> bool {
+        let nanos = r.at.timestamp_nanos_opt().unwrap_or_default();
+        let key = format!("{}{nanos:020}-{:08x}", self.dir, rand::random::<u32>());
+        let value = serde_json::to_vec(r).expect("serializable");
+        {
+            let mut puts = self.puts.lock().unwrap();
+            if puts.len() >= BACKLOG {
+                return false;
+            }
+            puts.push((key, value));
+        }
+        self.arrived.notify_one();
+        true
+    }
+
+    /// Up to `max` of the oldest records, to write.
+    pub fn take(&self, max: usize) -> Vec<AuditPut> {
+        let mut puts = self.puts.lock().unwrap();
+        let n = puts.len().min(max);
+        puts.drain(..n).collect()
+    }
+
+    /// Records a carrier could not write, back at the front of the queue.
+    pub fn put_back(&self, records: Vec<AuditPut>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut puts = self.puts.lock().unwrap();
+        let rest = std::mem::take(&mut *puts);
+        *puts = records;
+        puts.extend(rest);
+        drop(puts);
+        self.arrived.notify_one();
+    }
+
+    /// A carrier wrote `n` records (they count towards the next trim).
+    pub fn carried(&self, n: usize) {
+        self.carried.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 struct Writer {
     client: etcd_client::Client,
-    dir: String,
+    shelf: Arc<Shelf>,
     max_records: usize,
     /// Records written since the store was last counted.
     since_count: usize,
@@ -169,37 +245,24 @@ fn low_water(max: usize) -> usize {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<AuditRecord>, stop: CancellationToken) {
+    async fn run(mut self, stop: CancellationToken) {
         loop {
-            let first = tokio::select! {
-                r = rx.recv() => match r { Some(r) => r, None => break },
+            tokio::select! {
+                _ = self.shelf.arrived.notified() => {}
                 _ = stop.cancelled() => break,
-            };
-            // What arrives within the window goes in the same request: etcd round trips do
-            // not grow with the number of revisions a job applies (the log line is immediate).
-            let mut batch = vec![first];
-            let window = tokio::time::Instant::now() + BATCH_WINDOW;
-            while batch.len() < BATCH {
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Some(r) => batch.push(r),
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(window) => break,
-                    _ = stop.cancelled() => break,
-                }
             }
-            self.write(batch).await;
+            // What arrives within the window goes in the same request (or rides on a lock
+            // acquire meanwhile): etcd round trips do not grow with the number of revisions a
+            // job applies (the log line is immediate).
+            tokio::select! {
+                _ = tokio::time::sleep(BATCH_WINDOW) => {}
+                _ = stop.cancelled() => break,
+            }
+            self.write_all().await;
         }
         // Shutting down: what is queued is still written, briefly.
         let flush = async {
-            let mut batch = vec![];
-            while let Ok(r) = rx.try_recv() {
-                batch.push(r);
-            }
-            for chunk in batch.chunks(BATCH) {
-                self.write(chunk.to_vec()).await;
-            }
+            self.write_all().await;
             // Nothing written since the last count: nothing to trim.
             if self.since_count > 0 {
                 self.trim().await;
@@ -208,28 +271,29 @@ impl Writer {
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     }
 
-    async fn write(&mut self, batch: Vec<AuditRecord>) {
-        if batch.is_empty() {
-            return;
+    /// Write what is on the shelf, [`BATCH`] records per request; trim when due.
+    async fn write_all(&mut self) {
+        loop {
+            let batch = self.shelf.take(BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len();
+            let puts: Vec<etcd_client::TxnOp> = batch
+                .iter()
+                .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.clone(), None))
+                .collect();
+            if let Err(e) = self
+                .client
+                .txn(etcd_client::Txn::new().and_then(puts))
+                .await
+            {
+                tracing::warn!(error = %e, records = n, "audit records not written to etcd (they are in the log)");
+                break;
+            }
+            self.since_count += n;
         }
-        let puts: Vec<etcd_client::TxnOp> = batch
-            .iter()
-            .map(|r| {
-                let nanos = r.at.timestamp_nanos_opt().unwrap_or_default();
-                let key = format!("{}{nanos:020}-{:08x}", self.dir, rand::random::<u32>());
-                let value = serde_json::to_vec(r).expect("serializable");
-                etcd_client::TxnOp::put(key, value, None)
-            })
-            .collect();
-        if let Err(e) = self
-            .client
-            .txn(etcd_client::Txn::new().and_then(puts))
-            .await
-        {
-            tracing::warn!(error = %e, records = batch.len(), "audit records not written to etcd (they are in the log)");
-            return;
-        }
-        self.since_count += batch.len();
+        self.since_count += self.shelf.carried.swap(0, Ordering::Relaxed);
         if self.since_count >= self.count_after {
             self.trim().await;
         }
@@ -241,7 +305,7 @@ impl Writer {
         let count = self
             .client
             .get(
-                self.dir.as_str(),
+                self.shelf.dir.as_str(),
                 Some(GetOptions::new().with_prefix().with_count_only()),
             )
             .await
@@ -258,7 +322,7 @@ impl Writer {
         let oldest = self
             .client
             .get(
-                self.dir.as_str(),
+                self.shelf.dir.as_str(),
                 Some(
                     GetOptions::new()
                         .with_prefix()
@@ -278,7 +342,7 @@ impl Writer {
         if let Err(e) = self
             .client
             .delete(
-                self.dir.as_str(),
+                self.shelf.dir.as_str(),
                 Some(DeleteOptions::new().with_range(end)),
             )
             .await
@@ -327,5 +391,31 @@ mod tests {
         assert_eq!(count_after(10_000, low_water(10_000)), 250);
         // A small cap is trimmed to itself.
         assert_eq!(low_water(4), 4);
+    }
+
+    #[test]
+    fn records_put_back_by_a_carrier_go_first_in_their_order() {
+        let shelf = Shelf::new("p/audit/".into());
+        let caller = Caller {
+            subject: "tester".into(),
+            via: crate::auth::Via::Anonymous,
+            scopes: vec![],
+            request_id: "r".into(),
+            certificate: None,
+        };
+        for action in ["a", "b", "c"] {
+            assert!(shelf.push(&AuditRecord::new(&caller, action, "ok")));
+        }
+        let carried = shelf.take(2);
+        assert_eq!(carried.len(), 2);
+        assert!(carried.iter().all(|(k, _)| k.starts_with("p/audit/")));
+        shelf.put_back(carried);
+        let actions: Vec<String> = shelf
+            .take(10)
+            .iter()
+            .map(|(_, v)| serde_json::from_slice::<AuditRecord>(v).unwrap().action)
+            .collect();
+        assert_eq!(actions, ["a", "b", "c"]);
+        assert!(shelf.take(10).is_empty());
     }
 }

@@ -52,7 +52,8 @@ fn source(keys: &[(String, bool)]) -> &'static str {
 }
 
 /// Write requests under `prefix` in revisions `from + 1 ..= to`, by source, plus the number
-/// of lock releases that rode in an acquire (`"(releases riding)"`, not a request of its own).
+/// of lock releases that rode in an acquire (`"(releases riding)"`, not a request of its own),
+/// and of acquires that carried audit records (`"(audit records riding)"`).
 pub async fn writes(
     client: &mut Client,
     prefix: &str,
@@ -105,6 +106,11 @@ pub async fn writes(
                 .map(|(k, _)| k)
                 .collect();
             *out.entry("(releases riding)".to_string()).or_insert(0.0) += riding.len() as f64;
+            let audit = keys.iter().any(|(k, put)| k.starts_with("audit/") && *put);
+            if audit {
+                *out.entry("(audit records riding)".to_string())
+                    .or_insert(0.0) += 1.0;
+            }
         }
     }
     out

@@ -142,7 +142,8 @@ pub struct EtcdSummary {
     pub per_tenant: f64,
     pub by_method_per_tenant: BTreeMap<String, f64>,
     /// Write requests (one etcd revision each) by source, per tenant; `(releases riding)`
-    /// counts releases carried by a lock acquire (no request of their own).
+    /// counts releases carried by a lock acquire (no request of their own), `(audit records
+    /// riding)` the acquires that carried audit records.
     pub writes_per_tenant: BTreeMap<String, f64>,
     /// Range, Txn, Put and DeleteRange requests that wrote nothing: reads, read-only
     /// transactions, and transactions whose compare failed.

@@ -679,6 +679,95 @@ async fn stamps_and_early_failures_are_audited() {
     daemon.shutdown().await.unwrap();
 }
 
+/// Audit records ride on the next lock acquire instead of a request of their own: with two
+/// tenants upgraded one after the other, the first one's revision records are written in the
+/// same etcd revision as the second one's lock (its fence token). All records still arrive.
+#[tokio::test]
+async fn audit_records_ride_on_the_next_lock_acquire() {
+    let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
+        return;
+    };
+    let prefix = etcd.prefix("audit-ride");
+    let daemon = dh::start(dh::config(
+        &etcd.endpoint,
+        &prefix,
+        &harness::repo_migrations(),
+    ))
+    .await;
+    let (url1, db1) = pg.database("audit_ride_1").await;
+    let (url2, db2) = pg.database("audit_ride_2").await;
+    let mut t = daemon.tenants().await;
+    for tenant in [
+        dh::tenant("ride-1", "aletheia", &db1, &[], &[("EMBEDDING_DIM", "8")]),
+        dh::tenant("ride-2", "aletheia", &db2, &[], &[("EMBEDDING_DIM", "8")]),
+    ] {
+        t.register(proto::RegisterTenantRequest {
+            tenant: Some(tenant),
+        })
+        .await
+        .unwrap();
+    }
+    let mut m = daemon.migrations().await;
+    let events = dh::collect(
+        m.upgrade(dh::all("aletheia", "head", 1))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(dh::summary(&events).done, 2, "{events:?}");
+    let fence_of = |url: String| async move {
+        let c = fleetmig::pg::connect_str(&url).await.unwrap();
+        let r = c
+            .query_one("SELECT min(fence_token) FROM fleetmig_history", &[])
+            .await
+            .unwrap();
+        r.get::<_, i64>(0)
+    };
+    let (f1, f2) = (fence_of(url1).await, fence_of(url2).await);
+    let (first, second) = if f1 < f2 { (f1, f2) } else { (f2, f1) };
+    let first_tenant = if f1 < f2 { "ride-1" } else { "ride-2" };
+    let mut client = etcd.client().await;
+    let app = fleetmig::revision::App::load(&harness::repo_migrations(), "aletheia").unwrap();
+    // The registers, the Upgrade, and each tenant's revisions.
+    let expected = 2 + 1 + 2 * app.graph.len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kvs = loop {
+        let r = client
+            .get(
+                format!("{prefix}audit/"),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        if r.kvs().len() >= expected || Instant::now() > deadline {
+            break r.kvs().to_vec();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let records: Vec<(fleetmig::audit::AuditRecord, i64)> = kvs
+        .iter()
+        .map(|kv| {
+            (
+                serde_json::from_slice(kv.value()).unwrap(),
+                kv.mod_revision(),
+            )
+        })
+        .collect();
+    assert_eq!(records.len(), expected, "{records:#?}");
+    // The first tenant's records were queued while it ran; the second tenant's lock, taken
+    // right after, carried them.
+    let carried: Vec<_> = records
+        .iter()
+        .filter(|(r, rev)| r.tenant.as_deref() == Some(first_tenant) && *rev == second)
+        .collect();
+    assert!(
+        !carried.is_empty(),
+        "no record of {first_tenant} written with the lock at revision {second} (first lock at {first}): {records:#?}"
+    );
+    daemon.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn etcd_over_tls_with_a_client_certificate_and_a_user() {
     let Some(_) = harness::etcd() else { return };

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::release::{Books, Releases, deletes, still_ours};
 use super::{EtcdSession, unavailable};
+use crate::audit::{AuditPut, Shelf};
 use crate::etcd::retry::transient;
 use crate::lock::{LockError, LockGuard};
 use crate::model::FenceToken;
@@ -23,6 +24,10 @@ use crate::registry::DatabaseKey;
 /// First pause after a transient etcd error (doubling up to [`RETRY_MAX`]).
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Audit records an acquire carries at most: with the lock's put and up to
+/// [`super::release::RELEASES_PER_TXN`] releases, well under etcd's default limit of 128
+/// operations per transaction.
+const AUDIT_PER_TXN: usize = 64;
 
 type TxnResult = Result<etcd_client::TxnResponse, etcd_client::Error>;
 
@@ -49,6 +54,18 @@ impl EtcdSession {
                 Err(e) => return Err(e),
             };
             let riders = self.riders(&lock_key).await;
+            // Written in either branch: the records need not wait for their own request.
+            let audit = self
+                .audit
+                .get()
+                .map(|shelf| (shelf.clone(), shelf.take(AUDIT_PER_TXN)));
+            let audit_puts = || {
+                audit.iter().flat_map(|(_, records)| {
+                    records
+                        .iter()
+                        .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None))
+                })
+            };
             let txn = Txn::new()
                 .when(
                     std::iter::once(Compare::create_revision(
@@ -66,9 +83,14 @@ impl EtcdSession {
                         Some(PutOptions::new().with_lease(lease.id)),
                     ))
                     .chain(deletes(&riders))
+                    .chain(audit_puts())
                     .collect::<Vec<_>>(),
                 )
-                .or_else([TxnOp::get(lock_key.clone(), None)]);
+                .or_else(
+                    std::iter::once(TxnOp::get(lock_key.clone(), None))
+                        .chain(audit_puts())
+                        .collect::<Vec<_>>(),
+                );
             // The txn runs to completion on its own task: if we stop waiting (timeout, or our
             // caller is cancelled), a lock the server granted late is released, not leaked.
             let mut pending = PendingAcquire::send(
@@ -76,6 +98,7 @@ impl EtcdSession {
                 self.books.clone(),
                 lock_key.clone(),
                 riders.clone(),
+                audit,
                 txn,
             );
             // No answer in time is etcd's failure, not a holder's.
@@ -204,6 +227,7 @@ impl PendingAcquire {
         books: Arc<Books>,
         lock_key: String,
         riders: Releases,
+        audit: Option<(Arc<Shelf>, Vec<AuditPut>)>,
         txn: Txn,
     ) -> PendingAcquire {
         books.start_acquiring(&lock_key);
@@ -212,6 +236,12 @@ impl PendingAcquire {
             let r = client.clone().txn(txn).await;
             if r.is_err() {
                 b.uncertain();
+            }
+            if let Some((shelf, records)) = audit {
+                match &r {
+                    Ok(_) => shelf.carried(records.len()),
+                    Err(_) => shelf.put_back(records),
+                }
             }
             if let Ok(resp) = &r
                 && resp.succeeded()

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{DistributedLock, LockError, LockGuard};
+use crate::audit::Shelf;
 use crate::registry::DatabaseKey;
 use release::Books;
 
@@ -77,6 +78,8 @@ pub struct EtcdSession {
     /// Set at shutdown: no new lease is taken after it.
     closing: CancellationToken,
     books: Arc<Books>,
+    /// Audit records waiting for etcd: each acquire carries some (see [`Shelf`]).
+    audit: std::sync::OnceLock<Arc<Shelf>>,
 }
 
 impl EtcdSession {
@@ -104,6 +107,7 @@ impl EtcdSession {
             lease: watch::Sender::new(first),
             closing: CancellationToken::new(),
             books: Arc::default(),
+            audit: std::sync::OnceLock::new(),
         });
         tracing::info!(
             lease = format!("{:x}", session.lease_id()),
@@ -119,6 +123,11 @@ impl EtcdSession {
         let s = session.clone();
         tracker.spawn(async move { s.sweep(stop).await });
         Ok(session)
+    }
+
+    /// Lock acquires carry the audit records waiting on `shelf` from now on.
+    pub fn carry_audit(&self, shelf: Arc<Shelf>) {
+        let _ = self.audit.set(shelf);
     }
 
     fn current(&self) -> Arc<Lease> {
