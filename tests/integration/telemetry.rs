@@ -63,18 +63,28 @@ impl MetricsService for Receiver {
     }
 }
 
+/// A collector on its own thread and runtime: it keeps answering while a test blocks its own
+/// thread (e.g. waiting for the daemon to exit, which is when the daemon flushes its last spans).
 pub async fn start_receiver() -> (Receiver, String) {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
     let r = receiver.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(r.clone()))
-            .add_service(MetricsServiceServer::new(r))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(r.clone()))
+                .add_service(MetricsServiceServer::new(r))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
     });
     (receiver, format!("http://{addr}"))
 }
