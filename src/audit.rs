@@ -221,6 +221,38 @@ impl Shelf {
     }
 }
 
+/// Audit records taken off the shelf by a lock request (an acquire, or releases sent alone):
+/// its transaction writes them in both branches; [`Riding::settle`] once it has an answer.
+pub struct Riding {
+    shelf: Arc<Shelf>,
+    records: Vec<AuditPut>,
+}
+
+impl Riding {
+    /// Up to `max` of the oldest records on `shelf`.
+    pub fn take(shelf: &Arc<Shelf>, max: usize) -> Riding {
+        Riding {
+            shelf: shelf.clone(),
+            records: shelf.take(max),
+        }
+    }
+
+    /// The puts for the transaction (put them in both branches).
+    pub fn puts(&self) -> impl Iterator<Item = etcd_client::TxnOp> + '_ {
+        self.records
+            .iter()
+            .map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.clone(), None))
+    }
+
+    /// `answered`: the transaction ran (either branch wrote them); otherwise they go back.
+    pub fn settle(self, answered: bool) {
+        match answered {
+            true => self.shelf.carried(self.records.len()),
+            false => self.shelf.put_back(self.records),
+        }
+    }
+}
+
 struct Writer {
     client: etcd_client::Client,
     shelf: Arc<Shelf>,

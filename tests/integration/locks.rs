@@ -113,3 +113,76 @@ async fn releases_ride_on_the_next_acquire_or_go_alone() {
     tracker.close();
     tracker.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_sent_alone_carries_the_audit_records_waiting() {
+    let Some(etcd) = harness::etcd() else { return };
+    let prefix = etcd.prefix("locks-audit");
+    let mut client = etcd.client().await;
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let session = EtcdSession::start(
+        client.clone(),
+        &prefix,
+        Duration::from_secs(5),
+        "a",
+        &tracker,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let audit =
+        fleetmig::audit::AuditLog::to_etcd(client.clone(), &prefix, 1000, &tracker, stop.clone());
+    session.carry_audit(audit.shelf().expect("an etcd audit log"));
+    let db = DatabaseKey("h:5432/audited".into());
+    let key = format!("{prefix}locks/{db}");
+    let guard = session.try_lock(&db).await.unwrap();
+    // The last tenant of a job: its record is queued, and no acquire follows.
+    let caller = fleetmig::auth::Caller {
+        subject: "tester".into(),
+        via: fleetmig::auth::Via::Anonymous,
+        scopes: vec![],
+        request_id: "r1".into(),
+        certificate: None,
+    };
+    audit.record(
+        fleetmig::audit::AuditRecord::new(&caller, "upgrade revision", "applied").tenant("t1"),
+    );
+    guard.release().await;
+    // The release goes alone within a moment (the audit writer would wait a second).
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
+    while exists(&mut client, &key).await {
+        assert!(tokio::time::Instant::now() < deadline, "sent alone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let records = client
+        .get(
+            format!("{prefix}audit/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        records.count(),
+        1,
+        "the record was written with the release"
+    );
+    // In the same etcd transaction: the lock key stood just before the record was written.
+    let written = records.kvs()[0].mod_revision();
+    let at = |revision: i64| {
+        let (mut client, key) = (client.clone(), key.clone());
+        async move {
+            client
+                .get(
+                    key,
+                    Some(etcd_client::GetOptions::new().with_revision(revision)),
+                )
+                .await
+                .unwrap()
+                .count()
+        }
+    };
+    assert_eq!((at(written - 1).await, at(written).await), (1, 0));
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::release::{Books, Releases, deletes, still_ours};
 use super::{EtcdSession, unavailable};
-use crate::audit::{AuditPut, Shelf};
+use crate::audit::Riding;
 use crate::etcd::retry::transient;
 use crate::lock::{LockError, LockGuard};
 use crate::model::FenceToken;
@@ -24,11 +24,6 @@ use crate::registry::DatabaseKey;
 /// First pause after a transient etcd error (doubling up to [`RETRY_MAX`]).
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// Audit records an acquire carries at most: with the lock's put and up to
-/// [`super::release::RELEASES_PER_TXN`] releases, well under etcd's default limit of 128
-/// operations per transaction.
-const AUDIT_PER_TXN: usize = 64;
-
 type TxnResult = Result<etcd_client::TxnResponse, etcd_client::Error>;
 
 impl EtcdSession {
@@ -55,17 +50,8 @@ impl EtcdSession {
             };
             let riders = self.riders(&lock_key).await;
             // Written in either branch: the records need not wait for their own request.
-            let audit = self
-                .audit
-                .get()
-                .map(|shelf| (shelf.clone(), shelf.take(AUDIT_PER_TXN)));
-            let audit_puts = || {
-                audit.iter().flat_map(|(_, records)| {
-                    records
-                        .iter()
-                        .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None))
-                })
-            };
+            let audit = self.riding_audit();
+            let audit_puts = || audit.iter().flat_map(Riding::puts);
             let txn = Txn::new()
                 .when(
                     std::iter::once(Compare::create_revision(
@@ -227,7 +213,7 @@ impl PendingAcquire {
         books: Arc<Books>,
         lock_key: String,
         riders: Releases,
-        audit: Option<(Arc<Shelf>, Vec<AuditPut>)>,
+        audit: Option<Riding>,
         txn: Txn,
     ) -> PendingAcquire {
         books.start_acquiring(&lock_key);
@@ -237,11 +223,8 @@ impl PendingAcquire {
             if r.is_err() {
                 b.uncertain();
             }
-            if let Some((shelf, records)) = audit {
-                match &r {
-                    Ok(_) => shelf.carried(records.len()),
-                    Err(_) => shelf.put_back(records),
-                }
+            if let Some(audit) = audit {
+                audit.settle(r.is_ok());
             }
             if let Ok(resp) = &r
                 && resp.succeeded()

@@ -32,10 +32,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{DistributedLock, LockError, LockGuard};
-use crate::audit::Shelf;
+use crate::audit::{Riding, Shelf};
 use crate::registry::DatabaseKey;
 use release::Books;
 
+/// Audit records a lock request carries at most: with a lock's put, or with up to
+/// [`release::RELEASES_PER_TXN`] releases, well under etcd's default limit of 128 operations
+/// per transaction.
+const AUDIT_PER_TXN: usize = 64;
 /// Pause before the next keep-alive attempt after a failed one.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(300);
 /// Each attempt to revoke a lost lease or grant a new one waits this long at most.
@@ -125,9 +129,17 @@ impl EtcdSession {
         Ok(session)
     }
 
-    /// Lock acquires carry the audit records waiting on `shelf` from now on.
+    /// Lock acquires (and releases sent alone) carry the audit records waiting on `shelf`
+    /// from now on.
     pub fn carry_audit(&self, shelf: Arc<Shelf>) {
         let _ = self.audit.set(shelf);
+    }
+
+    /// The audit records a lock request is to carry now (none before [`Self::carry_audit`]).
+    fn riding_audit(&self) -> Option<Riding> {
+        self.audit
+            .get()
+            .map(|shelf| Riding::take(shelf, AUDIT_PER_TXN))
     }
 
     fn current(&self) -> Arc<Lease> {

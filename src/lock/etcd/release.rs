@@ -1,7 +1,7 @@
 //! Giving lock keys back, and making sure none is left behind.
 //!
 //! - A released lock is queued; the session's next acquire carries it in its transaction, or
-//!   it goes alone after [`RELEASE_DELAY`]. A release etcd did not take (a member down, no
+//!   it goes alone after [`RELEASE_DELAY`] (carrying the audit records waiting, if any). A release etcd did not take (a member down, no
 //!   leader) goes back to the queue and is sent again, with backoff, until it lands: the
 //!   key lives under a lease that is alive, so "it goes with the lease" would mean never.
 //! - The sweep: after an acquire whose answer was lost to a timeout or a dead member (it may
@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::EtcdSession;
+use crate::audit::Riding;
 
 /// How long a release waits for an acquire to ride on before it is sent alone.
 const RELEASE_DELAY: Duration = Duration::from_millis(20);
@@ -118,7 +119,7 @@ impl EtcdSession {
                 _ = stop.cancelled() => break,
             }
             let due = self.books.take_all();
-            let failed = release_all(&self.client, due).await;
+            let failed = release_all(&self.client, due, self.riding_audit()).await;
             if failed.is_empty() {
                 retry = RELEASE_RETRY_MIN;
                 continue;
@@ -132,7 +133,7 @@ impl EtcdSession {
         }
         // Shutdown: the lease is revoked next, which takes whatever is left.
         let due = self.books.take_all();
-        release_all(&self.client, due).await;
+        release_all(&self.client, due, None).await;
     }
 
     /// Queued releases for an acquire of `lock_key` to carry (never that key itself: a txn
@@ -161,7 +162,7 @@ impl EtcdSession {
         }
         let (client, books) = (self.client.clone(), self.books.clone());
         let _ = tokio::spawn(async move {
-            let failed = release_all(&client, releases).await;
+            let failed = release_all(&client, releases, None).await;
             books.queue(failed);
         })
         .await;
@@ -247,16 +248,27 @@ pub(super) fn deletes(releases: &[(String, i64)]) -> Vec<TxnOp> {
         .collect()
 }
 
-/// Delete these lock keys where still ours: in one transaction, or (one is no longer ours,
-/// or etcd failed) one by one. Returns those etcd did not take, to be sent again.
-pub(super) async fn release_all(client: &Client, releases: Releases) -> Releases {
+/// Delete these lock keys where still ours: [`RELEASES_PER_TXN`] per transaction, or (one is
+/// no longer ours, or etcd failed) one by one; the first transaction carries `audit`'s records
+/// (written in either branch). Returns those etcd did not take, to be sent again.
+pub(super) async fn release_all(
+    client: &Client,
+    releases: Releases,
+    mut audit: Option<Riding>,
+) -> Releases {
     let mut failed = vec![];
     for chunk in releases.chunks(RELEASES_PER_TXN) {
-        match delete_if_ours(client, chunk).await {
+        let riding = audit.take();
+        let outcome = delete_if_ours(client, chunk, riding.iter().flat_map(Riding::puts)).await;
+        if let Some(riding) = riding {
+            riding.settle(outcome.is_ok());
+        }
+        match outcome {
             Ok(true) => {}
             _ if chunk.len() > 1 => {
                 for one in chunk {
-                    if let Err(error) = delete_if_ours(client, std::slice::from_ref(one)).await {
+                    let alone = std::slice::from_ref(one);
+                    if let Err(error) = delete_if_ours(client, alone, std::iter::empty()).await {
                         tracing::warn!(key = %one.0, %error, "could not release the lock yet; sending it again shortly");
                         failed.push(one.clone());
                     }
@@ -269,14 +281,29 @@ pub(super) async fn release_all(client: &Client, releases: Releases) -> Releases
             }
         }
     }
+    if let Some(unused) = audit {
+        unused.settle(false);
+    }
     failed
 }
 
-/// One transaction deleting all these keys if all are still ours; `Ok(false)` if one is not.
-async fn delete_if_ours(client: &Client, releases: &[(String, i64)]) -> Result<bool, String> {
+/// One transaction deleting all these keys if all are still ours (`Ok(false)` if one is not),
+/// with `puts` in both branches.
+async fn delete_if_ours(
+    client: &Client,
+    releases: &[(String, i64)],
+    puts: impl Iterator<Item = TxnOp>,
+) -> Result<bool, String> {
+    let puts: Vec<TxnOp> = puts.collect();
     let txn = Txn::new()
         .when(still_ours(releases))
-        .and_then(deletes(releases));
+        .and_then(
+            deletes(releases)
+                .into_iter()
+                .chain(puts.clone())
+                .collect::<Vec<_>>(),
+        )
+        .or_else(puts);
     match tokio::time::timeout(Duration::from_secs(5), client.clone().txn(txn)).await {
         Ok(Ok(r)) => Ok(r.succeeded()),
         Ok(Err(e)) => Err(e.to_string()),
