@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::store::{Desired, RolloutStore, StoreError};
+use super::store::{Claimable, Desired, RolloutStore, StoreError};
 use super::wave::WaveEnd;
 use super::{
     RolloutDoc, RolloutSpec, RolloutState, SelectorDoc, TenantDoc, TenantState, WaveState,
@@ -60,6 +60,8 @@ pub struct Rollouts {
     driving: Mutex<HashSet<String>>,
     /// Rollouts this replica helps with now; a pass stops when this replica becomes the owner.
     helping: Mutex<HashMap<String, CancellationToken>>,
+    /// The claim loop's view as an owner's poll last carried it, and when.
+    claimable_seen: Mutex<Option<(tokio::time::Instant, Claimable)>>,
     listeners: Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Progress>>>>,
     wake: Notify,
     /// Pause, resume or cancel reached this replica: its owner loops poll at once.
@@ -101,6 +103,7 @@ impl Rollouts {
             answer_within,
             driving: Mutex::default(),
             helping: Mutex::default(),
+            claimable_seen: Mutex::default(),
             listeners: Mutex::default(),
             wake: Notify::new(),
             controlled: Notify::new(),
@@ -311,25 +314,53 @@ impl Rollouts {
     pub fn supervise(self: &Arc<Self>, stop: CancellationToken) {
         let me = self.clone();
         self.tracker.spawn(async move {
+            let mut woken = true;
             loop {
-                if let Err(e) = me.claim_unowned().await {
+                if let Err(e) = me.claim_unowned(woken).await {
                     tracing::warn!(error = %e, "looking for rollouts to drive");
                 }
-                tokio::select! {
+                woken = tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = me.wake.notified() => {}
-                    _ = tokio::time::sleep(CLAIM_EVERY) => {}
-                }
+                    _ = me.wake.notified() => true,
+                    _ = tokio::time::sleep(CLAIM_EVERY) => false,
+                };
             }
         });
     }
 
-    async fn claim_unowned(self: &Arc<Self>) -> Result<(), StoreError> {
+    /// An owner's poll carried the claim loop's view: the next look may do without a read.
+    pub(super) fn saw_claimable(&self, claimable: Claimable) {
+        *self.claimable_seen.lock().unwrap() = Some((tokio::time::Instant::now(), claimable));
+    }
+
+    /// The claim loop's view carried by an owner's poll since the last look (none once it is
+    /// older than a claim period).
+    fn fresh_claimable(&self) -> Option<Claimable> {
+        let seen = self.claimable_seen.lock().unwrap().take()?;
+        (seen.0.elapsed() < CLAIM_EVERY).then_some(seen.1)
+    }
+
+    /// Whether a look at `view` would claim, drive again or help with any rollout.
+    fn anything_to_do(&self, view: &Claimable) -> bool {
+        let driving = self.driving.lock().unwrap().clone();
+        let helping: HashSet<String> = self.helping.lock().unwrap().keys().cloned().collect();
+        anything_to_do(view, &self.owner, &driving, &helping)
+    }
+
+    /// `woken`: a rollout was started or controlled through this replica, so read now.
+    /// Otherwise, while this replica drives a rollout, its poll carries the same two ranges
+    /// (at most a claim period old): when they show nothing to do, no read of its own; when
+    /// they do, it reads afresh before it acts.
+    async fn claim_unowned(self: &Arc<Self>, woken: bool) -> Result<(), StoreError> {
         if self.shutdown.is_cancelled() {
             return Ok(());
         }
+        let carried = if woken { None } else { self.fresh_claimable() };
+        if carried.is_some_and(|view| !self.anything_to_do(&view)) {
+            return Ok(());
+        }
         // The active rollouts and every owner in one request, not one per rollout.
-        let (active, owners) = self.store.active_and_owners().await?;
+        let Claimable { active, owners } = self.store.active_and_owners().await?;
         for id in active {
             if self.driving.lock().unwrap().contains(&id) {
                 continue;
@@ -623,4 +654,22 @@ impl Rollouts {
         }
         Ok(true)
     }
+}
+
+/// Whether the claim loop, looking at `view`, would act: an active rollout not driven here
+/// that nobody owns (claim it), that is ours (drive it again), or that another replica owns
+/// and no helper pass of ours runs on (help).
+pub(super) fn anything_to_do(
+    view: &Claimable,
+    me: &str,
+    driving: &HashSet<String>,
+    helping: &HashSet<String>,
+) -> bool {
+    view.active
+        .iter()
+        .filter(|id| !driving.contains(*id))
+        .any(|id| match view.owners.get(id) {
+            Some(owner) if owner != me => !helping.contains(id),
+            _ => true,
+        })
 }

@@ -30,8 +30,7 @@ fn is_final(t: &TenantDoc) -> bool {
 
 impl Rollouts {
     pub(super) async fn reconcile(&self, doc: &mut RolloutDoc) -> Result<(), StoreError> {
-        let (_, results, _) = self.store.poll(&doc.id, 0).await?;
-        for r in results {
+        for r in self.store.poll(&doc.id, 0).await?.results {
             let Some(t) = doc.tenants.iter_mut().find(|t| t.id == r.id) else {
                 continue;
             };

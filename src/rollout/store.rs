@@ -45,6 +45,24 @@ impl Desired {
     }
 }
 
+/// What a replica's claim loop looks at: the rollouts running or paused (by id), and the
+/// owner of every owned one. Read on its own, or carried by an owner's poll.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimable {
+    pub active: Vec<String>,
+    pub owners: std::collections::HashMap<String, String>,
+}
+
+/// An owner's poll: what operators want, the results written after the revision it asked
+/// from, the revision it read at, and (riding along) what the claim loop looks at.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    pub desired: Desired,
+    pub results: Vec<TenantDoc>,
+    pub at: i64,
+    pub claimable: Claimable,
+}
+
 #[derive(Clone)]
 pub struct RolloutStore {
     client: Client,
@@ -62,11 +80,17 @@ impl RolloutStore {
     pub fn doc_key(&self, id: &str) -> String {
         format!("{}rollouts/{id}", self.prefix)
     }
+    fn active_dir(&self) -> String {
+        format!("{}rollout-active/", self.prefix)
+    }
     fn active_key(&self, id: &str) -> String {
-        format!("{}rollout-active/{id}", self.prefix)
+        self.active_dir() + id
+    }
+    fn owner_dir(&self) -> String {
+        format!("{}rollout-owner/", self.prefix)
     }
     fn owner_key(&self, id: &str) -> String {
-        format!("{}rollout-owner/{id}", self.prefix)
+        self.owner_dir() + id
     }
     pub fn control_key(&self, id: &str) -> String {
         format!("{}rollout-control/{id}", self.prefix)
@@ -253,11 +277,19 @@ impl RolloutStore {
 
     /// The owner of every owned rollout, by id, in one read.
     pub async fn owners(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let dir = format!("{}rollout-owner/", self.prefix);
         let r = self
-            .read(dir.as_str(), Some(GetOptions::new().with_prefix()))
+            .read(self.owner_dir(), Some(GetOptions::new().with_prefix()))
             .await?;
-        Ok(r.kvs()
+        Ok(self.owners_in(&r))
+    }
+
+    fn owners_in(
+        &self,
+        owned: &etcd_client::GetResponse,
+    ) -> std::collections::HashMap<String, String> {
+        let dir = self.owner_dir();
+        owned
+            .kvs()
             .iter()
             .map(|kv| {
                 (
@@ -265,7 +297,7 @@ impl RolloutStore {
                     String::from_utf8_lossy(kv.value()).to_string(),
                 )
             })
-            .collect())
+            .collect()
     }
 
     pub async fn desired(&self, id: &str) -> Result<Desired, StoreError> {
@@ -283,49 +315,55 @@ impl RolloutStore {
         Ok(())
     }
 
-    /// Ids of rollouts running or paused, and the owner of every owned rollout by id: what
-    /// each replica's claim loop asks every second, in one request (one etcd revision).
-    pub async fn active_and_owners(
-        &self,
-    ) -> Result<(Vec<String>, std::collections::HashMap<String, String>), StoreError> {
-        let (active, owned) = (
-            format!("{}rollout-active/", self.prefix),
-            format!("{}rollout-owner/", self.prefix),
-        );
-        let txn = Txn::new().and_then([
-            TxnOp::get(
-                active.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-            TxnOp::get(owned.as_str(), Some(GetOptions::new().with_prefix())),
-        ]);
-        let r = self.txn_retried(txn).await?;
-        let mut gets = r.op_responses().into_iter().filter_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        });
-        let (Some(a), Some(o)) = (gets.next(), gets.next()) else {
-            return Err(StoreError::Corrupt {
+    /// The rollouts running or paused and their owners, in one request (one etcd revision):
+    /// what each replica's claim loop asks every second, unless an owner's poll carried it.
+    pub async fn active_and_owners(&self) -> Result<Claimable, StoreError> {
+        let r = self
+            .txn_retried(Txn::new().and_then(self.claim_reads()))
+            .await?;
+        let mut gets = Self::gets(&r);
+        match (gets.next(), gets.next()) {
+            (Some(active), Some(owned)) => Ok(self.claimable(&active, &owned)),
+            _ => Err(StoreError::Corrupt {
                 id: String::new(),
                 message: "a transaction of two reads answered without them".into(),
-            });
-        };
-        let ids = a
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key()[active.len()..]).to_string())
-            .collect();
-        let owners = o
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(&kv.key()[owned.len()..]).to_string(),
-                    String::from_utf8_lossy(kv.value()).to_string(),
-                )
-            })
-            .collect();
-        Ok((ids, owners))
+            }),
+        }
+    }
+
+    /// The claim loop's reads: active rollouts' keys, and the owner keys with their values.
+    fn claim_reads(&self) -> [TxnOp; 2] {
+        [
+            TxnOp::get(
+                self.active_dir(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+            TxnOp::get(self.owner_dir(), Some(GetOptions::new().with_prefix())),
+        ]
+    }
+
+    fn claimable(
+        &self,
+        active: &etcd_client::GetResponse,
+        owned: &etcd_client::GetResponse,
+    ) -> Claimable {
+        let dir = self.active_dir();
+        Claimable {
+            active: active
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key()[dir.len()..]).to_string())
+                .collect(),
+            owners: self.owners_in(owned),
+        }
+    }
+
+    /// The reads of a transaction's answer, in order (its writes skipped).
+    fn gets(r: &etcd_client::TxnResponse) -> impl Iterator<Item = etcd_client::GetResponse> {
+        r.op_responses().into_iter().filter_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
     }
 
     /// Become the rollout's owner, under `lease`, unless another replica is or it is over.
@@ -482,16 +520,12 @@ impl RolloutStore {
     }
 
     /// The owner's poll, in one request: what operators want, the results written after etcd
-    /// revision `since`, and the revision read at.
-    pub async fn poll(
-        &self,
-        id: &str,
-        since: i64,
-    ) -> Result<(Desired, Vec<TenantDoc>, i64), StoreError> {
+    /// revision `since`, the revision read at, and what the claim loop looks at.
+    pub async fn poll(&self, id: &str, since: i64) -> Result<Polled, StoreError> {
         let r = self
             .txn(Txn::new().and_then(self.poll_reads(id, since)))
             .await?;
-        Ok(Self::polled(&r, since))
+        self.polled(id, &r, since)
     }
 
     /// The owner's poll carrying a save of its (not final) document, in one request: saved
@@ -502,7 +536,7 @@ impl RolloutStore {
         doc: &RolloutDoc,
         owner: &str,
         since: i64,
-    ) -> Result<(bool, Desired, Vec<TenantDoc>, i64), StoreError> {
+    ) -> Result<(bool, Polled), StoreError> {
         debug_assert!(
             !doc.state.is_final(),
             "a final state is saved with save_owned"
@@ -522,44 +556,50 @@ impl RolloutStore {
                     .or_else(reads),
             )
             .await?;
-        let (desired, docs, at) = Self::polled(&r, since);
-        Ok((r.succeeded(), desired, docs, at))
+        Ok((r.succeeded(), self.polled(&doc.id, &r, since)?))
     }
 
-    /// What a poll reads: the control key, and the results written after revision `since`.
+    /// What a poll reads: the control key, the results written after revision `since`, and
+    /// the claim loop's two ranges (a replica that drives need not read those on its own).
     fn poll_reads(&self, id: &str, since: i64) -> Vec<TxnOp> {
         let results = GetOptions::new()
             .with_prefix()
             .with_min_mod_revision(since + 1);
-        vec![
+        let mut reads = vec![
             TxnOp::get(self.control_key(id), None),
             TxnOp::get(self.results_dir(id), Some(results)),
-        ]
+        ];
+        reads.extend(self.claim_reads());
+        reads
     }
 
     /// A poll's answer from its transaction's reads (a put before them is skipped).
-    fn polled(r: &etcd_client::TxnResponse, since: i64) -> (Desired, Vec<TenantDoc>, i64) {
+    fn polled(
+        &self,
+        id: &str,
+        r: &etcd_client::TxnResponse,
+        since: i64,
+    ) -> Result<Polled, StoreError> {
         let at = r.header().map(|h| h.revision()).unwrap_or(since);
-        let mut gets = r.op_responses().into_iter().filter_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        });
-        let desired = Desired::of(
-            gets.next()
-                .as_ref()
-                .and_then(|g| g.kvs().first())
-                .map(|kv| kv.value()),
-        );
-        let docs = gets
-            .next()
-            .map(|g| {
-                g.kvs()
-                    .iter()
-                    .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (desired, docs, at)
+        let mut gets = Self::gets(r);
+        let (Some(control), Some(results), Some(active), Some(owned)) =
+            (gets.next(), gets.next(), gets.next(), gets.next())
+        else {
+            return Err(StoreError::Corrupt {
+                id: id.into(),
+                message: "a poll answered without its four reads".into(),
+            });
+        };
+        Ok(Polled {
+            desired: Desired::of(control.kvs().first().map(|kv| kv.value())),
+            results: results
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                .collect(),
+            at,
+            claimable: self.claimable(&active, &owned),
+        })
     }
 
     /// Every tenant with a result (running or final). One attempt: asked periodically.

@@ -191,3 +191,40 @@ fn a_ten_thousand_tenant_document_fits_in_one_etcd_request_and_round_trips() {
         doc
     );
 }
+
+#[test]
+fn a_carried_view_wants_a_look_only_when_the_claim_loop_would_act() {
+    use super::driver::anything_to_do;
+    use super::store::Claimable;
+    use std::collections::{HashMap, HashSet};
+    let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+    let view = |active: &[&str], owners: &[(&str, &str)]| Claimable {
+        active: active.iter().map(|s| s.to_string()).collect(),
+        owners: owners
+            .iter()
+            .map(|(id, o)| (id.to_string(), o.to_string()))
+            .collect::<HashMap<_, _>>(),
+    };
+    // Driving our own rollout, helping with another's: nothing to do.
+    let steady = view(&["mine", "theirs"], &[("mine", "me"), ("theirs", "r2")]);
+    assert!(!anything_to_do(
+        &steady,
+        "me",
+        &set(&["mine"]),
+        &set(&["theirs"])
+    ));
+    // Nothing active: nothing to do.
+    assert!(!anything_to_do(&view(&[], &[]), "me", &set(&[]), &set(&[])));
+    // An owner died (its key is gone): claim it.
+    let orphan = view(&["mine", "theirs"], &[("mine", "me")]);
+    assert!(anything_to_do(
+        &orphan,
+        "me",
+        &set(&["mine"]),
+        &set(&["theirs"])
+    ));
+    // Ours but not driven here (our driver stopped on an etcd error): drive it again.
+    assert!(anything_to_do(&steady, "me", &set(&[]), &set(&["theirs"])));
+    // Another replica's rollout no helper pass of ours runs on: help.
+    assert!(anything_to_do(&steady, "me", &set(&["mine"]), &set(&[])));
+}

@@ -380,19 +380,21 @@ impl Rollouts {
         consecutive: &mut u32,
         save: bool,
     ) -> Result<Desired, StoreError> {
-        let (desired, results, at) = if save {
+        let polled = if save {
             run.dirty = false;
             doc.consecutive_failures = *consecutive;
             self.stamp(doc);
-            let (saved, desired, results, at) = self
+            let (saved, polled) = self
                 .store
                 .save_and_poll(doc, &self.owner, run.merged_at)
                 .await?;
             self.check_store(run, Ok(saved));
-            (desired, results, at)
+            polled
         } else {
             self.store.poll(&doc.id, run.merged_at).await?
         };
+        self.saw_claimable(polled.claimable);
+        let (desired, results, at) = (polled.desired, polled.results, polled.at);
         run.merged_at = at;
         if !results.is_empty() {
             run.helped_at = Some(Instant::now());

@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use fleetmig::model::Direction;
-use fleetmig::rollout::store::{Desired, RolloutStore};
+use fleetmig::rollout::store::{Claimable, Desired, RolloutStore};
 use fleetmig::rollout::{
     FailureBudget, RolloutDoc, RolloutSpec, RolloutState, SelectorDoc, TenantDoc, TenantState,
     WavePlan,
@@ -72,7 +72,7 @@ async fn one_read_finds_the_active_rollouts_and_their_owners() {
         .await
         .unwrap();
     store.create(&doc("orphan"), None).await.unwrap();
-    let (mut active, owners) = store.active_and_owners().await.unwrap();
+    let Claimable { mut active, owners } = store.active_and_owners().await.unwrap();
     active.sort();
     assert_eq!(active, vec!["orphan".to_string(), "owned".to_string()]);
     assert_eq!(owners.len(), 1);
@@ -81,7 +81,7 @@ async fn one_read_finds_the_active_rollouts_and_their_owners() {
     let mut done = doc("owned");
     done.state = RolloutState::Done;
     assert!(store.save_owned(&done, "me").await.unwrap());
-    let (active, owners) = store.active_and_owners().await.unwrap();
+    let Claimable { active, owners } = store.active_and_owners().await.unwrap();
     assert_eq!(active, vec!["orphan".to_string()]);
     assert!(owners.is_empty());
 }
@@ -102,36 +102,54 @@ async fn the_owners_poll_carries_its_save_and_answers_as_a_poll_does() {
         .await
         .unwrap();
     store.set_desired("r1", Desired::Paused).await.unwrap();
-    let (polled_desired, polled, _) = store.poll("r1", 0).await.unwrap();
+    let polled = store.poll("r1", 0).await.unwrap();
     d.reason = "saved with the poll".into();
-    let (saved, desired, results, at) = store.save_and_poll(&d, "me", 0).await.unwrap();
+    let (saved, saved_poll) = store.save_and_poll(&d, "me", 0).await.unwrap();
     assert!(saved);
-    assert_eq!(desired, Desired::Paused);
-    assert_eq!(desired, polled_desired);
-    assert_eq!(results, polled);
-    assert_eq!(results.len(), 1);
+    assert_eq!(saved_poll.desired, Desired::Paused);
+    assert_eq!(saved_poll.desired, polled.desired);
+    assert_eq!(saved_poll.results, polled.results);
+    assert_eq!(saved_poll.results.len(), 1);
+    // The claim loop's view rides along: what a read of its own answers.
+    assert_eq!(saved_poll.claimable, polled.claimable);
+    assert_eq!(
+        polled.claimable,
+        store.active_and_owners().await.unwrap(),
+        "the poll carries the claim loop's read"
+    );
+    assert_eq!(polled.claimable.active, vec!["r1".to_string()]);
+    assert_eq!(
+        polled.claimable.owners.get("r1").map(String::as_str),
+        Some("me")
+    );
     assert_eq!(
         store.get("r1").await.unwrap().0.reason,
         "saved with the poll"
     );
     // Results since the revision it read at: none new; a later one is seen.
-    let (_, _, results, _) = store.save_and_poll(&d, "me", at).await.unwrap();
-    assert!(results.is_empty(), "{results:?}");
+    let at = saved_poll.at;
+    let (_, later) = store.save_and_poll(&d, "me", at).await.unwrap();
+    assert!(later.results.is_empty(), "{:?}", later.results);
     store
         .put_result("r1", &tenant("t2", TenantState::Failed), None)
         .await
         .unwrap();
-    let (_, _, results, _) = store.save_and_poll(&d, "me", at).await.unwrap();
+    let (_, later) = store.save_and_poll(&d, "me", at).await.unwrap();
     assert_eq!(
-        results.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        later
+            .results
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
         vec!["t2"]
     );
     // Not the owner: nothing saved, still polled.
     d.reason = "not mine to save".into();
-    let (saved, desired, results, _) = store.save_and_poll(&d, "other", 0).await.unwrap();
+    let (saved, polled) = store.save_and_poll(&d, "other", 0).await.unwrap();
     assert!(!saved);
-    assert_eq!(desired, Desired::Paused);
-    assert_eq!(results.len(), 2);
+    assert_eq!(polled.desired, Desired::Paused);
+    assert_eq!(polled.results.len(), 2);
+    assert_eq!(polled.claimable.active, vec!["r1".to_string()]);
     assert_eq!(
         store.get("r1").await.unwrap().0.reason,
         "saved with the poll"
