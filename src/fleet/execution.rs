@@ -207,7 +207,11 @@ impl Execution<'_> {
                 conn.poison();
                 false
             }
-            Some(_) => false,
+            // Its work on this database is done: the connection is not kept idle.
+            Some(_) => {
+                conn.retire();
+                false
+            }
         };
         if lease_ended {
             let _ = conn.canceller().cancel().await;

@@ -70,7 +70,8 @@ impl PoolError {
 pub struct Budgeted {
     client: Client,
     canceller: Canceller,
-    poisoned: bool,
+    /// Closed when returned, not kept idle.
+    close_on_return: bool,
 }
 
 impl Budgeted {
@@ -82,7 +83,16 @@ impl Budgeted {
     /// Never hand this connection out again: it may be mid-statement or mid-transaction
     /// (e.g. after a lease loss). It is closed when dropped.
     pub fn poison(&mut self) {
-        self.poisoned = true;
+        self.close_on_return = true;
+    }
+
+    /// Done with this database for now: closed when dropped, not kept idle. A migration
+    /// visits a database once, and an idle backend is not free for its server: it holds a
+    /// connection slot and memory, and every DDL statement on the server (any database's)
+    /// sends catalog invalidations it must catch up with (the README's benchmark section has
+    /// what keeping them cost).
+    pub fn retire(&mut self) {
+        self.close_on_return = true;
     }
 }
 
@@ -222,7 +232,7 @@ impl bb8::ManageConnection for BudgetedManager {
         Ok(Budgeted {
             client,
             canceller,
-            poisoned: false,
+            close_on_return: false,
         })
     }
 
@@ -238,7 +248,7 @@ impl bb8::ManageConnection for BudgetedManager {
     }
 
     fn has_broken(&self, conn: &mut Budgeted) -> bool {
-        conn.poisoned || conn.client.is_closed()
+        conn.close_on_return || conn.client.is_closed()
     }
 }
 

@@ -199,7 +199,7 @@ async fn privileged_roles_are_refused_when_configured() {
 /// A revision's session settings (SET ROLE, SET TimeZone, search_path) stay with its run: the
 /// next job on the same pooled connection starts from a clean session.
 #[tokio::test]
-async fn the_next_job_on_a_pooled_connection_sees_none_of_the_last_ones_settings() {
+async fn the_next_job_sees_none_of_the_last_ones_settings_and_no_connection_is_kept_idle() {
     let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
         return;
     };
@@ -228,7 +228,7 @@ async fn the_next_job_on_a_pooled_connection_sees_none_of_the_last_ones_settings
     let (url, db) = pg.database("sticky").await;
     let prefix = etcd.prefix("sticky");
     let mut config = dh::config(&etcd.endpoint, &prefix, &root);
-    // One connection per database: the second job gets the first one's connection.
+    // One connection per database: were the first job's connection kept, the second would get it.
     config.pools.per_database_connections = 1;
     let daemon = dh::start(config).await;
     let mut tenants = daemon.tenants().await;
@@ -271,5 +271,25 @@ async fn the_next_job_on_a_pooled_connection_sees_none_of_the_last_ones_settings
     assert_eq!(who, "postgres", "the role of the last job's revision");
     assert_eq!(tz, default_tz, "the time zone of the last job's revision");
     assert_eq!(path, "public, pg_temp", "the search_path fleetmig pins");
+    // A migration's connection is closed when its run ends, not kept idle on the server.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let open: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'fleetmig%'",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} fleetmig connections still open on the tenant's database after its jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     daemon.shutdown().await.unwrap();
 }
