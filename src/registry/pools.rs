@@ -89,8 +89,7 @@ impl Budgeted {
     /// Done with this database for now: closed when dropped, not kept idle. A migration
     /// visits a database once, and an idle backend is not free for its server: it holds a
     /// connection slot and memory, and every DDL statement on the server (any database's)
-    /// sends catalog invalidations it must catch up with (the README's benchmark section has
-    /// what keeping them cost).
+    /// sends catalog invalidations it must catch up with.
     pub fn retire(&mut self) {
         self.close_on_return = true;
     }
