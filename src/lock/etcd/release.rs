@@ -1,9 +1,10 @@
 //! Giving lock keys back, and making sure none is left behind.
 //!
 //! - A released lock is queued; the session's next acquire carries it in its transaction, or
-//!   it goes alone after [`RELEASE_DELAY`] (carrying the audit records waiting, if any). A release etcd did not take (a member down, no
-//!   leader) goes back to the queue and is sent again, with backoff, until it lands: the
-//!   key lives under a lease that is alive, so "it goes with the lease" would mean never.
+//!   it goes alone after [`RELEASE_DELAY`] (carrying the audit records waiting, if any). A
+//!   release etcd did not take (a member down, no leader) goes back to the queue and is sent
+//!   again, with backoff, until it lands: the key lives under a lease that is alive, so "it
+//!   goes with the lease" would mean never.
 //! - The sweep: after an acquire whose answer was lost to a timeout or a dead member (it may
 //!   have been granted), every [`SWEEP_EVERY`] for [`SWEEP_ROUNDS`] rounds, keys under the
 //!   lease in force that no guard of this process holds and no acquire of it is waiting for,
