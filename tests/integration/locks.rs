@@ -15,23 +15,36 @@ async fn exists(client: &mut etcd_client::Client, key: &str) -> bool {
     client.get(key, None).await.unwrap().count() > 0
 }
 
+/// A lock session named `owner` with a 5 s lease, its tasks on `tracker` until `stop`.
+async fn session(
+    client: &etcd_client::Client,
+    prefix: &str,
+    owner: &str,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> std::sync::Arc<EtcdSession> {
+    EtcdSession::start(
+        client.clone(),
+        prefix,
+        Duration::from_secs(5),
+        owner,
+        tracker,
+        stop.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn releases_ride_on_the_next_acquire_or_go_alone() {
     let Some(etcd) = harness::etcd() else { return };
     let prefix = etcd.prefix("locks");
     let mut client = etcd.client().await;
     let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-    let start = |owner: &'static str| {
-        EtcdSession::start(
-            client.clone(),
-            &prefix,
-            Duration::from_secs(5),
-            owner,
-            &tracker,
-            stop.clone(),
-        )
-    };
-    let (a, b) = (start("a").await.unwrap(), start("b").await.unwrap());
+    let (a, b) = (
+        session(&client, &prefix, "a", &tracker, &stop).await,
+        session(&client, &prefix, "b", &tracker, &stop).await,
+    );
     let (db1, db2) = (
         DatabaseKey("h:5432/one".into()),
         DatabaseKey("h:5432/two".into()),
@@ -120,16 +133,7 @@ async fn a_release_sent_alone_carries_the_audit_records_waiting() {
     let prefix = etcd.prefix("locks-audit");
     let mut client = etcd.client().await;
     let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-    let session = EtcdSession::start(
-        client.clone(),
-        &prefix,
-        Duration::from_secs(5),
-        "a",
-        &tracker,
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let session = session(&client, &prefix, "a", &tracker, &stop).await;
     let audit =
         fleetmig::audit::AuditLog::to_etcd(client.clone(), &prefix, 1000, &tracker, stop.clone());
     session.carry_audit(audit.shelf().expect("an etcd audit log"));
