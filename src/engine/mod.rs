@@ -265,6 +265,46 @@ pub(crate) fn tagged<'r>(
         .filter(move |r| r.first().and_then(|c| c.as_deref()) == Some(tag))
 }
 
+/// The version rows of a tagged read (`'version', version_num`), sorted (the server sends
+/// them in no order).
+pub(crate) fn sorted_versions(
+    rows: &[Vec<Option<String>>],
+) -> Result<Vec<RevisionId>, EngineError> {
+    let mut versions = tagged(rows, "version")
+        .map(|r| parse_revision(r[1].as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    versions.sort();
+    Ok(versions)
+}
+
+/// What each revision was last upgraded with, from the history rows of
+/// [`tables::Tables::applied_checksums_sql`] (`'recorded', revision, checksum, skipped,
+/// direction, id`): of its upgrade rows, the one with the highest id.
+fn latest_upgrades(rows: &[Vec<Option<String>>]) -> HashMap<String, Recorded> {
+    let mut latest: HashMap<String, (i64, Recorded)> = HashMap::new();
+    for r in tagged(rows, "recorded") {
+        let (Some(revision), Some("upgrade"), Some(id)) = (
+            r[1].as_ref(),
+            r[4].as_deref(),
+            r[5].as_deref().and_then(|id| id.parse::<i64>().ok()),
+        ) else {
+            continue;
+        };
+        let recorded = Recorded {
+            checksum: r[2].clone(),
+            skipped: r[3].as_deref() == Some("t"),
+        };
+        match latest.get_mut(revision) {
+            Some(seen) if seen.0 >= id => {}
+            Some(seen) => *seen = (id, recorded),
+            None => {
+                latest.insert(revision.clone(), (id, recorded));
+            }
+        }
+    }
+    latest.into_iter().map(|(rev, (_, r))| (rev, r)).collect()
+}
+
 fn parse_revision(s: Option<&str>) -> Result<RevisionId, EngineError> {
     let s = s.unwrap_or_default();
     s.parse().map_err(|_| {
@@ -536,20 +576,8 @@ impl<'a> Engine<'a> {
         };
         Ok(Snapshot {
             all_tables: flags.len() == 3 && flags.iter().all(|f| *f),
-            rows: tagged(&rows, "version")
-                .map(|r| parse_revision(r[1].as_deref()))
-                .collect::<Result<_, _>>()?,
-            recorded: tagged(&rows, "recorded")
-                .filter_map(|r| {
-                    Some((
-                        r[1].clone()?,
-                        Recorded {
-                            checksum: r[2].clone(),
-                            skipped: r[3].as_deref() == Some("t"),
-                        },
-                    ))
-                })
-                .collect(),
+            rows: sorted_versions(&rows)?,
+            recorded: latest_upgrades(&rows),
         })
     }
 
@@ -835,9 +863,7 @@ impl<'a> Engine<'a> {
             .map_err(EngineError::db("reading the version table"))?;
         let tagged_rows = rows_of(&messages);
         check_xact_lock(&tagged_rows)?;
-        let rows: Vec<RevisionId> = tagged(&tagged_rows, "version")
-            .map(|r| parse_revision(r[1].as_deref()))
-            .collect::<Result<_, _>>()?;
+        let rows = sorted_versions(&tagged_rows)?;
         let current = if purge {
             vec![]
         } else {
@@ -912,7 +938,7 @@ fn step_to_engine(e: step::StepError) -> EngineError {
 }
 
 pub(crate) fn parse_rows(messages: &[SimpleQueryMessage]) -> Result<Vec<RevisionId>, EngineError> {
-    rows_of(messages)
+    let mut versions = rows_of(messages)
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
         .map(|s| {
@@ -922,10 +948,64 @@ pub(crate) fn parse_rows(messages: &[SimpleQueryMessage]) -> Result<Vec<Revision
                 ))
             })
         })
-        .collect()
+        .collect::<Result<Vec<RevisionId>, _>>()?;
+    versions.sort();
+    Ok(versions)
 }
 
 /// `'{ms}ms'` for a SET.
 pub(crate) fn millis(d: Duration) -> String {
     quote_literal(&format!("{}ms", d.as_millis()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cells: &[Option<&str>]) -> Vec<Option<String>> {
+        cells.iter().map(|c| c.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn the_latest_upgrade_of_each_revision_wins_whatever_order_the_rows_come_in() {
+        let upgrade = |rev, sum, skipped, id| {
+            row(&[
+                Some("recorded"),
+                Some(rev),
+                sum,
+                Some(skipped),
+                Some("upgrade"),
+                Some(id),
+            ])
+        };
+        let mut rows = vec![
+            upgrade("0001", Some("new"), "f", "7"),
+            row(&[Some("version"), Some("0002")]),
+            upgrade("0001", Some("old"), "f", "3"),
+            // A later downgrade does not replace what 0001 was last upgraded with.
+            row(&[
+                Some("recorded"),
+                Some("0001"),
+                Some("gone"),
+                Some("f"),
+                Some("downgrade"),
+                Some("9"),
+            ]),
+            upgrade("0002", None, "t", "10"),
+            // 10 > 9 numerically, not as text.
+            upgrade("0002", Some("stale"), "f", "9"),
+            row(&[Some("version"), Some("0001")]),
+        ];
+        for _ in 0..2 {
+            let latest = latest_upgrades(&rows);
+            assert_eq!(latest.len(), 2);
+            assert_eq!(latest["0001"].checksum.as_deref(), Some("new"));
+            assert!(!latest["0001"].skipped);
+            assert_eq!(latest["0002"].checksum, None);
+            assert!(latest["0002"].skipped);
+            let versions = sorted_versions(&rows).unwrap();
+            assert_eq!(versions, ["0001".parse().unwrap(), "0002".parse().unwrap()]);
+            rows.reverse();
+        }
+    }
 }

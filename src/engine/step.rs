@@ -235,19 +235,7 @@ pub(crate) async fn fenced_versions(
     if let Some(token) = fence {
         check_fence(client, tables, token, rows).await?;
     }
-    Ok(versions_of(rows)?)
-}
-
-/// The version rows of a tagged query (`'version', version_num`).
-fn versions_of(rows: &[Vec<Option<String>>]) -> Result<Vec<crate::model::RevisionId>, EngineError> {
-    tagged(rows, "version")
-        .map(|r| r[1].as_deref().unwrap_or_default().parse())
-        .collect::<Result<Vec<crate::model::RevisionId>, _>>()
-        .map_err(|_| {
-            EngineError::StateChanged(
-                "the version table holds a value that is not a revision id".into(),
-            )
-        })
+    Ok(super::sorted_versions(rows)?)
 }
 
 /// A non-transactional revision, statement by statement, in its own span; with
