@@ -48,12 +48,11 @@ async fn a_fleet_downgrade_keeps_what_only_depends_on_its_target() {
     let mut dbs = vec![];
     for i in 0..2 {
         let (url, db) = pg.database(&format!("dmn_dep{i}")).await;
-        tenants
-            .register(proto::RegisterTenantRequest {
-                tenant: Some(dh::tenant(&format!("dep-{i}"), "app", &db, &[], &[])),
-            })
-            .await
-            .unwrap();
+        dh::register(
+            &mut tenants,
+            dh::tenant(&format!("dep-{i}"), "app", &db, &[], &[]),
+        )
+        .await;
         dbs.push((url, db));
     }
     // What Alembic does on its own database.

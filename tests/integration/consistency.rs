@@ -71,12 +71,7 @@ async fn ids_revisions_and_map_entries_are_named_one_way() {
     ))
     .await;
     let mut tenants = daemon.tenants().await;
-    tenants
-        .register(proto::RegisterTenantRequest {
-            tenant: Some(dh::tenant("k-0", "loc", &db, &[], &[])),
-        })
-        .await
-        .unwrap();
+    dh::register(&mut tenants, dh::tenant("k-0", "loc", &db, &[], &[])).await;
     let mut m = daemon.migrations().await;
     // Stamp with a well-formed revision the app does not have: the field is named.
     let e = m

@@ -41,10 +41,7 @@ async fn fleet(hint: &str, app: &str, n: usize, migrations: &std::path::Path) ->
             &[("tier", if i % 2 == 0 { "free" } else { "paid" })],
             &placeholders,
         );
-        tenants
-            .register(proto::RegisterTenantRequest { tenant: Some(t) })
-            .await
-            .unwrap();
+        dh::register(&mut tenants, t).await;
         urls.insert(id, url);
     }
     Some(Fleet {

@@ -269,6 +269,19 @@ pub fn tenant(
     }
 }
 
+/// Registers a tenant; the test fails if the daemon refuses it.
+pub async fn register(
+    tenants: &mut proto::tenants_client::TenantsClient<Channel>,
+    tenant: proto::Tenant,
+) {
+    tenants
+        .register(proto::RegisterTenantRequest {
+            tenant: Some(tenant),
+        })
+        .await
+        .unwrap();
+}
+
 /// Read a job's stream to its end.
 pub async fn collect(
     mut stream: tonic::Streaming<proto::MigrationEvent>,

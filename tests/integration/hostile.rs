@@ -329,10 +329,7 @@ async fn nothing_a_tenant_planted_runs_inside_fleetmig() {
     let mut tenants = daemon.tenants().await;
     let mut t = dh::tenant("hostile", "plain", "hostile", &[], &[]);
     t.connection.as_mut().unwrap().user = "hostile_app".into();
-    tenants
-        .register(proto::RegisterTenantRequest { tenant: Some(t) })
-        .await
-        .unwrap();
+    dh::register(&mut tenants, t).await;
     let mut mig = daemon.migrations().await;
     let one = || proto::Selector {
         tenant_ids: vec!["hostile".into()],

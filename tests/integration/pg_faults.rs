@@ -253,10 +253,7 @@ async fn a_commit_cut_in_flight_is_resolved_from_the_database() {
         let (url, db) = pg.database(&format!("commitcut{i}")).await;
         let mut t = dh::tenant(&format!("cut-{i}"), "small", &db, &[], &[]);
         t.connection.as_mut().unwrap().port = u32::from(port);
-        tenants
-            .register(proto::RegisterTenantRequest { tenant: Some(t) })
-            .await
-            .unwrap();
+        dh::register(&mut tenants, t).await;
         urls.push(url);
     }
     let mut m = daemon.migrations().await;
@@ -529,10 +526,7 @@ async fn a_server_restarted_mid_rollout_fails_no_tenant() {
             .unwrap();
         let mut t = dh::tenant(&format!("rs-{i}"), "small", &db, &[], &[]);
         t.connection.as_mut().unwrap().port = u32::from(pg.port);
-        tenants
-            .register(proto::RegisterTenantRequest { tenant: Some(t) })
-            .await
-            .unwrap();
+        dh::register(&mut tenants, t).await;
     }
     drop(admin);
     let mut m = daemon.migrations().await;
@@ -702,17 +696,9 @@ async fn a_vanished_host_releases_its_tenant_within_a_bounded_time() {
     let mut t = dh::tenant("vanish", "small", &db, &[], &[]);
     let c = t.connection.as_mut().unwrap();
     (c.host, c.port) = (VANISHING.to_string(), u32::from(port));
-    tenants
-        .register(proto::RegisterTenantRequest { tenant: Some(t) })
-        .await
-        .unwrap();
+    dh::register(&mut tenants, t).await;
     let (healthy_url, db) = pg.database("vanish_healthy").await;
-    tenants
-        .register(proto::RegisterTenantRequest {
-            tenant: Some(dh::tenant("healthy", "small", &db, &[], &[])),
-        })
-        .await
-        .unwrap();
+    dh::register(&mut tenants, dh::tenant("healthy", "small", &db, &[], &[])).await;
     let upgrade = |ids: &[&str]| proto::MigrateRequest {
         app: "small".into(),
         selector: Some(proto::Selector {

@@ -7,8 +7,6 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use fleetmig::grpc::proto;
-
 use crate::daemon_harness as dh;
 use crate::harness;
 use crate::tls_services::{self, Bouncers};
@@ -98,10 +96,7 @@ async fn a_fleet_upgrades_through_pgbouncer_in_transaction_and_session_mode() {
             c.session_host = "127.0.0.1".into();
             c.session_port = u32::from(b.session);
         }
-        tenants
-            .register(proto::RegisterTenantRequest { tenant: Some(t) })
-            .await
-            .unwrap();
+        dh::register(&mut tenants, t).await;
         dbs.push(db);
     }
     let mut m = daemon.migrations().await;

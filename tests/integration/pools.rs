@@ -232,12 +232,7 @@ async fn the_next_job_sees_none_of_the_last_ones_settings_and_no_connection_is_k
     config.pools.per_database_connections = 1;
     let daemon = dh::start(config).await;
     let mut tenants = daemon.tenants().await;
-    tenants
-        .register(proto::RegisterTenantRequest {
-            tenant: Some(dh::tenant("sticky", "sticky", &db, &[], &[])),
-        })
-        .await
-        .unwrap();
+    dh::register(&mut tenants, dh::tenant("sticky", "sticky", &db, &[], &[])).await;
     let mut m = daemon.migrations().await;
     for target in ["s1", "s2"] {
         let events = dh::collect(

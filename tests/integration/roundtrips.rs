@@ -253,10 +253,7 @@ async fn a_tenants_round_trips_stay_below_the_floor() {
         let (_, floor_db) = pg.database(&format!("wire_{app}_f")).await;
         let mut t = dh::tenant(&format!("wire-{app}"), app, &daemon_db, &[], placeholders);
         t.connection.as_mut().unwrap().port = u32::from(port);
-        tenants
-            .register(proto::RegisterTenantRequest { tenant: Some(t) })
-            .await
-            .unwrap();
+        dh::register(&mut tenants, t).await;
         let via_proxy =
             |db: &str| format!("postgres://postgres@127.0.0.1:{port}/{db}?sslmode=disable");
         for (direction, target) in [("up", "head"), ("down", "base")] {

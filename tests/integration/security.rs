@@ -605,11 +605,7 @@ async fn stamps_and_early_failures_are_audited() {
         dh::tenant("stamped", "aletheia", &db, &[], &[]),
         dh::tenant("no-database", "aletheia", "no_such_database", &[], &[]),
     ] {
-        t.register(proto::RegisterTenantRequest {
-            tenant: Some(tenant),
-        })
-        .await
-        .unwrap();
+        dh::register(&mut t, tenant).await;
     }
     let mut m = daemon.migrations().await;
     m.stamp(proto::StampRequest {
@@ -701,11 +697,7 @@ async fn audit_records_ride_on_the_next_lock_acquire() {
         dh::tenant("ride-1", "aletheia", &db1, &[], &[("EMBEDDING_DIM", "8")]),
         dh::tenant("ride-2", "aletheia", &db2, &[], &[("EMBEDDING_DIM", "8")]),
     ] {
-        t.register(proto::RegisterTenantRequest {
-            tenant: Some(tenant),
-        })
-        .await
-        .unwrap();
+        dh::register(&mut t, tenant).await;
     }
     let mut m = daemon.migrations().await;
     let events = dh::collect(
@@ -808,11 +800,7 @@ async fn etcd_over_tls_with_a_client_certificate_and_a_user() {
     let daemon = dh::start(c).await;
     let mut t = daemon.tenants().await;
     let tenant = dh::tenant("over-tls", "aletheia", "nowhere", &[], &[]);
-    t.register(proto::RegisterTenantRequest {
-        tenant: Some(tenant),
-    })
-    .await
-    .unwrap();
+    dh::register(&mut t, tenant).await;
     daemon.shutdown().await.unwrap();
 
     // With a wrong password, or without TLS, the daemon does not start.

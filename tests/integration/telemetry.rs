@@ -128,10 +128,7 @@ async fn register_tenants(daemon: &dh::Process, hint: &str, n: usize, broken: Op
         t.connection.as_mut().unwrap().password = Some(proto::PasswordRef {
             source: Some(proto::password_ref::Source::Env("TENANT_PW".into())),
         });
-        tenants
-            .register(proto::RegisterTenantRequest { tenant: Some(t) })
-            .await
-            .unwrap();
+        dh::register(&mut tenants, t).await;
     }
 }
 
