@@ -21,12 +21,15 @@ STMT_CPU = re.compile(r"!\s+([\d.]+) s user, ([\d.]+) s system, [\d.]+ s elapsed
 TOTAL_CPU = re.compile(r"\[([\d.]+) s user, ([\d.]+) s system total\]")
 AUTOVACUUM_CPU = re.compile(r"system usage: CPU: user: ([\d.]+) s, system: ([\d.]+) s")
 # Statements that are not a revision's own, on any side: session settings and locks,
-# transaction control, the version table, history and fence, index validity; and Alembic's
+# transaction control, the version table, history and fence (created if missing, schema
+# qualified or not), index validity, fleetmig's set_config marks and its lock release; and Alembic's
 # (SQLAlchemy's dialect start-up queries, its version table checks and updates).
 BOOKKEEPING = re.compile(
-    r"(SET|RESET|BEGIN|START TRANSACTION|COMMIT|WITH f AS|SELECT 'version'|SELECT i\.indisvalid"
-    r"|SELECT current_user|CREATE TABLE IF NOT EXISTS \"(alembic_version|fleetmig_history|fleetmig_fence)\""
-    r"|(INSERT INTO|DELETE FROM|UPDATE) \"?(alembic_version|fleetmig_history)\"?"
+    r"(SET|RESET|BEGIN|START TRANSACTION|COMMIT|DISCARD ALL|WITH f AS|SELECT 'version'|SELECT i\.indisvalid"
+    r"|SELECT current_user|SELECT FROM pg_catalog\.set_config|SELECT CASE WHEN pg_catalog\.current_setting"
+    r"|CREATE SCHEMA IF NOT EXISTS"
+    r"|CREATE TABLE IF NOT EXISTS (\"public\"\.)?\"(alembic_version|fleetmig_history|fleetmig_fence)\""
+    r"|(INSERT INTO|DELETE FROM|UPDATE) (\"public\"\.)?\"?(alembic_version|fleetmig_history)\"?"
     r"|SELECT alembic_version\.|CREATE TABLE alembic_version|select pg_catalog\.version\(\)"
     r"|select current_schema\(\)|show standard_conforming_strings|SELECT pg_catalog\.pg_class\.relname"
     r"|SELECT t\.oid, typarray)",

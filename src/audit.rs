@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -95,10 +96,12 @@ const TRIM_EVERY: usize = 64;
 const SHARED_BY: usize = 4;
 /// Records per etcd request at most (etcd's default limit is 128 operations per txn).
 const BATCH: usize = 64;
-/// How long the first record of a batch waits for others to join it: at most one request a
-/// second while records keep coming (a rollout applies tens of revisions a second; at 250 ms
-/// that was four requests a second, a fifth of a request per tenant at 16 tenants a second).
-/// The log line is immediate; the etcd copy is for tooling, and a second later is soon enough.
+/// How long a record waits for a carrier (a lock acquire, or releases sent alone) before the
+/// writer writes it, with whatever else is waiting: while tenants are being locked, records
+/// never wait that long, and cost no request of their own (the writer used to write what was
+/// waiting a second after the first record of a batch, however young the rest: about one
+/// request a second while a rollout ran). The log line is immediate; the etcd copy is for
+/// tooling, and a second later is soon enough.
 const BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 impl AuditLog {
@@ -156,14 +159,15 @@ impl AuditLog {
 /// An audit record as an etcd key and value.
 pub type AuditPut = (String, Vec<u8>);
 
-/// Audit records encoded for etcd and not written yet. The writer writes them a
-/// [`BATCH_WINDOW`] after the first arrives, unless a lock acquire took them first: its
-/// transaction writes them in either branch, so while tenants are being locked the records
-/// cost no etcd request of their own. A carrier that gets no answer puts them back (a record
-/// written twice is the same key with the same value).
+/// Audit records encoded for etcd and not written yet. The writer writes them once the oldest
+/// has waited a [`BATCH_WINDOW`], unless a lock acquire took them first: its transaction
+/// writes them in either branch, so while tenants are being locked the records cost no etcd
+/// request of their own. A carrier that gets no answer puts them back (a record written twice
+/// is the same key with the same value).
 pub struct Shelf {
     dir: String,
-    puts: Mutex<Vec<AuditPut>>,
+    /// Each record with when it was queued, oldest first.
+    puts: Mutex<Vec<(Instant, AuditPut)>>,
     arrived: Notify,
     /// Records written by carriers since the writer last looked.
     carried: AtomicUsize,
@@ -189,7 +193,7 @@ impl Shelf {
             if puts.len() >= BACKLOG {
                 return false;
             }
-            puts.push((key, value));
+            puts.push((Instant::now(), (key, value)));
         }
         self.arrived.notify_one();
         true
@@ -199,17 +203,24 @@ impl Shelf {
     pub fn take(&self, max: usize) -> Vec<AuditPut> {
         let mut puts = self.puts.lock().unwrap();
         let n = puts.len().min(max);
-        puts.drain(..n).collect()
+        puts.drain(..n).map(|(_, put)| put).collect()
     }
 
-    /// Records a carrier could not write, back at the front of the queue.
+    /// When the oldest record waiting was queued (`None`: nothing waits).
+    fn oldest(&self) -> Option<Instant> {
+        self.puts.lock().unwrap().first().map(|(at, _)| *at)
+    }
+
+    /// Records a carrier could not write, back at the front of the queue (they wait a
+    /// [`BATCH_WINDOW`] again for another carrier, or the writer).
     pub fn put_back(&self, records: Vec<AuditPut>) {
         if records.is_empty() {
             return;
         }
+        let now = Instant::now();
         let mut puts = self.puts.lock().unwrap();
         let rest = std::mem::take(&mut *puts);
-        *puts = records;
+        *puts = records.into_iter().map(|put| (now, put)).collect();
         puts.extend(rest);
         drop(puts);
         self.arrived.notify_one();
@@ -283,14 +294,27 @@ impl Writer {
                 _ = self.shelf.arrived.notified() => {}
                 _ = stop.cancelled() => break,
             }
-            // What arrives within the window goes in the same request (or rides on a lock
-            // acquire meanwhile): etcd round trips do not grow with the number of revisions a
+            // Records ride on lock requests meanwhile, or wait together until the oldest has
+            // waited the window: etcd round trips do not grow with the number of revisions a
             // job applies (the log line is immediate).
-            tokio::select! {
-                _ = tokio::time::sleep(BATCH_WINDOW) => {}
-                _ = stop.cancelled() => break,
+            while let Some(oldest) = self.shelf.oldest() {
+                // After a failed write (etcd unreachable), the rest waits a window again.
+                let due = match oldest.elapsed() >= BATCH_WINDOW {
+                    true if self.write_all().await => continue,
+                    true => Instant::now() + BATCH_WINDOW,
+                    false => oldest + BATCH_WINDOW,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = stop.cancelled() => break,
+                }
+                // Carriers' records count towards the next trim, though the writer writes
+                // nothing itself while they carry everything.
+                self.trim_if_due().await;
             }
-            self.write_all().await;
+            if stop.is_cancelled() {
+                break;
+            }
         }
         // Shutting down: what is queued is still written, briefly.
         let flush = async {
@@ -303,8 +327,10 @@ impl Writer {
         let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     }
 
-    /// Write what is on the shelf, [`BATCH`] records per request; trim when due.
-    async fn write_all(&mut self) {
+    /// Write what is on the shelf, [`BATCH`] records per request; trim when due. `false` when
+    /// a request failed (its records are only in the log; the rest stays on the shelf).
+    async fn write_all(&mut self) -> bool {
+        let mut written = true;
         loop {
             let batch = self.shelf.take(BATCH);
             if batch.is_empty() {
@@ -321,10 +347,18 @@ impl Writer {
                 .await
             {
                 tracing::warn!(error = %e, records = n, "audit records not written to etcd (they are in the log)");
+                written = false;
                 break;
             }
             self.since_count += n;
         }
+        self.trim_if_due().await;
+        written
+    }
+
+    /// Count the store (and trim it) once `count_after` records were written since the last
+    /// count, by the writer or by carriers.
+    async fn trim_if_due(&mut self) {
         self.since_count += self.shelf.carried.swap(0, Ordering::Relaxed);
         if self.since_count >= self.count_after {
             self.trim().await;

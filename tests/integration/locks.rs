@@ -15,6 +15,18 @@ async fn exists(client: &mut etcd_client::Client, key: &str) -> bool {
     client.get(key, None).await.unwrap().count() > 0
 }
 
+/// An audit record of a revision applied to `tenant`.
+fn applied(tenant: &str) -> fleetmig::audit::AuditRecord {
+    let caller = fleetmig::auth::Caller {
+        subject: "tester".into(),
+        via: fleetmig::auth::Via::Anonymous,
+        scopes: vec![],
+        request_id: "r1".into(),
+        certificate: None,
+    };
+    fleetmig::audit::AuditRecord::new(&caller, "upgrade revision", "applied").tenant(tenant)
+}
+
 /// A lock session named `owner` with a 5 s lease, its tasks on `tracker` until `stop`.
 async fn session(
     client: &etcd_client::Client,
@@ -141,16 +153,7 @@ async fn a_release_sent_alone_carries_the_audit_records_waiting() {
     let key = format!("{prefix}locks/{db}");
     let guard = session.try_lock(&db).await.unwrap();
     // The last tenant of a job: its record is queued, and no acquire follows.
-    let caller = fleetmig::auth::Caller {
-        subject: "tester".into(),
-        via: fleetmig::auth::Via::Anonymous,
-        scopes: vec![],
-        request_id: "r1".into(),
-        certificate: None,
-    };
-    audit.record(
-        fleetmig::audit::AuditRecord::new(&caller, "upgrade revision", "applied").tenant("t1"),
-    );
+    audit.record(applied("t1"));
     guard.release().await;
     // The release goes alone within a moment (the audit writer would wait a second).
     let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
@@ -186,6 +189,78 @@ async fn a_release_sent_alone_carries_the_audit_records_waiting() {
         }
     };
     assert_eq!((at(written - 1).await, at(written).await), (1, 0));
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_acquires_keep_coming_no_audit_record_is_written_alone() {
+    let Some(etcd) = harness::etcd() else { return };
+    let prefix = etcd.prefix("locks-audit-steady");
+    let client = etcd.client().await;
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let session = session(&client, &prefix, "a", &tracker, &stop).await;
+    let audit =
+        fleetmig::audit::AuditLog::to_etcd(client.clone(), &prefix, 1000, &tracker, stop.clone());
+    session.carry_audit(audit.shelf().expect("an etcd audit log"));
+    // A record every 300 ms, each taken by the next acquire (the locks are held, so no
+    // release goes alone to carry one): no record waits a second, though the writer first
+    // heard of one 1.5 s before the last was queued.
+    let mut held = vec![];
+    for i in 0..6 {
+        audit.record(applied(&format!("t{i}")));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let guard = session
+            .try_lock(&DatabaseKey(format!("h:5432/steady{i}")))
+            .await
+            .unwrap();
+        held.push(guard);
+    }
+    for guard in held {
+        guard.release().await;
+    }
+    // Long enough for a writer to write alone what it wrongly thought had waited.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let records = client
+        .clone()
+        .get(
+            format!("{prefix}audit/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(records.count(), 6, "every record written");
+    // Each was written by a transaction that also changed a lock key.
+    let locks_at = |revision: i64| {
+        let (mut client, dir) = (client.clone(), format!("{prefix}locks/"));
+        async move {
+            let r = client
+                .get(
+                    dir,
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_revision(revision),
+                    ),
+                )
+                .await
+                .unwrap();
+            r.kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+                .collect::<Vec<_>>()
+        }
+    };
+    for kv in records.kvs() {
+        let written = kv.mod_revision();
+        assert_ne!(
+            locks_at(written - 1).await,
+            locks_at(written).await,
+            "the record {} was written alone",
+            kv.key_str().unwrap()
+        );
+    }
     stop.cancel();
     tracker.close();
     tracker.wait().await;
