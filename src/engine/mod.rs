@@ -593,12 +593,12 @@ impl<'a> Engine<'a> {
             return Ok(DbState::default());
         }
         let rows = client
-            .simple_query(&pinned(&self.settings.tables.select_versions_sql()))
+            .simple_query(&pinned(&self.settings.tables.tagged_versions_sql()))
             .await
             .map_err(EngineError::db("reading the version table"))?;
         Ok(DbState {
             version_table_exists,
-            rows: parse_rows(&rows)?,
+            rows: sorted_versions(&rows_of(&rows))?,
         })
     }
 
@@ -935,22 +935,6 @@ fn step_to_engine(e: step::StepError) -> EngineError {
             applied: vec![],
         },
     }
-}
-
-pub(crate) fn parse_rows(messages: &[SimpleQueryMessage]) -> Result<Vec<RevisionId>, EngineError> {
-    let mut versions = rows_of(messages)
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .map(|s| {
-            s.parse().map_err(|_| {
-                EngineError::StateChanged(format!(
-                    "the version table holds {s:?}, which is not a revision id"
-                ))
-            })
-        })
-        .collect::<Result<Vec<RevisionId>, _>>()?;
-    versions.sort();
-    Ok(versions)
 }
 
 /// `'{ms}ms'` for a SET.

@@ -165,11 +165,6 @@ impl Tables {
         )
     }
 
-    /// The version rows, in no order: readers sort them (see `tagged_versions_sql`).
-    pub fn select_versions_sql(&self) -> String {
-        format!("SELECT version_num FROM {}", self.version.sql())
-    }
-
     /// Fence: one row `('fence', n)`: n = 1 when our token was recorded, 0 when a newer
     /// token is already there (we are stale).
     pub fn fence_check_sql(&self, token: i64) -> String {
