@@ -65,12 +65,10 @@ impl Execution<'_> {
         match first {
             Ok(c) => conn = Some(c),
             Err(why) => {
-                let pause = pauses.next().expect("pauses");
                 attempt += 1;
-                (self.on_reconnect)(attempt, &why);
-                tokio::select! {
-                    _ = tokio::time::sleep(*pause) => {}
-                    _ = self.guard.lost() => return Ended::LeaseLost,
+                let pause = pauses.next().expect("pauses");
+                if !self.pause_before(attempt, &why, *pause).await {
+                    return Ended::LeaseLost;
                 }
             }
         }
@@ -121,11 +119,19 @@ impl Execution<'_> {
             };
             attempt += 1;
             tracing::warn!(attempt, error = %why, "connection lost: reconnecting, then resuming from what the database recorded");
-            (self.on_reconnect)(attempt, &why);
-            tokio::select! {
-                _ = tokio::time::sleep(*pause) => {}
-                _ = self.guard.lost() => return Ended::LeaseLost,
+            if !self.pause_before(attempt, &why, *pause).await {
+                return Ended::LeaseLost;
             }
+        }
+    }
+
+    /// Tells reconnect `attempt` and why, then waits `pause`; `false` when the lease ended
+    /// meanwhile (nothing more is sent then).
+    async fn pause_before(&self, attempt: u32, why: &str, pause: Duration) -> bool {
+        (self.on_reconnect)(attempt, why);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = self.guard.lost() => false,
         }
     }
 
