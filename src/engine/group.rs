@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::blockers::Watch;
 use super::record;
 use super::step::{
-    StepError, execute, exhausted, failure, fence_and_versions_sql, fenced_versions,
+    StepError, execute, exhausted, failure, fence_and_versions_sql, fenced_versions, first_needed,
     is_lock_timeout, local_timeouts, locate, wait_before_retry,
 };
 use super::units::{Prepared, group_bookkeeping};
@@ -180,44 +180,6 @@ impl StepError {
     }
 }
 
-/// Where the version rows read at the group's start leave it: the index of the first member
-/// still to apply (`members.len()`: all done by someone else).
-fn first_needed(
-    engine: &Engine<'_>,
-    members: &[Prepared],
-    rows: &[RevisionId],
-) -> Result<usize, EngineError> {
-    let g = &engine.app.graph;
-    let now: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.as_str()).collect();
-    let same = |nodes: &std::collections::BTreeSet<crate::revision::Node>| {
-        nodes
-            .iter()
-            .map(|&n| g.id(n))
-            .collect::<std::collections::BTreeSet<_>>()
-            == now
-    };
-    if same(&members[0].step.rows_before) {
-        return Ok(0);
-    }
-    if let Some(k) = members.iter().position(|m| same(&m.step.rows_after)) {
-        tracing::info!(revision = %g.id(members[k].step.node), "already done by another process");
-        return Ok(k + 1);
-    }
-    Err(EngineError::StateChanged(format!(
-        "before {} {} the version table was expected to hold [{}] but holds [{}]: another process changed it",
-        members[0].step.direction,
-        g.id(members[0].step.node),
-        members[0]
-            .step
-            .rows_before
-            .iter()
-            .map(|&n| g.id(n))
-            .collect::<Vec<_>>()
-            .join(", "),
-        now.into_iter().collect::<Vec<_>>().join(", ")
-    )))
-}
-
 /// One attempt: each member's duration (client-side, between the answers to the marks), and
 /// whether the migration lock was released after COMMIT.
 async fn once(
@@ -253,7 +215,8 @@ async fn once(
         );
         super::check_xact_lock(&rows)?;
         let versions = fenced_versions(client, tables, opts.fence, &rows).await?;
-        Ok::<_, Attempt>(first_needed(engine, members, &versions)?)
+        let steps: Vec<&crate::revision::plan::Step> = members.iter().map(|m| &m.step).collect();
+        Ok::<_, Attempt>(first_needed(engine, &steps, &versions)?)
     }
     .await;
     let start = match opened {

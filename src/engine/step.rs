@@ -152,25 +152,39 @@ fn still_needed(
     rows: &[crate::model::RevisionId],
     step: &plan::Step,
 ) -> Result<bool, EngineError> {
+    Ok(first_needed(engine, &[step], rows)? == 0)
+}
+
+/// Where the version rows read inside a transaction leave a run of consecutive `steps`: the
+/// index of the first still to apply (`steps.len()`: all done by another process). Rows that
+/// are neither the first step's before nor any step's after mean the database changed under
+/// us.
+pub(crate) fn first_needed(
+    engine: &Engine<'_>,
+    steps: &[&plan::Step],
+    rows: &[crate::model::RevisionId],
+) -> Result<usize, EngineError> {
     let g = &engine.app.graph;
     let now: BTreeSet<&str> = rows.iter().map(|r| r.as_str()).collect();
     let ids = |s: &BTreeSet<Node>| -> BTreeSet<&str> { s.iter().map(|&n| g.id(n)).collect() };
-    if now == ids(&step.rows_before) {
-        Ok(true)
-    } else if now == ids(&step.rows_after) {
-        Ok(false)
-    } else {
-        Err(EngineError::StateChanged(format!(
-            "before {} {} the version table was expected to hold [{}] but holds [{}]: another process changed it",
-            step.direction,
-            g.id(step.node),
-            ids(&step.rows_before)
-                .into_iter()
-                .collect::<Vec<_>>()
-                .join(", "),
-            now.into_iter().collect::<Vec<_>>().join(", ")
-        )))
+    let first = steps[0];
+    if now == ids(&first.rows_before) {
+        return Ok(0);
     }
+    if let Some(k) = steps.iter().position(|s| now == ids(&s.rows_after)) {
+        tracing::info!(revision = %g.id(steps[k].node), "already done by another process");
+        return Ok(k + 1);
+    }
+    Err(EngineError::StateChanged(format!(
+        "before {} {} the version table was expected to hold [{}] but holds [{}]: another process changed it",
+        first.direction,
+        g.id(first.node),
+        ids(&first.rows_before)
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", "),
+        now.into_iter().collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// The version/history SQL recording `step`.
