@@ -849,64 +849,72 @@ impl<'a> Engine<'a> {
             self.ensure_tables(client, opts.fence).await?;
         }
         opts.ensure_live()?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(EngineError::db("starting the stamp transaction"))?;
-        let messages = tx
-            .simple_query(&format!(
-                "{OWN_CONTEXT}{}{}",
-                self.transaction_preamble(opts.fence),
-                self.settings.tables.tagged_versions_sql()
-            ))
-            .await
-            .map_err(EngineError::db("reading the version table"))?;
-        let tagged_rows = rows_of(&messages);
-        check_xact_lock(&tagged_rows)?;
-        let rows = sorted_versions(&tagged_rows)?;
-        let current = if purge {
-            vec![]
-        } else {
-            plan::rows_from_db(g, &rows)?
-        };
-        let after_nodes = plan::stamp(g, &current, targets)?;
-        if let Some(token) = opts.fence {
-            step::fence(&tx, &self.settings.tables, token)
+        // Two round trips: BEGIN, the lock behind a pooler, the fence and the version rows;
+        // then the rows written and COMMIT. Anything failing in between rolls back.
+        let tables = &self.settings.tables;
+        let opening = format!(
+            "BEGIN;\n{OWN_CONTEXT}{}{}",
+            self.transaction_preamble(opts.fence),
+            step::fence_and_versions_sql(tables, opts.fence)
+        );
+        let stamped = async {
+            let tagged_rows = rows_of(
+                &client
+                    .simple_query(&opening)
+                    .await
+                    .map_err(EngineError::db("reading the version table"))?,
+            );
+            check_xact_lock(&tagged_rows)?;
+            let rows = step::fenced_versions(&*client, tables, opts.fence, &tagged_rows)
                 .await
                 .map_err(step_to_engine)?;
+            let current = if purge {
+                vec![]
+            } else {
+                plan::rows_from_db(g, &rows)?
+            };
+            let after_nodes = plan::stamp(g, &current, targets)?;
+            let before: BTreeSet<String> = rows.iter().map(|r| r.to_string()).collect();
+            let after: BTreeSet<String> =
+                after_nodes.iter().map(|&n| g.id(n).to_string()).collect();
+            let mut sql = record::version_change_sql(tables, &before, &after);
+            let json = self.values.to_json();
+            let stamped: Vec<String> = if after.is_empty() {
+                vec!["base".to_string()]
+            } else {
+                after.iter().cloned().collect()
+            };
+            for r in &stamped {
+                let checksum = g.node(r).map(|n| g.revision(n).checksum.clone());
+                sql.push_str(&record::history_sql(
+                    tables,
+                    &record::HistoryRow {
+                        revision: r,
+                        direction: "stamp",
+                        checksum: checksum.as_deref(),
+                        placeholders: &json,
+                        skipped: false,
+                        duration: record::Duration::Millis(0),
+                        applied_by: opts.applied_by,
+                        fence: opts.fence,
+                    },
+                ));
+            }
+            sql.push_str(self.transaction_epilogue());
+            sql.push_str("COMMIT;\n");
+            client.batch_execute(&sql).await.map_err(EngineError::db(
+                "writing the version table and committing the stamp",
+            ))?;
+            Ok(after_nodes)
         }
-        let before: BTreeSet<String> = rows.iter().map(|r| r.to_string()).collect();
-        let after: BTreeSet<String> = after_nodes.iter().map(|&n| g.id(n).to_string()).collect();
-        let mut sql = record::version_change_sql(&self.settings.tables, &before, &after);
-        let json = self.values.to_json();
-        let stamped: Vec<String> = if after.is_empty() {
-            vec!["base".to_string()]
-        } else {
-            after.iter().cloned().collect()
+        .await;
+        let after_nodes = match stamped {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                group::rollback(client).await;
+                return Err(e);
+            }
         };
-        for r in &stamped {
-            let checksum = g.node(r).map(|n| g.revision(n).checksum.clone());
-            sql.push_str(&record::history_sql(
-                &self.settings.tables,
-                &record::HistoryRow {
-                    revision: r,
-                    direction: "stamp",
-                    checksum: checksum.as_deref(),
-                    placeholders: &json,
-                    skipped: false,
-                    duration: record::Duration::Millis(0),
-                    applied_by: opts.applied_by,
-                    fence: opts.fence,
-                },
-            ));
-        }
-        sql.push_str(self.transaction_epilogue());
-        tx.batch_execute(&sql)
-            .await
-            .map_err(EngineError::db("writing the version table"))?;
-        tx.commit()
-            .await
-            .map_err(EngineError::db("committing the stamp"))?;
         Ok(ids_of(g, &after_nodes))
     }
 }

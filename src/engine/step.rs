@@ -97,21 +97,6 @@ pub(crate) fn exhausted(
     f
 }
 
-/// Write our fencing token; fails as stale if a newer holder has written.
-pub(crate) async fn fence(
-    client: &impl GenericClient,
-    tables: &Tables,
-    token: FenceToken,
-) -> Result<(), StepError> {
-    let rows = rows_of(
-        &client
-            .simple_query(&tables.fence_check_sql(token.0))
-            .await
-            .map_err(|e| StepError::Engine(EngineError::db("checking the fence token")(e)))?,
-    );
-    check_fence(client, tables, token, &rows).await
-}
-
 /// Given the rows of a fence check, fail as stale (reading the newer token) if it did not write.
 async fn check_fence(
     client: &impl GenericClient,

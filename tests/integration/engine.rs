@@ -743,6 +743,15 @@ async fn a_stale_fence_token_writes_nothing() {
         .unwrap_err();
     assert!(matches!(err, EngineError::StaleFence { .. }), "{err}");
     assert_eq!(run.rows(&client).await, vec!["0001"]);
+    // Nor does it stamp: the fence is checked inside the stamp's transaction, which rolls
+    // back and leaves the session out of any transaction (DISCARD ALL refuses to run in one).
+    let err = engine
+        .stamp(&mut client, &["base".to_string()], false, &opts(9))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::StaleFence { .. }), "{err}");
+    assert_eq!(run.rows(&client).await, vec!["0001"]);
+    client.batch_execute("DISCARD ALL").await.unwrap();
     // The newer holder goes on.
     engine
         .migrate(
