@@ -240,6 +240,23 @@ pub struct Etcd {
     counter: AtomicUsize,
 }
 
+/// The audit records the daemon or a lock session with `prefix` wrote to etcd, as etcd holds
+/// them (values and revisions), oldest first.
+pub async fn audit_kvs(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+) -> Vec<etcd_client::KeyValue> {
+    client
+        .get(
+            format!("{prefix}audit/"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .kvs()
+        .to_vec()
+}
+
 pub fn etcd_bin() -> Option<PathBuf> {
     let bin = std::env::var("FLEETMIG_ETCD_BIN")
         .ok()

@@ -16,6 +16,18 @@ async fn exists(client: &mut etcd_client::Client, key: &str) -> bool {
     client.get(key, None).await.unwrap().count() > 0
 }
 
+/// The keys starting with `start` as they stood at etcd `revision`, with their last change.
+async fn keys_at(client: &etcd_client::Client, start: &str, revision: i64) -> Vec<(Vec<u8>, i64)> {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_revision(revision);
+    let r = client.clone().get(start, Some(options)).await.unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+        .collect()
+}
+
 /// An audit record of a revision applied to `tenant`.
 fn applied(tenant: &str) -> fleetmig::audit::AuditRecord {
     let caller = fleetmig::auth::Caller {
@@ -162,34 +174,15 @@ async fn a_release_sent_alone_carries_the_audit_records_waiting() {
         assert!(tokio::time::Instant::now() < deadline, "sent alone");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let records = client
-        .get(
-            format!("{prefix}audit/"),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        records.count(),
-        1,
-        "the record was written with the release"
-    );
+    let records = harness::audit_kvs(&mut client, &prefix).await;
+    assert_eq!(records.len(), 1, "the record was written with the release");
     // In the same etcd transaction: the lock key stood just before the record was written.
-    let written = records.kvs()[0].mod_revision();
-    let at = |revision: i64| {
-        let (mut client, key) = (client.clone(), key.clone());
-        async move {
-            client
-                .get(
-                    key,
-                    Some(etcd_client::GetOptions::new().with_revision(revision)),
-                )
-                .await
-                .unwrap()
-                .count()
-        }
-    };
-    assert_eq!((at(written - 1).await, at(written).await), (1, 0));
+    let written = records[0].mod_revision();
+    let at = |revision| keys_at(&client, &key, revision);
+    assert_eq!(
+        (at(written - 1).await.len(), at(written).await.len()),
+        (1, 0)
+    );
     stop.cancel();
     tracker.close();
     tracker.wait().await;
@@ -223,37 +216,12 @@ async fn while_acquires_keep_coming_no_audit_record_is_written_alone() {
     }
     // Long enough for a writer to write alone what it wrongly thought had waited.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let records = client
-        .clone()
-        .get(
-            format!("{prefix}audit/"),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(records.count(), 10, "every record written");
+    let records = harness::audit_kvs(&mut client.clone(), &prefix).await;
+    assert_eq!(records.len(), 10, "every record written");
     // Each was written by a transaction that also changed a lock key.
-    let locks_at = |revision: i64| {
-        let (mut client, dir) = (client.clone(), format!("{prefix}locks/"));
-        async move {
-            let r = client
-                .get(
-                    dir,
-                    Some(
-                        etcd_client::GetOptions::new()
-                            .with_prefix()
-                            .with_revision(revision),
-                    ),
-                )
-                .await
-                .unwrap();
-            r.kvs()
-                .iter()
-                .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
-                .collect::<Vec<_>>()
-        }
-    };
-    for kv in records.kvs() {
+    let dir = format!("{prefix}locks/");
+    let locks_at = |revision| keys_at(&client, &dir, revision);
+    for kv in &records {
         let written = kv.mod_revision();
         assert_ne!(
             locks_at(written - 1).await,

@@ -725,15 +725,9 @@ async fn audit_records_ride_on_the_next_lock_acquire() {
     let expected = 2 + 1 + 2 * app.graph.len();
     let deadline = Instant::now() + Duration::from_secs(10);
     let kvs = loop {
-        let r = client
-            .get(
-                format!("{prefix}audit/"),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .unwrap();
-        if r.kvs().len() >= expected || Instant::now() > deadline {
-            break r.kvs().to_vec();
+        let kvs = harness::audit_kvs(&mut client, &prefix).await;
+        if kvs.len() >= expected || Instant::now() > deadline {
+            break kvs;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
