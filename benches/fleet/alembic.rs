@@ -1,6 +1,6 @@
 //! Alembic, the peer a user would pick instead: the projects under `benches/alembic/<app>`
 //! (generated from the fleetmig apps by `benches/alembic/generate.py`, checked up to date
-//! here), the interpreter that runs them, and the in-process driver
+//! here; the `long` app's is generated with it, [`crate::apps`]), the interpreter that runs them, and the in-process driver
 //! (`benches/alembic/driver.py`: one Python process, as many forked workers as the cell's
 //! concurrency, `alembic.command.upgrade` per tenant URL).
 
@@ -88,10 +88,6 @@ impl Alembic {
         );
     }
 
-    pub fn ini(app: &str) -> PathBuf {
-        benches_dir().join(app).join("alembic.ini")
-    }
-
     /// `python -m alembic`, as an installed `alembic` console script runs it: the program
     /// and the arguments before Alembic's own, and the environment it needs.
     pub fn cli(&self) -> (PathBuf, Vec<String>, Vec<(String, String)>) {
@@ -106,7 +102,7 @@ impl Alembic {
     pub fn driver(&self, app: &str, workers: u32) -> Driver {
         let mut child = Command::new(&self.python)
             .arg(benches_dir().join("driver.py"))
-            .arg(Self::ini(app))
+            .arg(crate::apps::alembic_ini(app))
             .arg(workers.to_string())
             .env("PYTHONPATH", &self.pythonpath)
             .stdin(Stdio::piped())

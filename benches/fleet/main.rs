@@ -17,7 +17,8 @@
 //! `cargo bench --bench fleet` runs the configured sizes (also `BENCH_FULL=1 cargo test
 //! --bench fleet`, from a test build); `cargo test --bench fleet` (in `make test`) runs a smoke
 //! size. Knobs (environment):
-//! - BENCH_SIZES=200, BENCH_CONCURRENCY=2,8, BENCH_APPS=aletheia,truthgraph;
+//! - BENCH_SIZES=200, BENCH_CONCURRENCY=2,8, BENCH_APPS=aletheia,truthgraph (and `long`, a
+//!   generated history of BENCH_LONG=300 revisions: [`apps`]);
 //! - BENCH_PAIRS=5: interleaved pairs per cell (each pair: one phase of every tool, each way);
 //! - BENCH_PEERS=floor,alembic,cli: what the daemon is compared with (`alembic`: Alembic
 //!   in-process; `cli`: the fleetmig and Alembic CLI loops); empty: the daemon alone;
@@ -35,6 +36,7 @@ mod harness;
 mod daemon_harness;
 
 mod alembic;
+mod apps;
 mod etcd_tap;
 mod markdown;
 mod measure;
@@ -74,6 +76,8 @@ struct Opts {
     concurrency: Vec<u32>,
     pairs: usize,
     apps: Vec<String>,
+    /// Revisions of the generated `long` app.
+    long: usize,
     /// Tools besides the daemon, and as BENCH_PEERS named them.
     peers: Vec<Tool>,
     peers_spec: String,
@@ -96,6 +100,7 @@ impl Opts {
             ),
             ("BENCH_PAIRS", self.pairs.to_string()),
             ("BENCH_APPS", list(self.apps.clone())),
+            ("BENCH_LONG", self.long.to_string()),
             ("BENCH_PEERS", self.peers_spec.clone()),
             ("BENCH_REGISTRY", self.registry.to_string()),
         ]
@@ -169,7 +174,8 @@ async fn bench(opts: &Opts) -> Report {
         ("FLEETMIG_ETCD__LEASE_TTL", "15s"),
     ];
     let prefix = etcd.prefix("bench");
-    let mut daemon = dh::Process::start(&etcd.endpoint, &prefix, &harness::repo_migrations(), &env);
+    apps::prepare(&opts.apps, opts.long);
+    let mut daemon = dh::Process::start(&etcd.endpoint, &prefix, &apps::migrations(), &env);
     let pid = daemon.child.id();
     let channel = Channel::from_shared(format!("http://{}", daemon.addr))
         .unwrap()
@@ -326,6 +332,7 @@ fn main() {
             concurrency: env_list("BENCH_CONCURRENCY", "2,8"),
             pairs: env_one("BENCH_PAIRS", 5),
             apps: env_list("BENCH_APPS", "aletheia,truthgraph"),
+            long: env_one("BENCH_LONG", 300),
             peers: vec![],
             peers_spec: std::env::var("BENCH_PEERS").unwrap_or("floor,alembic,cli".into()),
             registry: env_one("BENCH_REGISTRY", 10000),
@@ -344,7 +351,8 @@ fn main() {
             sizes: vec![3],
             concurrency: vec![2],
             pairs: 2,
-            apps: vec!["aletheia".into()],
+            apps: vec!["aletheia".into(), apps::LONG.into()],
+            long: 12,
             peers: vec![],
             peers_spec: "floor,alembic,cli".into(),
             registry: 50,

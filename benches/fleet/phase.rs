@@ -9,6 +9,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 use crate::alembic;
+use crate::apps;
 use crate::daemon_harness as dh;
 use crate::etcd_tap;
 use crate::harness;
@@ -87,10 +88,7 @@ pub async fn phase(
         }
         Tool::AlembicCli => {
             let (python, mut args, env) = ctx.alembic.expect("Alembic").cli();
-            args.extend(tools::alembic_cli_args(
-                &alembic::Alembic::ini(app),
-                direction,
-            ));
+            args.extend(tools::alembic_cli_args(&apps::alembic_ini(app), direction));
             tools::cli_loop(&python, &args, &env, &set.urls, concurrency, ctx.scratch).await
         }
     };

@@ -359,10 +359,20 @@ impl Report {
             .map(|s| s.to_string())
             .collect::<Vec<_>>()
             .join(" and ");
-        let mut apps: Vec<&str> = self.cells.iter().map(|c| c.app.as_str()).collect();
+        let mut apps: Vec<String> = self
+            .cells
+            .iter()
+            .map(|c| match c.app.as_str() {
+                crate::apps::LONG => format!(
+                    "a generated history of {} small revisions",
+                    self.knobs.get("BENCH_LONG").map_or("?", String::as_str)
+                ),
+                app => format!("the example app {app}"),
+            })
+            .collect();
         apps.dedup();
         let mut s = format!(
-            "On this machine ({}), with fleets of {sizes} PostgreSQL databases (pgvector schemas of the example apps: {}) taken to head and back at the same concurrency, fleetmig's daemon {} Alembic called in-process (median of interleaved pairs in each of {cells} cells)",
+            "On this machine ({}), with fleets of {sizes} PostgreSQL databases ({}) taken to head and back at the same concurrency, fleetmig's daemon {} Alembic called in-process (median of interleaved pairs in each of {cells} cells)",
             self.machine,
             apps.join(", "),
             faster(lo, hi)

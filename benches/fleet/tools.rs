@@ -7,7 +7,7 @@
 //! - the CLI loops: `fleetmig upgrade head` or `alembic upgrade head` once per tenant under
 //!   `xargs -P <concurrency>`, DATABASE_URL per tenant, as teams script it today.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
@@ -227,10 +227,9 @@ pub async fn cli_loop(
 
 /// `fleetmig --migrations-dir ... --app APP upgrade head` (or `downgrade base`).
 pub fn fleetmig_cli_args(app: &str, direction: Direction) -> Vec<String> {
-    let migrations: PathBuf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations");
     vec![
         "--migrations-dir".into(),
-        migrations.display().to_string(),
+        crate::apps::migrations().display().to_string(),
         "--app".into(),
         app.into(),
         direction.command().into(),
@@ -238,7 +237,7 @@ pub fn fleetmig_cli_args(app: &str, direction: Direction) -> Vec<String> {
     ]
 }
 
-/// `alembic -c benches/alembic/APP/alembic.ini upgrade head` (or `downgrade base`).
+/// `alembic -c <APP's project>/alembic.ini upgrade head` (or `downgrade base`).
 pub fn alembic_cli_args(ini: &Path, direction: Direction) -> Vec<String> {
     vec![
         "-c".into(),
@@ -255,7 +254,8 @@ pub fn offline_sql(app: &str, direction: Direction, path: &Path) {
         Direction::Down => "head:base",
     };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmig"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--migrations-dir")
+        .arg(crate::apps::migrations())
         .args(["--app", app, direction.command(), "--sql", range])
         .env_remove("DATABASE_URL")
         .output()
