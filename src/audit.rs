@@ -1,10 +1,13 @@
-//! Audit records: one for every mutating RPC and every applied (or failed) revision, saying
-//! who (token subject or certificate), request id, tenant, revision, checksum, fence token
-//! and outcome. Each is a structured log line (target `fleetmig::audit`) and, in the daemon,
-//! a key under `<prefix>audit/` in etcd, written in the background (an RPC never waits on it;
-//! while tenants are being locked, the records ride on the lock acquires, see [`Shelf`]) and
-//! rotated: once over `audit.max_records`, trimmed to the newest nine tenths of it,
-//! counted more often as the store fills (see [`SHARED_BY`]), and at shutdown.
+//! Audit records: one for every mutating RPC, and one for every tenant a job migrated, naming
+//! each revision it applied, skipped or failed; who (token subject or certificate), request
+//! id, tenant, revision(s) with checksums, fence token and outcome. Each revision is also a
+//! structured log line of its own (target `fleetmig::audit`, like every record). In the
+//! daemon, records are keys under `<prefix>audit/` in etcd, written in the background (an RPC
+//! never waits on it; while tenants are being locked, the records ride on the lock acquires,
+//! see [`Shelf`]) and rotated: once over `audit.max_records`, trimmed to the newest nine
+//! tenths of it, counted more often as the store fills (see [`SHARED_BY`]), and at shutdown.
+//! One record per tenant, not per revision: a history of hundreds of revisions costs etcd no
+//! more requests than a short one, and the store keeps as many tenants' runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +43,8 @@ pub struct AuditRecord {
     pub at: DateTime<Utc>,
     pub who: String,
     pub request_id: String,
-    /// The RPC (`Tenants/Register`) or `upgrade revision` / `downgrade revision`.
+    /// The RPC (`Tenants/Register`), `upgrade tenant` / `downgrade tenant` (a tenant's run),
+    /// `stamp revision`, ...
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -53,7 +57,21 @@ pub struct AuditRecord {
     /// The job an Upgrade/Downgrade started, or the one Cancel stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
-    /// `ok`, `applied`, `skipped`, or the error (gRPC code or SQLSTATE and message).
+    /// `ok`, `done`, `stamped`, or the error (gRPC code or SQLSTATE and message).
+    pub outcome: String,
+    /// A tenant's run: each revision it applied, skipped or failed, in order, under the
+    /// record's fence token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionOutcome>,
+}
+
+/// One revision of a tenant's run, in the run's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionOutcome {
+    pub revision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// `applied`, `skipped (FLAG is false)`, `failed: ...`, `interrupted: ...`.
     pub outcome: String,
 }
 
@@ -70,6 +88,7 @@ impl AuditRecord {
             fence_token: None,
             job_id: None,
             outcome: outcome.into(),
+            revisions: vec![],
         }
     }
 
@@ -96,6 +115,9 @@ const TRIM_EVERY: usize = 64;
 const SHARED_BY: usize = 4;
 /// Records per etcd request at most (etcd's default limit is 128 operations per txn).
 const BATCH: usize = 64;
+/// Bytes of records per etcd request at most, beyond the first record (etcd's default limit
+/// is 1.5 MiB per request; a tenant's record of a long history is some 100 bytes a revision).
+const BATCH_BYTES: usize = 512 * 1024;
 /// How long a record waits for a carrier (a lock acquire, or releases sent alone) before the
 /// writer writes it, with whatever else is waiting: while tenants are being locked, records
 /// never wait that long, and cost no request of their own (the writer used to write what was
@@ -134,7 +156,18 @@ impl AuditLog {
         self.etcd.clone()
     }
 
+    /// The log line, and the etcd record.
     pub fn record(&self, r: AuditRecord) {
+        self.log(&r);
+        if let Some(shelf) = &self.etcd
+            && !shelf.push(&r)
+        {
+            tracing::warn!("audit backlog full (etcd slow?): this record is only in the log");
+        }
+    }
+
+    /// The log line alone (a revision's: its tenant's record in etcd names it).
+    pub fn log(&self, r: &AuditRecord) {
         tracing::info!(
             target: "fleetmig::audit",
             who = %r.who,
@@ -145,14 +178,10 @@ impl AuditLog {
             checksum = r.checksum.as_deref().unwrap_or(""),
             fence_token = r.fence_token.unwrap_or(0),
             job_id = r.job_id.as_deref().unwrap_or(""),
+            revisions = r.revisions.len(),
             outcome = %r.outcome,
             "audit"
         );
-        if let Some(shelf) = &self.etcd
-            && !shelf.push(&r)
-        {
-            tracing::warn!("audit backlog full (etcd slow?): this record is only in the log");
-        }
     }
 }
 
@@ -199,10 +228,17 @@ impl Shelf {
         true
     }
 
-    /// Up to `max` of the oldest records, to write.
+    /// Up to `max` of the oldest records, to write: within [`BATCH_BYTES`], but at least one.
     pub fn take(&self, max: usize) -> Vec<AuditPut> {
         let mut puts = self.puts.lock().unwrap();
-        let n = puts.len().min(max);
+        let (mut n, mut bytes) = (0, 0);
+        for (_, (k, v)) in puts.iter().take(max) {
+            bytes += k.len() + v.len();
+            if n > 0 && bytes > BATCH_BYTES {
+                break;
+            }
+            n += 1;
+        }
         puts.drain(..n).map(|(_, put)| put).collect()
     }
 
@@ -459,16 +495,20 @@ mod tests {
         assert_eq!(low_water(4), 4);
     }
 
-    #[test]
-    fn records_put_back_by_a_carrier_go_first_in_their_order() {
-        let shelf = Shelf::new("p/audit/".into());
-        let caller = Caller {
+    fn caller() -> Caller {
+        Caller {
             subject: "tester".into(),
             via: crate::auth::Via::Anonymous,
             scopes: vec![],
             request_id: "r".into(),
             certificate: None,
-        };
+        }
+    }
+
+    #[test]
+    fn records_put_back_by_a_carrier_go_first_in_their_order() {
+        let shelf = Shelf::new("p/audit/".into());
+        let caller = caller();
         for action in ["a", "b", "c"] {
             assert!(shelf.push(&AuditRecord::new(&caller, action, "ok")));
         }
@@ -483,5 +523,26 @@ mod tests {
             .collect();
         assert_eq!(actions, ["a", "b", "c"]);
         assert!(shelf.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_request_takes_records_within_its_byte_budget_and_always_one() {
+        let shelf = Shelf::new("p/audit/".into());
+        let caller = caller();
+        // Records of long histories, a little under a third of the budget each: three fit
+        // in one request, the fourth waits for the next.
+        let big = "x".repeat(BATCH_BYTES / 3 - 1000);
+        for _ in 0..4 {
+            assert!(shelf.push(&AuditRecord::new(&caller, "upgrade tenant", big.as_str())));
+        }
+        assert_eq!(shelf.take(BATCH).len(), 3);
+        assert_eq!(shelf.take(BATCH).len(), 1);
+        // One record over the whole budget still goes, alone.
+        let huge = "x".repeat(BATCH_BYTES * 2);
+        assert!(shelf.push(&AuditRecord::new(&caller, "upgrade tenant", huge.as_str())));
+        assert!(shelf.push(&AuditRecord::new(&caller, "upgrade tenant", "done")));
+        assert_eq!(shelf.take(BATCH).len(), 1);
+        assert_eq!(shelf.take(BATCH).len(), 1);
+        assert!(shelf.take(BATCH).is_empty());
     }
 }

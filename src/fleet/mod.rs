@@ -7,6 +7,7 @@ pub mod events;
 mod execution;
 mod onboard;
 mod queries;
+mod run_audit;
 mod standing;
 mod tenant_run;
 mod verify;

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::events::{Failure, JobEvent, Outcome, TenantEvent};
 use super::execution::{Ended, Execution};
+use super::run_audit::RunAudit;
 use super::{Fleet, JobSpec};
 use crate::engine::{self, Engine, EngineError, Event, RunOptions};
 use crate::registry::Tenant;
@@ -100,36 +101,16 @@ impl TenantRun {
         Outcome::Failed
     }
 
-    /// Records one revision's outcome in the audit log: who asked, the revision's checksum,
-    /// the fence token it was applied under.
-    fn revision_audit(
-        &self,
-        tenant: &Tenant,
-        fence_token: i64,
-    ) -> impl Fn(crate::model::Direction, &crate::model::RevisionId, String) + Send + Sync + 'static
-    {
-        let (log, caller, app) = (
+    /// The run's audit record ([`RunAudit`]), under the lock's fence token.
+    fn run_audit(&self, tenant: &Tenant, fence_token: i64) -> Arc<RunAudit> {
+        Arc::new(RunAudit::new(
             self.fleet.audit().clone(),
-            self.spec.caller.clone(),
+            &self.spec.caller,
             self.app.clone(),
-        );
-        let tenant = tenant.id.to_string();
-        move |direction, revision, outcome| {
-            let checksum = app
-                .graph
-                .node(revision.as_str())
-                .map(|n| app.graph.revision(n).checksum.clone());
-            let mut record = crate::audit::AuditRecord::new(
-                &caller,
-                format!("{} revision", direction.as_str()),
-                outcome,
-            )
-            .tenant(tenant.clone());
-            record.revision = Some(revision.to_string());
-            record.checksum = checksum;
-            record.fence_token = Some(fence_token);
-            log.record(record);
-        }
+            self.spec.direction,
+            &tenant.id.to_string(),
+            fence_token,
+        ))
     }
 
     pub async fn run(self, tenant: Tenant) -> Outcome {
@@ -326,7 +307,10 @@ impl TenantRun {
         let applied_so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let applied_log = applied_so_far.clone();
         let tenant_id = tenant.id.to_string();
-        let audit = self.revision_audit(&tenant, guard.token().0);
+        // Written when the run ends, however it ends (the last reference goes with this
+        // function's locals, after the lock's release was queued).
+        let audit = self.run_audit(&tenant, guard.token().0);
+        let revision_audit = audit.clone();
         // The revision started and not yet done: what a failure outside a step interrupted.
         let in_flight = std::sync::Arc::new(std::sync::Mutex::new(None));
         let in_flight_log = in_flight.clone();
@@ -372,7 +356,7 @@ impl TenantRun {
                 Event::RevisionDone(a) => {
                     in_flight_log.lock().unwrap().take();
                     applied_log.lock().unwrap().push(a.revision.to_string());
-                    audit(
+                    revision_audit.revision(
                         a.direction,
                         &a.revision,
                         match &a.skipped_by {
@@ -475,7 +459,7 @@ impl TenantRun {
             Ended::LeaseLost => {
                 let reason = "this daemon's etcd lease ended; it issued no SQL after that, another daemon or a retry will finish this tenant".to_string();
                 if let Some(revision) = in_flight.lock().unwrap().take() {
-                    self.revision_audit(&tenant, guard.token().0)(
+                    audit.revision(
                         self.spec.direction,
                         &revision,
                         "interrupted: lease lost".into(),
@@ -545,7 +529,7 @@ impl TenantRun {
                 Outcome::Interrupted
             }
             Err(EngineError::StepFailed { failure, applied }) => {
-                self.revision_audit(&tenant, guard_token)(
+                audit.revision(
                     self.spec.direction,
                     &failure.revision,
                     format!(
@@ -571,11 +555,9 @@ impl TenantRun {
             }
             Err(e) => {
                 match in_flight.lock().unwrap().take() {
-                    Some(revision) => self.revision_audit(&tenant, guard_token)(
-                        self.spec.direction,
-                        &revision,
-                        format!("failed: {e}"),
-                    ),
+                    Some(revision) => {
+                        audit.revision(self.spec.direction, &revision, format!("failed: {e}"))
+                    }
                     None if applied_so_far.lock().unwrap().is_empty() => {
                         self.audit_early_failure(&tenant, Some(guard_token), &e.to_string())
                     }

@@ -461,7 +461,7 @@ async fn tls_matrix_rejects_bad_clients_and_serves_none_of_their_calls() {
 
 #[tokio::test]
 async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_rotated() {
-    let Some(s) = secured("audit", |c| c.audit.max_records = 4).await else {
+    let Some(s) = secured("audit", |c| c.audit.max_records = 2).await else {
         return;
     };
     let pg = harness::postgres().unwrap();
@@ -504,7 +504,7 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
     let c = fleetmig::pg::connect_str(&url).await.unwrap();
     let history: Vec<(String, i64)> = c
         .query(
-            "SELECT revision, fence_token FROM fleetmig_history WHERE direction = 'upgrade'",
+            "SELECT revision, fence_token FROM fleetmig_history WHERE direction = 'upgrade' ORDER BY id",
             &[],
         )
         .await
@@ -513,8 +513,9 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(history.len(), app.graph.len());
-    // Records are written in the background: wait for all of them.
-    let expected = 2 + history.len();
+    // Records are written in the background: wait for all of them (the two calls', and the
+    // tenant's run, naming its revisions).
+    let expected = 3;
     let deadline = Instant::now() + Duration::from_secs(10);
     let records = loop {
         let r = fleetmig::audit::read_all(&mut etcd, &s.prefix)
@@ -555,34 +556,40 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
         })
         .unwrap();
     assert_eq!(upgrade.job_id.as_deref(), Some(accepted.as_str()));
-    for (revision, fence) in &history {
-        let r = records
-            .iter()
-            .find(|r| r.action == "upgrade revision" && r.revision.as_deref() == Some(revision))
-            .unwrap_or_else(|| panic!("no audit record for {revision}: {records:#?}"));
+    let run = records
+        .iter()
+        .find(|r| r.action == "upgrade tenant")
+        .unwrap_or_else(|| panic!("no record of the tenant's run: {records:#?}"));
+    // An Upgrade is a rollout: its revisions are applied on behalf of the caller.
+    assert_eq!(
+        (run.who.as_str(), run.request_id.as_str()),
+        (
+            format!("rollout {accepted} started by {who}").as_str(),
+            "req-audit-2"
+        )
+    );
+    assert_eq!(run.tenant.as_deref(), Some("audited-1"));
+    assert_eq!(run.outcome, "done");
+    // Each revision, in the order applied, with the file's checksum, under the fence token of
+    // its history row.
+    let named: Vec<&str> = run.revisions.iter().map(|r| r.revision.as_str()).collect();
+    let applied: Vec<&str> = history.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(named, applied, "{run:#?}");
+    for ((revision, fence), r) in history.iter().zip(&run.revisions) {
         let file = app.graph.revision(app.graph.node(revision).unwrap());
         assert_eq!(r.checksum.as_deref(), Some(file.checksum.as_str()));
-        assert_eq!(r.fence_token, Some(*fence));
-        // An Upgrade is a rollout: its revisions are applied on behalf of the caller.
-        assert_eq!(
-            (r.who.as_str(), r.request_id.as_str()),
-            (
-                format!("rollout {accepted} started by {who}").as_str(),
-                "req-audit-2"
-            )
-        );
-        assert_eq!(r.tenant.as_deref(), Some("audited-1"));
+        assert_eq!(run.fence_token, Some(*fence));
         assert!(
             r.outcome == "applied" || r.outcome.starts_with("skipped"),
             "{r:?}"
         );
     }
-    // Rotation: at shutdown the writer trims to the newest max_records (4).
+    // Rotation: at shutdown the writer trims to the newest max_records (2).
     s.daemon.shutdown().await.unwrap();
     let kept = fleetmig::audit::read_all(&mut etcd, &s.prefix)
         .await
         .unwrap();
-    assert_eq!(kept, records[records.len() - 4..].to_vec());
+    assert_eq!(kept, records[records.len() - 2..].to_vec());
 }
 
 /// A Stamp's audit record names each revision stamped and the fence token, as its history
@@ -676,8 +683,8 @@ async fn stamps_and_early_failures_are_audited() {
 }
 
 /// Audit records ride on the next lock acquire instead of a request of their own: with two
-/// tenants upgraded one after the other, the first one's revision records are written in the
-/// same etcd revision as the second one's lock (its fence token). All records still arrive.
+/// tenants upgraded one after the other, the first one's run record is written in the same
+/// etcd revision as the second one's lock (its fence token). All records still arrive.
 #[tokio::test]
 async fn audit_records_ride_on_the_next_lock_acquire() {
     let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
@@ -720,9 +727,8 @@ async fn audit_records_ride_on_the_next_lock_acquire() {
     let (first, second) = if f1 < f2 { (f1, f2) } else { (f2, f1) };
     let first_tenant = if f1 < f2 { "ride-1" } else { "ride-2" };
     let mut client = etcd.client().await;
-    let app = fleetmig::revision::App::load(&harness::repo_migrations(), "aletheia").unwrap();
-    // The registers, the Upgrade, and each tenant's revisions.
-    let expected = 2 + 1 + 2 * app.graph.len();
+    // The registers, the Upgrade, and each tenant's run.
+    let expected = 2 + 1 + 2;
     let deadline = Instant::now() + Duration::from_secs(10);
     let kvs = loop {
         let kvs = harness::audit_kvs(&mut client, &prefix).await;
@@ -751,6 +757,86 @@ async fn audit_records_ride_on_the_next_lock_acquire() {
         !carried.is_empty(),
         "no record of {first_tenant} written with the lock at revision {second} (first lock at {first}): {records:#?}"
     );
+    daemon.shutdown().await.unwrap();
+}
+
+/// A tenant's run is one audit record however many revisions it applies: 40 revisions, one
+/// transaction each, the last failing; the record names the 39 applied and the failure (with
+/// its SQLSTATE), in order, each with its file's checksum.
+#[tokio::test]
+async fn a_long_run_is_one_audit_record_naming_each_revision_and_the_failure() {
+    let (Some(pg), Some(etcd)) = (harness::postgres(), harness::etcd()) else {
+        return;
+    };
+    let files: Vec<(String, String)> = (1..=40)
+        .map(|i| {
+            let down = if i == 1 { String::new() } else { format!("l{}", i - 1) };
+            let up = if i == 40 { "SELECT 1 / 0;".to_string() } else { format!("CREATE TABLE t{i} (id int);") };
+            (
+                format!("l{i}.sql"),
+                format!("-- revision: l{i}\n-- down_revision: {down}\n-- +upgrade\n{up}\n-- +downgrade\nDROP TABLE IF EXISTS t{i};\n"),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let (_tmp, root) = harness::scratch_app("longrun", "transaction_per_revision = true\n", &files);
+    let prefix = etcd.prefix("audit-long");
+    let daemon = dh::start(dh::config(&etcd.endpoint, &prefix, &root)).await;
+    let (_, db) = pg.database("audit_long").await;
+    dh::register(
+        &mut daemon.tenants().await,
+        dh::tenant("long-1", "longrun", &db, &[], &[]),
+    )
+    .await;
+    let events = dh::collect(
+        daemon
+            .migrations()
+            .await
+            .upgrade(dh::all("longrun", "head", 1))
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(dh::summary(&events).failed, 1, "{events:?}");
+    let app = fleetmig::revision::App::load(&root, "longrun").unwrap();
+    let mut client = etcd.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let records = fleetmig::audit::read_all(&mut client, &prefix)
+            .await
+            .unwrap();
+        if records.iter().any(|r| r.action == "upgrade tenant") || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The Register, the Upgrade, the run: nothing per revision.
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["Tenants/Register", "Migrations/Upgrade", "upgrade tenant"],
+        "{records:#?}"
+    );
+    let run = &records[2];
+    assert_eq!(run.tenant.as_deref(), Some("long-1"));
+    assert_eq!(run.revision.as_deref(), Some("l40"));
+    assert!(run.outcome.starts_with("failed: SQLSTATE 22012"), "{run:?}");
+    assert_eq!(run.revisions.len(), 40);
+    for (i, r) in run.revisions.iter().enumerate() {
+        assert_eq!(r.revision, format!("l{}", i + 1));
+        let file = app.graph.revision(app.graph.node(&r.revision).unwrap());
+        assert_eq!(r.checksum.as_deref(), Some(file.checksum.as_str()));
+        let expected = if i < 39 {
+            "applied"
+        } else {
+            "failed: SQLSTATE 22012"
+        };
+        assert!(r.outcome.starts_with(expected), "{r:?}");
+    }
     daemon.shutdown().await.unwrap();
 }
 
