@@ -65,7 +65,11 @@ impl Drop for RunAudit {
     /// The run's record, if it touched any revision: `done` when every one was applied or
     /// skipped, or the last one's failure or interruption.
     fn drop(&mut self) {
-        let revisions = std::mem::take(self.revisions.get_mut().unwrap());
+        let revisions = std::mem::take(
+            self.revisions
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
         let Some(last) = revisions.last() else {
             return;
         };
