@@ -157,7 +157,7 @@ pub fn gate(
     target: &Target,
     allow: bool,
 ) -> Result<(), Failure> {
-    let lint: AppLint = lint::lint_app(app, values).map_err(lint_error)?;
+    let lint: AppLint = lint::lint_for_run(app, values, direction, target).map_err(lint_error)?;
     match lint::gate::check(&lint, &app.graph, direction, target) {
         Ok(_) => Ok(()),
         Err(LintError::Refused(r)) if allow => {

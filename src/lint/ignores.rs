@@ -47,7 +47,8 @@ fn squawk_directive(line: &str) -> bool {
         && (t.contains("squawk-ignore") || t.contains("squawk-disable-assume-in-transaction"))
 }
 
-pub(super) fn apply(rev: &Revision, findings: &mut Vec<Finding>, config: &LintConfig) {
+/// `whole`: both directions were linted, so an ignore no finding used is unused.
+pub(super) fn apply(rev: &Revision, findings: &mut Vec<Finding>, config: &LintConfig, whole: bool) {
     let header_line = |line: usize| format!("-- {}", header_text(rev, line));
     let mut extra = Vec::new();
     // (rule, reason, line) of every well-formed ignore.
@@ -97,7 +98,8 @@ pub(super) fn apply(rev: &Revision, findings: &mut Vec<Finding>, config: &LintCo
             f.ignored = Some(reason.clone());
         }
     }
-    if let (true, Some(severity)) = (
+    if let (true, true, Some(severity)) = (
+        whole,
         config.runs(own::UNUSED_IGNORE),
         config.severity(own::UNUSED_IGNORE, Direction::Upgrade),
     ) {

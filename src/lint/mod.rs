@@ -12,7 +12,7 @@ mod ignores;
 pub mod report;
 mod squawk;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,8 @@ pub use gate::{Refusal, RevisionVerdict};
 
 use crate::model::{Direction, RevisionId};
 use crate::revision::placeholder::PlaceholderType;
-use crate::revision::{App, Resolved, Revision, render};
+use crate::revision::plan::Target;
+use crate::revision::{App, Node, Resolved, Revision, render};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LintError {
@@ -179,11 +180,37 @@ impl AppLint {
 
 /// Lint every revision of `app`, rendered with `values`.
 pub fn lint_app(app: &App, values: &Resolved) -> Result<AppLint, LintError> {
+    lint_revisions(app, values, None)
+}
+
+/// What a gate needs before one run towards `target`: the revisions it may apply
+/// ([`gate::candidates`]), linted in `direction` only (the other sections are not parsed: half
+/// the work on a long history, on every CLI call). Both directions when an unused ignore is an
+/// error, since whether an ignore is used depends on both.
+pub fn lint_for_run(
+    app: &App,
+    values: &Resolved,
+    direction: Direction,
+    target: &Target,
+) -> Result<AppLint, LintError> {
+    let nodes = gate::candidates(&app.graph, direction, target).unwrap_or_default();
+    lint_revisions(app, values, Some((direction, &nodes)))
+}
+
+fn lint_revisions(
+    app: &App,
+    values: &Resolved,
+    only: Option<(Direction, &BTreeSet<Node>)>,
+) -> Result<AppLint, LintError> {
     let config = LintConfig::parse(&app.lint, &app.dir.join(crate::revision::MANIFEST))?;
+    let unused_blocks = config.runs(own::UNUSED_IGNORE)
+        && config.severity(own::UNUSED_IGNORE, Direction::Upgrade) == Some(Severity::Error);
+    let direction = only.map(|(d, _)| d).filter(|_| !unused_blocks);
     let revisions: Vec<RevisionLint> = app
         .graph
         .revisions()
-        .map(|(_, rev)| lint_revision(rev, values, &config))
+        .filter(|(n, _)| only.is_none_or(|(_, nodes)| nodes.contains(n)))
+        .map(|(_, rev)| lint_sections(rev, values, &config, direction))
         .collect();
     let index = revisions
         .iter()
@@ -229,10 +256,23 @@ fn load_values(app: &App) -> Result<Resolved, LintError> {
 
 /// One revision, both directions, its ignores applied.
 pub fn lint_revision(rev: &Revision, values: &Resolved, config: &LintConfig) -> RevisionLint {
+    lint_sections(rev, values, config, None)
+}
+
+/// One revision's section in `only` (`None`: both), its ignores applied; whether an ignore is
+/// used at all is judged only when both were linted.
+fn lint_sections(
+    rev: &Revision,
+    values: &Resolved,
+    config: &LintConfig,
+    only: Option<Direction>,
+) -> RevisionLint {
     let in_transaction = rev.transaction.in_transaction_block();
     let mut findings = Vec::new();
     for direction in [Direction::Upgrade, Direction::Downgrade] {
-        if direction == Direction::Downgrade && rev.downgrade.is_none() {
+        if (direction == Direction::Downgrade && rev.downgrade.is_none())
+            || only.is_some_and(|d| d != direction)
+        {
             continue;
         }
         match render::render_for_lint(rev, direction, values) {
@@ -246,7 +286,7 @@ pub fn lint_revision(rev: &Revision, values: &Resolved, config: &LintConfig) -> 
             Err(e) => findings.push(unrenderable(rev, direction, &e)),
         }
     }
-    ignores::apply(rev, &mut findings, config);
+    ignores::apply(rev, &mut findings, config, only.is_none());
     RevisionLint {
         revision: rev.id.clone(),
         file: rev.path.display().to_string(),

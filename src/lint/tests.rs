@@ -306,3 +306,56 @@ fn the_gate_covers_what_a_target_can_bring() {
     assert_eq!(v[0].revision, "r2");
     assert_eq!(v[0].verdict, Verdict::Clean);
 }
+
+#[test]
+fn a_run_lints_only_what_it_may_apply_and_only_its_direction() {
+    use crate::revision::plan::Target;
+    // r2's upgrade is clean; its downgrade builds an index without CONCURRENTLY (an error).
+    let r2 = |header: &str| {
+        format!(
+            "-- revision: r2\n-- down_revision: r1\n{header}-- +upgrade\nCREATE TABLE u (x bigint);\n-- +downgrade\nDROP TABLE u;\nCREATE INDEX i ON t (x);\n"
+        )
+    };
+    let head: Target = "head".parse().unwrap();
+    let (_tmp, a) = app(&[("r1.sql", BASE), ("r2.sql", &r2(""))], "");
+    let values = load_values(&a).unwrap();
+    let up = lint_for_run(&a, &values, Direction::Upgrade, &head).unwrap();
+    assert!(up.revision("r2").unwrap().findings.is_empty(), "{up:?}");
+    gate::check(&up, &a.graph, Direction::Upgrade, &head).unwrap();
+    // Up to r1: r2 is not linted at all.
+    let to_r1 = lint_for_run(&a, &values, Direction::Upgrade, &Target::revision("r1")).unwrap();
+    assert!(to_r1.revision("r1").is_some() && to_r1.revision("r2").is_none());
+    // Down to base: r2's downgrade refuses it, as the whole app's lint would.
+    let down_to = Target::revision("base");
+    let down = lint_for_run(&a, &values, Direction::Downgrade, &down_to).unwrap();
+    let e = gate::check(&down, &a.graph, Direction::Downgrade, &down_to).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("r2.sql:7:1: require-concurrent-index-creation"),
+        "{e}"
+    );
+    let whole = lint_app(&a, &values).unwrap();
+    assert!(gate::check(&whole, &a.graph, Direction::Downgrade, &down_to).is_err());
+    // An ignore only the downgrade uses, with unused ignores raised to errors: both directions
+    // are linted, so the upgrade is not refused for an "unused" ignore.
+    let ignore =
+        "-- lint-ignore: require-concurrent-index-creation -- downgrade only: t is small\n";
+    let (_tmp, a) = app(
+        &[("r1.sql", BASE), ("r2.sql", &r2(ignore))],
+        "[lint]\nerror = [\"unused-lint-ignore\"]\n",
+    );
+    let up = lint_for_run(&a, &values, Direction::Upgrade, &head).unwrap();
+    gate::check(&up, &a.graph, Direction::Upgrade, &head).unwrap();
+    // And an ignore nothing uses still refuses it then.
+    let unused = "-- lint-ignore: ban-drop-column -- nothing here drops a column\n";
+    let (_tmp, a) = app(
+        &[
+            ("r1.sql", BASE),
+            ("r2.sql", &r2(&format!("{ignore}{unused}"))),
+        ],
+        "[lint]\nerror = [\"unused-lint-ignore\"]\n",
+    );
+    let up = lint_for_run(&a, &values, Direction::Upgrade, &head).unwrap();
+    let e = gate::check(&up, &a.graph, Direction::Upgrade, &head).unwrap_err();
+    assert!(e.to_string().contains("unused-lint-ignore"), "{e}");
+}
