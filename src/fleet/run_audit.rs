@@ -16,6 +16,8 @@ pub struct RunAudit {
     /// The run's record, without its revisions yet.
     record: AuditRecord,
     revisions: Mutex<Vec<RevisionOutcome>>,
+    /// Why the run stopped between two revisions (a cancel, a shutdown), if it did.
+    stopped: Mutex<Option<String>>,
 }
 
 impl RunAudit {
@@ -35,6 +37,7 @@ impl RunAudit {
             app,
             record,
             revisions: Mutex::new(vec![]),
+            stopped: Mutex::new(None),
         }
     }
 
@@ -59,27 +62,106 @@ impl RunAudit {
             outcome,
         });
     }
+
+    /// The run stopped between two revisions (`reason`): the record says so, not `done`.
+    pub fn stopped(&self, reason: &str) {
+        *self.stopped.lock().unwrap() = Some(format!("interrupted: {reason}"));
+    }
 }
 
 impl Drop for RunAudit {
-    /// The run's record, if it touched any revision: `done` when every one was applied or
-    /// skipped, or the last one's failure or interruption.
     fn drop(&mut self) {
         let revisions = std::mem::take(
             self.revisions
                 .get_mut()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
-        let Some(last) = revisions.last() else {
-            return;
+        let stopped = self
+            .stopped
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(record) = run_record(&self.record, revisions, stopped) {
+            self.log.record(record);
+        }
+    }
+}
+
+/// The run's record, if it touched any revision: `done` when every one was applied or
+/// skipped, the last one's failure or interruption, or why it stopped between two.
+fn run_record(
+    base: &AuditRecord,
+    revisions: Vec<RevisionOutcome>,
+    stopped: Option<String>,
+) -> Option<AuditRecord> {
+    let last = revisions.last()?;
+    let mut record = base.clone();
+    record.outcome = match (stopped, last.outcome.as_str()) {
+        (Some(why), _) => why,
+        (None, o) if o == "applied" || o.starts_with("skipped") => "done".into(),
+        (None, o) => o.to_string(),
+    };
+    record.revision = Some(last.revision.clone());
+    record.revisions = revisions;
+    Some(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(revision: &str, outcome: &str) -> RevisionOutcome {
+        RevisionOutcome {
+            revision: revision.into(),
+            checksum: Some(format!("sum-{revision}")),
+            outcome: outcome.into(),
+        }
+    }
+
+    #[test]
+    fn a_runs_outcome_is_done_its_failure_or_why_it_stopped() {
+        let caller = Caller {
+            subject: "ops".into(),
+            via: crate::auth::Via::Anonymous,
+            scopes: vec![],
+            request_id: "r".into(),
+            certificate: None,
         };
-        let mut record = self.record.clone();
-        record.outcome = match last.outcome.as_str() {
-            o if o == "applied" || o.starts_with("skipped") => "done".into(),
-            o => o.to_string(),
-        };
-        record.revision = Some(last.revision.clone());
-        record.revisions = revisions;
-        self.log.record(record);
+        let base = AuditRecord::new(&caller, "upgrade tenant", "").tenant("t1");
+        // Nothing touched (up to date): no record.
+        assert!(run_record(&base, vec![], None).is_none());
+        let done = run_record(
+            &base,
+            vec![
+                outcome("a", "applied"),
+                outcome("b", "skipped (F is false)"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (done.outcome.as_str(), done.revision.as_deref()),
+            ("done", Some("b"))
+        );
+        assert_eq!(done.revisions.len(), 2);
+        assert_eq!(done.tenant.as_deref(), Some("t1"));
+        let failed = run_record(
+            &base,
+            vec![
+                outcome("a", "applied"),
+                outcome("b", "failed: SQLSTATE 42P07: exists"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(failed.outcome, "failed: SQLSTATE 42P07: exists");
+        let stopped = run_record(
+            &base,
+            vec![outcome("a", "applied")],
+            Some("interrupted: the job was cancelled".into()),
+        )
+        .unwrap();
+        assert_eq!(stopped.outcome, "interrupted: the job was cancelled");
+        assert_eq!(stopped.revision.as_deref(), Some("a"));
     }
 }

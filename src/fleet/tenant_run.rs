@@ -519,10 +519,12 @@ impl TenantRun {
                 Outcome::Done
             }
             Err(EngineError::Stopped { applied }) => {
+                let reason = super::skipped_reason(&self.fleet.shutdown);
+                audit.stopped(&reason);
                 self.emit(
                     &tenant,
                     TenantEvent::Interrupted {
-                        reason: super::skipped_reason(&self.fleet.shutdown),
+                        reason,
                         applied: ids(applied),
                     },
                 );
