@@ -254,11 +254,6 @@ fn load_values(app: &App) -> Result<Resolved, LintError> {
         })
 }
 
-/// One revision, both directions, its ignores applied.
-pub fn lint_revision(rev: &Revision, values: &Resolved, config: &LintConfig) -> RevisionLint {
-    lint_sections(rev, values, config, None)
-}
-
 /// One revision's section in `only` (`None`: both), its ignores applied; whether an ignore is
 /// used at all is judged only when both were linted.
 fn lint_sections(
