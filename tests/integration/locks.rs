@@ -28,7 +28,7 @@ async fn keys_at(client: &etcd_client::Client, start: &str, revision: i64) -> Ve
         .collect()
 }
 
-/// An audit record of a revision applied to `tenant`.
+/// An audit record of a tenant's run.
 fn applied(tenant: &str) -> fleetmig::audit::AuditRecord {
     let caller = fleetmig::auth::Caller {
         subject: "tester".into(),
@@ -37,7 +37,7 @@ fn applied(tenant: &str) -> fleetmig::audit::AuditRecord {
         request_id: "r1".into(),
         certificate: None,
     };
-    fleetmig::audit::AuditRecord::new(&caller, "upgrade revision", "applied").tenant(tenant)
+    fleetmig::audit::AuditRecord::new(&caller, "upgrade tenant", "done").tenant(tenant)
 }
 
 /// A lock session named `owner` with a 5 s lease, its tasks on `tracker` until `stop`.
