@@ -194,17 +194,13 @@ async fn the_daemon_names_the_blocker_fails_behind_it_or_cancels_it_by_policy() 
     // The audit trail has it (written in the background): who asked, which tenant and
     // revision, what was done.
     let mut etcd_client = etcd.client().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ended = loop {
-        let records = fleetmig::audit::read_all(&mut etcd_client, &prefix)
-            .await
-            .unwrap();
-        if let Some(r) = records.iter().find(|r| r.action == "end blocking session") {
-            break r.clone();
-        }
-        assert!(Instant::now() < deadline, "{records:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let is_end = |r: &fleetmig::audit::AuditRecord| r.action == "end blocking session";
+    let records = harness::audit_until(&mut etcd_client, &prefix, |r| r.iter().any(is_end)).await;
+    let ended = records
+        .iter()
+        .find(|r| is_end(r))
+        .cloned()
+        .unwrap_or_else(|| panic!("{records:?}"));
     assert_eq!(ended.tenant.as_deref(), Some("blocked-0"));
     assert_eq!(ended.revision.as_deref(), Some("b2"));
     assert!(

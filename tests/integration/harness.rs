@@ -257,6 +257,23 @@ pub async fn audit_kvs(
         .to_vec()
 }
 
+/// The audit records under `prefix` once `done` holds for them (they are written in the
+/// background), or as they stand after 10 s: callers assert on what they find.
+pub async fn audit_until(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    done: impl Fn(&[fleetmig::audit::AuditRecord]) -> bool,
+) -> Vec<fleetmig::audit::AuditRecord> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = fleetmig::audit::read_all(client, prefix).await.unwrap();
+        if done(&records) || Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn etcd_bin() -> Option<PathBuf> {
     let bin = std::env::var("FLEETMIG_ETCD_BIN")
         .ok()

@@ -40,6 +40,20 @@ fn applied(tenant: &str) -> fleetmig::audit::AuditRecord {
     fleetmig::audit::AuditRecord::new(&caller, "upgrade tenant", "done").tenant(tenant)
 }
 
+/// A lock session "a" whose acquires and releases carry the records of an etcd audit log.
+async fn audited_session(
+    client: &etcd_client::Client,
+    prefix: &str,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> (std::sync::Arc<EtcdSession>, fleetmig::audit::AuditLog) {
+    let session = session(client, prefix, "a", tracker, stop).await;
+    let audit =
+        fleetmig::audit::AuditLog::to_etcd(client.clone(), prefix, 1000, tracker, stop.clone());
+    session.carry_audit(audit.shelf().expect("an etcd audit log"));
+    (session, audit)
+}
+
 /// A lock session named `owner` with a 5 s lease, its tasks on `tracker` until `stop`.
 async fn session(
     client: &etcd_client::Client,
@@ -158,10 +172,7 @@ async fn a_release_sent_alone_carries_the_audit_records_waiting() {
     let prefix = etcd.prefix("locks-audit");
     let mut client = etcd.client().await;
     let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-    let session = session(&client, &prefix, "a", &tracker, &stop).await;
-    let audit =
-        fleetmig::audit::AuditLog::to_etcd(client.clone(), &prefix, 1000, &tracker, stop.clone());
-    session.carry_audit(audit.shelf().expect("an etcd audit log"));
+    let (session, audit) = audited_session(&client, &prefix, &tracker, &stop).await;
     let db = DatabaseKey("h:5432/audited".into());
     let key = format!("{prefix}locks/{db}");
     let guard = session.try_lock(&db).await.unwrap();
@@ -194,10 +205,7 @@ async fn while_acquires_keep_coming_no_audit_record_is_written_alone() {
     let prefix = etcd.prefix("locks-audit-steady");
     let client = etcd.client().await;
     let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-    let session = session(&client, &prefix, "a", &tracker, &stop).await;
-    let audit =
-        fleetmig::audit::AuditLog::to_etcd(client.clone(), &prefix, 1000, &tracker, stop.clone());
-    session.carry_audit(audit.shelf().expect("an etcd audit log"));
+    let (session, audit) = audited_session(&client, &prefix, &tracker, &stop).await;
     // A record every 150 ms, each taken by the next acquire (the locks are held, so no
     // release goes alone to carry one): no record waits a second (850 ms to spare for a slow
     // acquire), though the writer first heard of one 1.35 s before the last was queued.

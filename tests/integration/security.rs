@@ -516,16 +516,7 @@ async fn audit_records_name_caller_request_revision_checksum_and_fence_and_are_r
     // Records are written in the background: wait for all of them (the two calls', and the
     // tenant's run, naming its revisions).
     let expected = 3;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let records = loop {
-        let r = fleetmig::audit::read_all(&mut etcd, &s.prefix)
-            .await
-            .unwrap();
-        if r.len() >= expected || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let records = harness::audit_until(&mut etcd, &s.prefix, |r| r.len() >= expected).await;
     assert_eq!(records.len(), expected, "{records:#?}");
     let who = "ops-alice (jwt, certificate rollout-bot)";
     let register = records
@@ -650,24 +641,18 @@ async fn stamps_and_early_failures_are_audited() {
     };
     assert_eq!(revision, "0002");
     let mut client = etcd.client().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (stamp, early) = loop {
-        let records = fleetmig::audit::read_all(&mut client, &prefix)
-            .await
-            .unwrap();
-        let stamp = records
-            .iter()
-            .find(|r| r.action == "stamp revision")
-            .cloned();
-        let early = records
-            .iter()
-            .find(|r| r.action == "upgrade tenant")
-            .cloned();
-        if let (Some(s), Some(e)) = (&stamp, &early) {
-            break (s.clone(), e.clone());
-        }
-        assert!(Instant::now() < deadline, "{records:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let find = |records: &[fleetmig::audit::AuditRecord], action: &str| {
+        records.iter().find(|r| r.action == action).cloned()
+    };
+    let records = harness::audit_until(&mut client, &prefix, |r| {
+        find(r, "stamp revision").is_some() && find(r, "upgrade tenant").is_some()
+    })
+    .await;
+    let (Some(stamp), Some(early)) = (
+        find(&records, "stamp revision"),
+        find(&records, "upgrade tenant"),
+    ) else {
+        panic!("{records:#?}")
     };
     assert_eq!(stamp.tenant.as_deref(), Some("stamped"));
     assert_eq!(stamp.revision.as_deref(), Some("0002"));
@@ -804,16 +789,10 @@ async fn a_long_run_is_one_audit_record_naming_each_revision_and_the_failure() {
     assert_eq!(dh::summary(&events).failed, 1, "{events:?}");
     let app = fleetmig::revision::App::load(&root, "longrun").unwrap();
     let mut client = etcd.client().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let records = loop {
-        let records = fleetmig::audit::read_all(&mut client, &prefix)
-            .await
-            .unwrap();
-        if records.iter().any(|r| r.action == "upgrade tenant") || Instant::now() > deadline {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let records = harness::audit_until(&mut client, &prefix, |records| {
+        records.iter().any(|r| r.action == "upgrade tenant")
+    })
+    .await;
     // The Register, the Upgrade, the run: nothing per revision.
     let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(
