@@ -25,12 +25,23 @@ pub fn missing(service: &str, why: String) -> Option<()> {
     None
 }
 
+/// A loopback port nobody listens on, never the same twice in this process: the kernel may
+/// hand a just-closed ephemeral port out again before its first taker binds it (a three-member
+/// etcd cluster once got two members on one peer port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn is_root() -> bool {
