@@ -75,6 +75,13 @@ pub struct RevisionOutcome {
     pub outcome: String,
 }
 
+impl RevisionOutcome {
+    /// Applied, or skipped by its condition: done either way.
+    pub fn done(&self) -> bool {
+        self.outcome == "applied" || self.outcome.starts_with("skipped")
+    }
+}
+
 impl AuditRecord {
     pub fn new(caller: &Caller, action: impl Into<String>, outcome: impl Into<String>) -> Self {
         AuditRecord {

@@ -12,7 +12,8 @@ use std::time::Instant;
 use crate::harness;
 use crate::tools::Direction;
 
-fn benches_dir() -> PathBuf {
+/// `benches/alembic/`: the committed projects, the driver and the generator.
+pub fn benches_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/alembic")
 }
 

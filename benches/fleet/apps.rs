@@ -24,10 +24,7 @@ pub fn alembic_ini(app: &str) -> PathBuf {
     if app == LONG {
         root().join("alembic").join(LONG).join("alembic.ini")
     } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("benches/alembic")
-            .join(app)
-            .join("alembic.ini")
+        crate::alembic::benches_dir().join(app).join("alembic.ini")
     }
 }
 
@@ -46,7 +43,7 @@ pub fn prepare(apps: &[String], long_revisions: usize) {
     }
     if apps.iter().any(|a| a == LONG) {
         let out = Command::new("python3")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/alembic/generate.py"))
+            .arg(crate::alembic::benches_dir().join("generate.py"))
             .args(["--long", &long_revisions.to_string()])
             .arg(root())
             .env("PYTHONDONTWRITEBYTECODE", "1")

@@ -63,6 +63,16 @@ impl RunAudit {
         });
     }
 
+    /// The revisions done so far (applied, or skipped by their condition), in order.
+    pub fn done_so_far(&self) -> Vec<String> {
+        let revisions = self.revisions.lock().unwrap();
+        revisions
+            .iter()
+            .filter(|r| r.done())
+            .map(|r| r.revision.clone())
+            .collect()
+    }
+
     /// The run stopped between two revisions (`reason`): the record says so, not `done`.
     pub fn stopped(&self, reason: &str) {
         *self.stopped.lock().unwrap() = Some(format!("interrupted: {reason}"));
@@ -96,10 +106,10 @@ fn run_record(
 ) -> Option<AuditRecord> {
     let last = revisions.last()?;
     let mut record = base.clone();
-    record.outcome = match (stopped, last.outcome.as_str()) {
-        (Some(why), _) => why,
-        (None, o) if o == "applied" || o.starts_with("skipped") => "done".into(),
-        (None, o) => o.to_string(),
+    record.outcome = match stopped {
+        Some(why) => why,
+        None if last.done() => "done".into(),
+        None => last.outcome.clone(),
     };
     record.revision = Some(last.revision.clone());
     record.revisions = revisions;

@@ -303,12 +303,10 @@ impl TenantRun {
         let started = Instant::now();
         let tx = self.tx.clone();
         let app_name = self.app.name.clone();
-        // What this run applied, as the engine reported it: the truth for interrupted runs too.
-        let applied_so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let applied_log = applied_so_far.clone();
         let tenant_id = tenant.id.to_string();
         // Written when the run ends, however it ends (the last reference goes with this
-        // function's locals, after the lock's release was queued).
+        // function's locals, after the lock's release was queued). What it names as done, as
+        // the engine reported it, is the truth for interrupted runs too.
         let audit = self.run_audit(&tenant, guard.token().0);
         let revision_audit = audit.clone();
         // The revision started and not yet done: what a failure outside a step interrupted.
@@ -355,7 +353,6 @@ impl TenantRun {
                 }
                 Event::RevisionDone(a) => {
                     in_flight_log.lock().unwrap().take();
-                    applied_log.lock().unwrap().push(a.revision.to_string());
                     revision_audit.revision(
                         a.direction,
                         &a.revision,
@@ -466,14 +463,14 @@ impl TenantRun {
                     );
                 }
                 tracing::error!(tenant = %tenant.id, "interrupted: lease lost");
-                let applied = applied_so_far.lock().unwrap().clone();
+                let applied = audit.done_so_far();
                 self.emit(&tenant, TenantEvent::Interrupted { reason, applied });
                 return Outcome::Interrupted;
             }
             Ended::Unreachable(e) => {
                 let guard_token = guard.token().0;
                 guard.release().await;
-                if applied_so_far.lock().unwrap().is_empty() {
+                if audit.done_so_far().is_empty() {
                     self.audit_early_failure(&tenant, Some(guard_token), &e.to_string());
                 }
                 return self.fail(
@@ -481,7 +478,7 @@ impl TenantRun {
                     Failure {
                         sqlstate: e.sqlstate().unwrap_or_default().to_string(),
                         message: format!("{e} (the connection was lost, and reconnecting failed)"),
-                        applied: applied_so_far.lock().unwrap().clone(),
+                        applied: audit.done_so_far(),
                         ..Failure::default()
                     },
                 );
@@ -560,7 +557,7 @@ impl TenantRun {
                     Some(revision) => {
                         audit.revision(self.spec.direction, &revision, format!("failed: {e}"))
                     }
-                    None if applied_so_far.lock().unwrap().is_empty() => {
+                    None if audit.done_so_far().is_empty() => {
                         self.audit_early_failure(&tenant, Some(guard_token), &e.to_string())
                     }
                     None => {}
@@ -570,7 +567,7 @@ impl TenantRun {
                     Failure {
                         sqlstate: e.sqlstate().unwrap_or_default().to_string(),
                         message: e.to_string(),
-                        applied: applied_so_far.lock().unwrap().clone(),
+                        applied: audit.done_so_far(),
                         ..Failure::default()
                     },
                 )
